@@ -1,0 +1,1 @@
+"""Shared plumbing: config, partition paths, table schemas, atomic publish, logging."""

@@ -1,0 +1,1 @@
+"""PySpark jobs: pure DataFrame transforms plus thin ``main(argv)`` entry points."""
