@@ -87,3 +87,50 @@ def atomic_partition(final: str | Path, manifest: dict | None = None) -> Iterato
 def read_manifest(partition: str | Path) -> dict:
     path = Path(partition) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class PartitionBatch:
+    """Stage several partitions and publish them together only if all were written.
+
+    Used by jobs that write more than one table for a ds, so a failure in the last table
+    publishes nothing at all for that date.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path, dict]] = []
+
+    def stage(self, final: str | Path, manifest: dict | None = None) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_siblings(final)
+        tmp = _sibling(final, "tmp")
+        tmp.mkdir()
+        self._staged.append((tmp, final, {} if manifest is None else manifest))
+        return tmp
+
+    def manifest(self, final: str | Path) -> dict:
+        for _tmp, staged_final, manifest in self._staged:
+            if staged_final == Path(final):
+                return manifest
+        raise KeyError(final)
+
+    def commit(self) -> list[Path]:
+        published = [commit_partition(tmp, final, manifest) for tmp, final, manifest in self._staged]
+        self._staged.clear()
+        return published
+
+    def abort(self) -> None:
+        for tmp, _final, _manifest in self._staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._staged.clear()
+
+
+@contextlib.contextmanager
+def staged_partitions() -> Iterator[PartitionBatch]:
+    batch = PartitionBatch()
+    try:
+        yield batch
+    except BaseException:
+        batch.abort()
+        raise
+    batch.commit()

@@ -146,6 +146,7 @@ AIGQ_DIRECT_SFT = pa.schema(
         *PROFILE_FIELDS,
         ("history", HISTORY),
         ("target_queries", STR_LIST),
+        ("label_source", pa.string()),
         ("split", pa.string()),
     ]
 )

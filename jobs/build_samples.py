@@ -1,0 +1,431 @@
+"""build_samples: training samples for KARMA, AIGQ (Direct / Think), the CTR model, and the
+item corpus, for one ds. All five tables are published together or not at all.
+
+Shared pieces
+- **Behaviours** are clean ``search | click | cart | buy`` events of ``ds`` and the
+  ``samples.lookback_days`` days before it; a behaviour's text is the query (search) or the
+  item title (item events), its category the item's leaf category.
+- **History** of an anchor (a target click, an exposure, a day session, an impression) is the
+  last ``samples.history_len`` behaviours strictly before the anchor's time, oldest first, each
+  with a ``time_bucket`` relative to the anchor (``lt_1h``, ``lt_1d``, ``1d_ago``, ``2_3d_ago``,
+  ``4_7d_ago``, ``gt_7d_ago``).
+- **Split** is by time of day of the anchor: the first ``1 - valid_fraction - test_fraction`` of
+  the UTC day is ``train``, the next ``valid_fraction`` ``valid``, the rest ``test``.
+- **Query normalisation** for label lists: lower case, trimmed, inner whitespace collapsed;
+  empty queries dropped; duplicates removed keeping the first (strongest) occurrence.
+
+Tables
+- ``karma_samples``: one per target event (``samples.target_event_types``, default click) of
+  ``ds`` with a non-empty history; hard negatives are items viewed in the same request and not
+  clicked (sorted by id, at most ``samples.hard_negatives``).
+- ``aigq_direct_sft``: one per clicked HintQ exposure; target = clicked query, then the shown
+  queries by ranker score (shown order when scores are null), top ``ranker_top_k``. Days with no
+  HintQ exposures at all (public search logs) fall back to gap sessions with a search: target =
+  the session's queries, those that led to a click (same request) first, then by time
+  (``label_source`` says which rule made the row).
+- ``aigq_think_sft``: one per day session; target = clicked hint queries of the day, then
+  searches typed that day (time order), then the day's exposures' ranker top-K. Each target
+  query carries ``triggers``: indices into the history of behaviours sharing a word (two or
+  more characters) with it.
+- ``ctr_samples``: one per query impression with profile and the user's recent queries.
+- ``item_corpus``: ``sql/item_corpus.sql``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+from common import schemas
+from common.arrow_io import parquet_row_count
+from common.config import load_config
+from common.logging_setup import setup_logging
+from common.paths import partition_path, previous_ds
+from common.publish import staged_partitions
+
+logger = logging.getLogger(__name__)
+
+BEHAVIOUR_TYPES = ("search", "click", "cart", "buy")
+TOKENS_SQL = "filter(split(lower({x}), '[\\\\s\\\\p{{Punct}}]+'), w -> length(w) >= 2)"
+
+
+def normalize_query(col):
+    from pyspark.sql import functions as F
+
+    return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
+
+
+def with_behaviour_text(events, items):
+    """Keep behaviour events and add ``text`` and ``category`` from the item catalogue."""
+    from pyspark.sql import functions as F
+
+    catalogue = items.select("item_id", "title", "leaf_category")
+    return (
+        events.filter(F.col("event_type").isin(*BEHAVIOUR_TYPES))
+        .join(F.broadcast(catalogue), on="item_id", how="left")
+        .withColumn(
+            "text",
+            F.when(F.col("event_type") == "search", F.col("query")).otherwise(
+                F.coalesce(F.col("title"), F.col("item_id"))
+            ),
+        )
+        .withColumn("category", F.col("leaf_category"))
+        .drop("title", "leaf_category")
+    )
+
+
+def _tie_key():
+    """A string that orders a user's same-instant behaviours deterministically."""
+    from pyspark.sql import functions as F
+
+    from jobs.sessionize import EVENT_ORDER
+
+    rank = F.lit(str(len(EVENT_ORDER)))
+    for name, i in reversed(list(EVENT_ORDER.items())):
+        rank = F.when(F.col("event_type") == name, F.lit(str(i))).otherwise(rank)
+    return F.concat_ws(
+        "\u0001", rank, F.coalesce("query", F.lit("")), F.coalesce("item_id", F.lit("")),
+        F.coalesce("request_id", F.lit("")),
+    )
+
+
+def time_bucket(seconds):
+    from pyspark.sql import functions as F
+
+    day = 86400
+    return (
+        F.when(seconds < 3600, "lt_1h")
+        .when(seconds < day, "lt_1d")
+        .when(seconds < 2 * day, "1d_ago")
+        .when(seconds < 4 * day, "2_3d_ago")
+        .when(seconds < 8 * day, "4_7d_ago")
+        .otherwise("gt_7d_ago")
+    )
+
+
+def attach_history(behaviours, anchors, history_len: int, key: str = "sample_id", time_col: str = "event_time"):
+    """Add ``history``: the last ``history_len`` behaviours strictly before each anchor.
+
+    ``anchors`` needs ``user_id``, ``time_col`` and a unique ``key``. Cost is linear in the
+    number of behaviours times ``history_len`` plus an equi-join, never anchors x behaviours.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    beh = behaviours.withColumn("_tie", _tie_key())
+    order = Window.partitionBy("user_id").orderBy("event_time", "_tie")
+    item = F.struct("event_time", "event_type", "text", "item_id", "category")
+    beh = beh.withColumn("_bidx", F.row_number().over(order)).withColumn(
+        "_hist", F.collect_list(item).over(order.rowsBetween(-(history_len - 1), 0))
+    )
+    # Count behaviours strictly before each anchor: anchors sort before behaviours at equal time.
+    marks = anchors.select(
+        "user_id", F.col(time_col).alias("event_time"), F.lit(0).alias("_is_beh"), F.col(key).alias("_key"),
+        F.lit("").alias("_tie"),
+    ).unionByName(
+        beh.select("user_id", "event_time", F.lit(1).alias("_is_beh"), F.lit(None).cast("string").alias("_key"), "_tie")
+    )
+    stream = Window.partitionBy("user_id").orderBy("event_time", "_is_beh", "_tie").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    before = (
+        marks.withColumn("_n_before", F.sum("_is_beh").over(stream))
+        .filter(F.col("_is_beh") == 0)
+        .select("user_id", F.col("_key").alias(key), "_n_before")
+    )
+    hist = beh.select("user_id", F.col("_bidx").alias("_n_before"), "_hist")
+    joined = anchors.join(before, on=["user_id", key], how="left").join(hist, on=["user_id", "_n_before"], how="left")
+    anchor_us = F.unix_micros(F.col(time_col))
+    history = F.transform(
+        F.coalesce(F.col("_hist"), F.array()),
+        lambda h: F.struct(
+            h["event_time"].alias("event_time"),
+            h["event_type"].alias("event_type"),
+            time_bucket((anchor_us - F.unix_micros(h["event_time"])) / 1_000_000).alias("time_bucket"),
+            h["text"].alias("text"),
+            h["item_id"].alias("item_id"),
+            h["category"].alias("category"),
+        ),
+    )
+    return joined.withColumn("history", history).drop("_hist", "_n_before")
+
+
+def with_time_split(df, ds: str, valid_fraction: float, test_fraction: float, time_col: str = "event_time"):
+    from pyspark.sql import functions as F
+
+    midnight = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
+    frac = (F.unix_micros(F.col(time_col)) - int(midnight.timestamp() * 1_000_000)) / (86400 * 1_000_000)
+    train_end = 1.0 - valid_fraction - test_fraction
+    return df.withColumn(
+        "split", F.when(frac < train_end, "train").when(frac < 1.0 - test_fraction, "valid").otherwise("test")
+    )
+
+
+def _sample_id(*cols):
+    from pyspark.sql import functions as F
+
+    return F.substring(F.sha2(F.concat_ws("|", *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in cols]), 256), 1, 20)
+
+
+# --- KARMA ------------------------------------------------------------------------------------
+
+
+def hard_negatives(day_events, max_negatives: int):
+    """Per (user, request): items viewed and not clicked, sorted by id, at most ``max_negatives``."""
+    from pyspark.sql import functions as F
+
+    per_request = (
+        day_events.filter(F.col("request_id").isNotNull() & F.col("item_id").isNotNull())
+        .groupBy("user_id", "request_id")
+        .agg(
+            F.collect_set(F.when(F.col("event_type") == "view", F.col("item_id"))).alias("_viewed"),
+            F.collect_set(F.when(F.col("event_type").isin("click", "cart", "buy"), F.col("item_id"))).alias("_acted"),
+        )
+    )
+    negatives = F.slice(F.array_sort(F.array_except("_viewed", "_acted")), 1, max_negatives)
+    return per_request.select("user_id", "request_id", negatives.alias("hard_negative_ids"))
+
+
+def build_karma_samples(behaviours, day_events, ds: str, scfg: dict):
+    from pyspark.sql import functions as F
+
+    targets = day_events.filter(
+        F.col("event_type").isin(*scfg.get("target_event_types", ["click"])) & F.col("item_id").isNotNull()
+    ).select(
+        "user_id", "event_time", "request_id", F.col("item_id").alias("target_item_id"),
+        F.col("event_type").alias("target_event_type"),
+    )
+    targets = targets.withColumn("sample_id", _sample_id("user_id", "event_time", "target_item_id", "target_event_type"))
+    targets = targets.dropDuplicates(["sample_id"])
+    with_hist = attach_history(behaviours, targets, int(scfg["history_len"]))
+    negs = hard_negatives(day_events, int(scfg["hard_negatives"]))
+    out = (
+        with_hist.join(negs, on=["user_id", "request_id"], how="left")
+        .withColumn("hard_negative_ids", F.coalesce("hard_negative_ids", F.array().cast("array<string>")))
+        .filter(F.size("history") > 0)
+    )
+    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+
+
+# --- AIGQ -------------------------------------------------------------------------------------
+
+
+def ranked_shown_queries(top_k: int):
+    """Shown queries by ranker score descending (shown order on ties or null scores), top-k."""
+    from pyspark.sql import functions as F
+
+    return F.expr(
+        f"""slice(transform(array_sort(
+              transform(shown_queries, (q, i) -> named_struct(
+                  'q', q, 'i', i,
+                  's', CASE WHEN ranker_scores IS NULL THEN 0.0D ELSE CAST(ranker_scores[i] AS DOUBLE) END)),
+              (a, b) -> CASE WHEN a.s > b.s THEN -1 WHEN a.s < b.s THEN 1
+                             WHEN a.i < b.i THEN -1 WHEN a.i > b.i THEN 1 ELSE 0 END),
+            x -> x.q), 1, {int(top_k)})"""
+    )
+
+
+def clean_query_list(arr, max_len: int):
+    """Normalise, drop empties, de-duplicate keeping first occurrences, cap the length."""
+    from pyspark.sql import functions as F
+
+    normalised = F.transform(arr, lambda q: normalize_query(q))
+    return F.slice(F.array_distinct(F.filter(normalised, lambda q: q.isNotNull() & (q != ""))), 1, max_len)
+
+
+def direct_from_exposures(exposures, scfg: dict):
+    from pyspark.sql import functions as F
+
+    target = F.concat(F.array(F.col("clicked_query")), ranked_shown_queries(int(scfg["ranker_top_k"])))
+    return exposures.select(
+        "user_id", "request_id", "event_time",
+        clean_query_list(target, int(scfg["max_target_queries"])).alias("target_queries"),
+        F.lit("hintq").alias("label_source"),
+    )
+
+
+def direct_from_search_sessions(sessions, scfg: dict):
+    """Fallback for logs without HintQ: one sample per gap session with a search."""
+    from pyspark.sql import functions as F
+
+    clicked_requests = (
+        sessions.filter(F.col("event_type").isin("click", "cart", "buy") & F.col("request_id").isNotNull())
+        .select("user_id", "request_id").distinct().withColumn("_clicked", F.lit(1))
+    )
+    searches = (
+        sessions.filter(F.col("event_type") == "search")
+        .join(clicked_requests, on=["user_id", "request_id"], how="left")
+        .withColumn("_clicked", F.coalesce("_clicked", F.lit(0)))
+    )
+    ordered = F.array_sort(F.collect_list(F.struct(
+        (1 - F.col("_clicked")).alias("_rank"), F.unix_micros("event_time").alias("_t"), F.col("query").alias("q")
+    )))
+    return searches.groupBy("user_id", "session_id").agg(
+        F.min("event_time").alias("event_time"), ordered.alias("_ordered")
+    ).select(
+        "user_id", F.col("session_id").alias("request_id"), "event_time",
+        clean_query_list(F.transform("_ordered", lambda x: x["q"]), int(scfg["max_target_queries"])).alias(
+            "target_queries"
+        ),
+        F.lit("search_session").alias("label_source"),
+    )
+
+
+def with_profile(df, users):
+    cols = [name for name, _ in schemas.PROFILE_FIELDS]
+    return df.join(users.select("user_id", *cols), on="user_id", how="left")
+
+
+def build_direct_samples(behaviours, exposures, sessions, users, ds: str, scfg: dict):
+    from pyspark.sql import functions as F
+
+    has_exposures = exposures.limit(1).count() > 0
+    anchors = direct_from_exposures(exposures.filter(F.col("clicked_query").isNotNull()), scfg) if has_exposures \
+        else direct_from_search_sessions(sessions, scfg)
+    anchors = anchors.filter(F.size("target_queries") > 0).withColumn(
+        "sample_id", _sample_id("user_id", "request_id", "event_time")
+    )
+    out = with_profile(attach_history(behaviours, anchors, int(scfg["history_len"])), users)
+    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+
+
+def think_targets(day_events, exposures, scfg: dict):
+    """Per user and day: the ordered, de-duplicated (query, source) target list."""
+    from pyspark.sql import functions as F
+
+    top_k = int(scfg["ranker_top_k"])
+    hint_clicks = exposures.filter(F.col("clicked_query").isNotNull()).select(
+        "user_id", F.lit(0).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
+        F.col("clicked_query").alias("query"), F.lit("hint_click").alias("source"),
+    )
+    searches = day_events.filter((F.col("event_type") == "search") & (F.coalesce("scene", F.lit("")) != "hintq")).select(
+        "user_id", F.lit(1).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
+        F.col("query"), F.lit("search").alias("source"),
+    )
+    ranker = exposures.select(
+        "user_id", F.unix_micros("event_time").alias("_t"),
+        F.posexplode(ranked_shown_queries(top_k)).alias("_i", "query"),
+    ).select("user_id", F.lit(2).alias("_p"), "_t", "_i", "query", F.lit("ranker").alias("source"))
+    long = hint_clicks.unionByName(searches).unionByName(ranker).withColumn("query", normalize_query(F.col("query")))
+    long = long.filter(F.col("query").isNotNull() & (F.col("query") != ""))
+    ordered = F.array_sort(F.collect_list(F.struct("_p", "_t", "_i", "query", "source")))
+    max_q = int(scfg["max_target_queries"])
+    # Keep the first occurrence of each query: drop entries whose query appeared earlier.
+    dedup = F.expr(
+        "filter(_all, (x, i) -> NOT exists(slice(_all, 1, i), y -> y.query = x.query))"
+    )
+    return (
+        long.groupBy("user_id").agg(ordered.alias("_all"))
+        .withColumn("_dedup", dedup)
+        .select("user_id", F.slice(F.transform("_dedup", lambda x: F.struct(x["query"].alias("query"), x["source"].alias("source"))), 1, max_q).alias("_targets"))
+    )
+
+
+def with_triggers(df):
+    """Add per-target trigger indices: history behaviours sharing a word with the query."""
+    from pyspark.sql import functions as F
+
+    hist_tokens = TOKENS_SQL.format(x="history[i].text")
+    query_tokens = TOKENS_SQL.format(x="t.query")
+    expr = f"""transform(_targets, t -> named_struct(
+        'query', t.query, 'source', t.source,
+        'triggers', CASE WHEN size(history) = 0 THEN CAST(array() AS array<int>)
+                    ELSE filter(sequence(0, size(history) - 1), i -> arrays_overlap({hist_tokens}, {query_tokens}))
+                    END))"""
+    return df.withColumn("targets", F.expr(expr)).drop("_targets")
+
+
+def build_think_samples(behaviours, day_events, exposures, day_sessions, users, ds: str, scfg: dict):
+    from pyspark.sql import functions as F
+
+    anchors = day_sessions.select("user_id", F.col("start_time").alias("event_time")).join(
+        think_targets(day_events, exposures, scfg), on="user_id", how="inner"
+    ).withColumn("sample_id", _sample_id("user_id", "event_time"))
+    out = with_triggers(attach_history(behaviours, anchors, int(scfg["history_len"])))
+    out = with_profile(out.filter(F.size("targets") > 0), users)
+    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+
+
+def build_ctr_samples(spark, behaviours, impressions, users, ds: str, scfg: dict):
+    from pyspark.sql import functions as F
+
+    from jobs.spark import load_sql
+
+    impressions.createOrReplaceTempView("impressions")
+    users.createOrReplaceTempView("users")
+    base = spark.sql(load_sql("ctr_samples")).withColumn(
+        "sample_id", _sample_id("user_id", "event_time", "query", "position")
+    )
+    searches = behaviours.filter(F.col("event_type") == "search")
+    out = attach_history(searches, base, int(scfg["history_len"]))
+    out = out.withColumn("recent_queries", F.transform("history", lambda h: h["text"]))
+    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+
+
+def build_item_corpus(spark, items):
+    from jobs.spark import load_sql
+
+    items.createOrReplaceTempView("items")
+    return spark.sql(load_sql("item_corpus"))
+
+
+def run(spark, cfg: dict, ds: str) -> dict:
+    from jobs.spark import read_partition, read_published_range
+
+    root = cfg["data_root"]
+    scfg = cfg["samples"]
+    lookback = previous_ds(ds, int(scfg["lookback_days"])) + [ds]
+    items = read_partition(spark, root, "clean", "items", ds)
+    users = read_partition(spark, root, "clean", "users", ds)
+    events = read_published_range(spark, root, "clean", "behavior_events", lookback)
+    behaviours = with_behaviour_text(events, items).persist()
+    day_events = read_partition(spark, root, "clean", "behavior_events", ds)
+    exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
+    sessions = read_partition(spark, root, "sessions", "behavior_sessions", ds)
+    day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
+    impressions = read_partition(spark, root, "clean", "query_impressions", ds)
+    outputs = {
+        "karma_samples": build_karma_samples(behaviours, day_events, ds, scfg),
+        "aigq_direct_sft": build_direct_samples(behaviours, exposures, sessions, users, ds, scfg),
+        "aigq_think_sft": build_think_samples(behaviours, day_events, exposures, day_sessions, users, ds, scfg),
+        "ctr_samples": build_ctr_samples(spark, behaviours, impressions, users, ds, scfg),
+        "item_corpus": build_item_corpus(spark, items),
+    }
+    counts = {}
+    with staged_partitions() as batch:
+        for table, df in outputs.items():
+            schema = schemas.spark_schema(table)
+            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
+            if table != "item_corpus":
+                df = df.orderBy("user_id", "event_time", "sample_id" if "sample_id" in df.columns else "query")
+            manifest = {"table": table, "ds": ds, "history_ds": lookback}
+            tmp = batch.stage(partition_path(root, "samples", table, ds), manifest)
+            df.write.mode("overwrite").parquet(str(tmp))
+            manifest["rows"] = counts[table] = parquet_row_count(tmp)
+            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
+    behaviours.unpersist()
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.spark import build_spark, job_arg_parser
+
+    setup_logging()
+    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(args.config, args.profile)
+    if args.data_root:
+        cfg["data_root"] = str(Path(args.data_root).resolve())
+    spark = build_spark(cfg, "build_samples")
+    try:
+        counts = run(spark, cfg, args.ds)
+    finally:
+        spark.stop()
+    print(json.dumps({"ds": args.ds, "samples": counts}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""sessionize: gap-based sessions, HintQ exposure sessions and day-level sessions for one ds.
+
+- ``behavior_sessions``: every clean behaviour event with ``session_id`` / ``session_seq``.
+  Events are ordered per user by time (ties broken by a fixed event-type order, then text), a
+  new session starts when the gap to the previous event is *strictly greater* than
+  ``sessionize.gap_minutes`` (a gap of exactly the limit continues the session). Sessions do
+  not cross the day partition.
+- ``hintq_sessions`` (AIGQ-Direct): HintQ exposures kept only when one shown query was clicked.
+- ``day_sessions`` (AIGQ-Think): ``sql/day_sessions.sql``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from common import schemas
+from common.arrow_io import parquet_row_count
+from common.config import load_config
+from common.logging_setup import setup_logging
+from common.paths import partition_path
+from common.publish import staged_partitions
+
+logger = logging.getLogger(__name__)
+
+EVENT_ORDER = {name: i for i, name in enumerate(("search", "view", "click", "cart", "buy", "exit"))}
+
+
+def event_order_columns():
+    """Deterministic total order of a user's events: time, event type, then text and ids."""
+    from pyspark.sql import functions as F
+
+    rank = F.lit(len(EVENT_ORDER))
+    for name, i in reversed(list(EVENT_ORDER.items())):
+        rank = F.when(F.col("event_type") == name, F.lit(i)).otherwise(rank)
+    return [
+        F.col("event_time").asc(),
+        rank.asc(),
+        F.coalesce(F.col("query"), F.lit("")).asc(),
+        F.coalesce(F.col("item_id"), F.lit("")).asc(),
+        F.coalesce(F.col("request_id"), F.lit("")).asc(),
+    ]
+
+
+def with_session_id(events, gap_minutes: int, ds: str):
+    """Add ``session_seq`` (1-based per user) and ``session_id`` = ``user|ds|seq``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ordered = Window.partitionBy("user_id").orderBy(*event_order_columns())
+    gap_us = int(gap_minutes) * 60 * 1_000_000
+    prev = F.lag(F.unix_micros("event_time")).over(ordered)
+    starts = F.when(prev.isNull() | ((F.unix_micros("event_time") - prev) > gap_us), 1).otherwise(0)
+    running = ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return (
+        events.withColumn("_new_session", starts)
+        .withColumn("session_seq", F.sum("_new_session").over(running).cast("int"))
+        .withColumn("session_id", F.concat_ws("|", "user_id", F.lit(ds), F.col("session_seq").cast("string")))
+        .drop("_new_session")
+    )
+
+
+def filter_clicked_exposures(exposures):
+    from pyspark.sql import functions as F
+
+    return exposures.filter(F.col("clicked_query").isNotNull())
+
+
+def build_day_sessions(spark, events, ds: str):
+    from jobs.spark import load_sql
+
+    events.createOrReplaceTempView("events")
+    return spark.sql(load_sql("day_sessions"), args={"ds": ds})
+
+
+def run(spark, cfg: dict, ds: str) -> dict:
+    from jobs.spark import read_partition
+
+    root = cfg["data_root"]
+    gap = int(cfg.get("sessionize", {}).get("gap_minutes", 30))
+    events = read_partition(spark, root, "clean", "behavior_events", ds)
+    exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
+    outputs = {
+        "behavior_sessions": with_session_id(events, gap, ds),
+        "hintq_sessions": filter_clicked_exposures(exposures),
+        "day_sessions": build_day_sessions(spark, events, ds),
+    }
+    counts = {}
+    with staged_partitions() as batch:
+        for table, df in outputs.items():
+            schema = schemas.spark_schema(table)
+            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
+            manifest = {"table": table, "ds": ds, "gap_minutes": gap}
+            tmp = batch.stage(partition_path(root, "sessions", table, ds), manifest)
+            df.write.mode("overwrite").parquet(str(tmp))
+            manifest["rows"] = counts[table] = parquet_row_count(tmp)
+            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from jobs.spark import build_spark, job_arg_parser
+
+    setup_logging()
+    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(args.config, args.profile)
+    if args.data_root:
+        cfg["data_root"] = str(Path(args.data_root).resolve())
+    spark = build_spark(cfg, "sessionize")
+    try:
+        counts = run(spark, cfg, args.ds)
+    finally:
+        spark.stop()
+    print(json.dumps({"ds": args.ds, "sessionize": counts}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

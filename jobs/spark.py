@@ -1,0 +1,82 @@
+"""The one SparkSession builder and the small I/O helpers every job shares."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from common import schemas
+from common.paths import is_published, latest_published_ds, partition_path
+
+logger = logging.getLogger(__name__)
+
+
+def build_spark(cfg: dict, app_name: str):
+    """A SparkSession configured from ``cfg['spark']``.
+
+    Under ``spark-submit`` the master and app name come from the command line and
+    ``getOrCreate`` returns that session; the settings below only fill in what is unset.
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    scfg = cfg.get("spark", {})
+    builder = SparkSession.builder.appName(f"{scfg.get('app_name_prefix', 'pipeline')}-{app_name}")
+    if not os.environ.get("SPARK_SUBMITTED"):
+        builder = builder.master(scfg.get("master", "local[2]"))
+        builder = builder.config("spark.driver.memory", scfg.get("driver_memory", "2g"))
+    for key, value in (scfg.get("conf") or {}).items():
+        builder = builder.config(key, str(value))
+    builder = builder.config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def job_arg_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (the partition to build)")
+    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
+    parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
+    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    return parser
+
+
+def read_partition(spark, root: str | Path, area: str, table: str, ds: str, schema_name: str | None = None):
+    """Read one published partition with the contract schema; an empty frame if absent."""
+    schema = schemas.spark_schema(schema_name or table)
+    path = partition_path(root, area, table, ds)
+    if not is_published(path):
+        logger.info("%s not published: reading it as empty", path)
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(str(path))
+
+
+def read_published_range(spark, root, area: str, table: str, ds_list: list[str], schema_name: str | None = None):
+    """Union of the published partitions among ``ds_list`` (missing days are skipped)."""
+    schema = schemas.spark_schema(schema_name or table)
+    paths = [str(partition_path(root, area, table, d)) for d in ds_list]
+    paths = [p for p in paths if is_published(p)]
+    if not paths:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*paths)
+
+
+def read_snapshot(spark, root, area: str, table: str, ds: str):
+    """The newest published snapshot partition at or before ``ds``."""
+    snap_ds = latest_published_ds(root, area, table, ds)
+    if snap_ds is None:
+        return spark.createDataFrame([], schemas.spark_schema(table)), None
+    return read_partition(spark, root, area, table, snap_ds), snap_ds
+
+
+def write_parquet(df, path: str | Path) -> None:
+    df.write.mode("overwrite").parquet(str(path))
+
+
+def load_sql(name: str) -> str:
+    return (Path(__file__).resolve().parent.parent / "sql" / f"{name}.sql").read_text()

@@ -1,0 +1,316 @@
+"""validate: contract checks on one day of raw data; bad rows go to quarantine with a reason.
+
+Two layers:
+
+1. **File preflight** (pyarrow, footers only): every Parquet file of the partition must be
+   readable and carry every contract column with a compatible type. A truncated file, a
+   missing column or a wrong type fails the whole job with a message naming the file and the
+   column; nothing is published for the date.
+2. **Row checks** (Spark): each row gets the first failing reason, in the order of
+   ``*_REASONS`` below, or none. Exact duplicates beyond the first copy are quarantined as
+   ``duplicate``. Clean rows go to ``clean/<table>/ds=…``, the others to
+   ``quarantine/<table>/ds=…`` with a ``reason`` column, and ``rows in = rows out + rows
+   quarantined`` is checked per table before anything is published.
+
+Event tables are read for ``ds``; snapshot tables (items, users) from their newest published
+partition at or before ``ds`` and re-published as ``clean/<table>/ds=<ds>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import schemas
+from common.arrow_io import data_files, parquet_row_count
+from common.config import load_config
+from common.logging_setup import setup_logging
+from common.paths import is_published, latest_published_ds, partition_path
+from common.publish import staged_partitions
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_TABLES = ("behavior_events",)
+
+
+class InputContractError(RuntimeError):
+    """A raw partition cannot be read against the contract (file-level problem)."""
+
+
+def preflight_partition(partition: str | Path, table: str) -> list[Path]:
+    """Check every file of ``partition`` against the contract schema of ``table``.
+
+    Returns the data files; raises ``InputContractError`` naming the file and column.
+    """
+    expected: pa.Schema = schemas.arrow_schema(table)
+    files = data_files(partition)
+    for path in files:
+        try:
+            actual = pq.read_schema(path)
+            pq.ParquetFile(path).metadata  # noqa: B018 - forces the footer to be parsed
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise InputContractError(f"{table}: cannot read Parquet file {path}: {exc}") from exc
+        for field in expected:
+            idx = actual.get_field_index(field.name)
+            if idx < 0:
+                raise InputContractError(
+                    f"{table}: file {path} is missing column '{field.name}' (expected {field.type})"
+                )
+            got = actual.field(idx).type
+            if not schemas.type_matches(field.type, got):
+                raise InputContractError(
+                    f"{table}: file {path} column '{field.name}' has type {got}, expected {field.type}"
+                )
+    return files
+
+
+# --- row checks -------------------------------------------------------------------------------
+
+
+def _text_checks(F, columns: list[str], max_len: int):
+    """(reason, condition) pairs for invalid UTF-8 and over-long text in ``columns``."""
+    invalid = None
+    too_long = None
+    for name in columns:
+        col = F.col(name)
+        bad = col.isNotNull() & ~F.is_valid_utf8(col)
+        long_ = col.isNotNull() & (F.length(col) > max_len)
+        invalid = bad if invalid is None else invalid | bad
+        too_long = long_ if too_long is None else too_long | long_
+    return [("invalid_utf8", invalid), ("text_too_long", too_long)]
+
+
+def _list_text_checks(F, column: str, max_len: int, max_items: int):
+    col = F.col(column)
+    invalid = F.exists(col, lambda q: q.isNotNull() & ~F.is_valid_utf8(q))
+    too_long = F.exists(col, lambda q: F.length(q) > max_len) | (F.size(col) > max_items)
+    return [("invalid_utf8", col.isNotNull() & invalid), ("text_too_long", col.isNotNull() & too_long)]
+
+
+def _time_checks(F, ds: str):
+    start = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
+    end = start + dt.timedelta(days=1)
+    t = F.col("event_time")
+    inside = (t >= F.lit(start)) & (t < F.lit(end))
+    return [("null_event_time", t.isNull()), ("event_time_outside_partition", ~inside)]
+
+
+def _blank(F, name: str):
+    return F.col(name).isNull() | (F.trim(F.col(name)) == "")
+
+
+def row_rules(table: str, ds: str, cfg_validate: dict) -> list:
+    """Ordered (reason, condition) rules for ``table``; the first that holds is the reason."""
+    from pyspark.sql import functions as F
+
+    max_len = int(cfg_validate.get("max_text_len", 256))
+    max_title = int(cfg_validate.get("max_title_len", 1024))
+    max_items = int(cfg_validate.get("max_list_len", 50))
+    if table == "behavior_events":
+        item_event = F.col("event_type").isin(*schemas.ITEM_EVENT_TYPES)
+        return [
+            ("null_user_id", _blank(F, "user_id")),
+            *_time_checks(F, ds),
+            ("unknown_event_type", F.col("event_type").isNull() | ~F.col("event_type").isin(*schemas.EVENT_TYPES)),
+            ("unknown_scene", F.col("scene").isNotNull() & ~F.col("scene").isin(*schemas.SCENES)),
+            *_text_checks(F, ["user_id", "query", "item_id", "request_id"], max_len),
+            ("search_without_query", (F.col("event_type") == "search") & _blank(F, "query")),
+            ("item_event_without_item_id", item_event & _blank(F, "item_id")),
+        ]
+    if table == "hintq_exposures":
+        shown = F.col("shown_queries")
+        scores = F.col("ranker_scores")
+        return [
+            ("null_request_id", _blank(F, "request_id")),
+            ("null_user_id", _blank(F, "user_id")),
+            *_time_checks(F, ds),
+            ("no_shown_queries", shown.isNull() | (F.size(shown) == 0)),
+            ("null_shown_query", F.exists(shown, lambda q: q.isNull() | (F.trim(q) == ""))),
+            *_text_checks(F, ["request_id", "user_id", "clicked_query"], max_len),
+            *_list_text_checks(F, "shown_queries", max_len, max_items),
+            ("ranker_scores_length_mismatch", scores.isNotNull() & (F.size(scores) != F.size(shown))),
+            (
+                "clicked_query_not_shown",
+                F.col("clicked_query").isNotNull() & ~F.array_contains(shown, F.col("clicked_query")),
+            ),
+        ]
+    if table == "query_impressions":
+        return [
+            ("null_user_id", _blank(F, "user_id")),
+            *_time_checks(F, ds),
+            ("null_query", _blank(F, "query")),
+            *_text_checks(F, ["user_id", "query"], max_len),
+            ("bad_position", F.col("position").isNull() | (F.col("position") < 0)),
+            ("null_clicked", F.col("clicked").isNull()),
+        ]
+    if table == "items":
+        return [
+            ("null_item_id", _blank(F, "item_id")),
+            *_text_checks(F, ["item_id", "leaf_category", "brand"], max_len),
+            *[(r, c) for r, c in _text_checks(F, ["title", "category_path"], max_title)],
+        ]
+    if table == "users":
+        return [
+            ("null_user_id", _blank(F, "user_id")),
+            *_text_checks(F, ["user_id", "gender", "age_bucket", "city", "purchase_level"], max_len),
+        ]
+    raise KeyError(f"no validation rules for table '{table}'")
+
+
+#: Columns that identify a row for duplicate detection (None = the whole row).
+DUPLICATE_KEYS = {
+    "behavior_events": None,
+    "hintq_exposures": ["request_id"],
+    "query_impressions": None,
+    "items": ["item_id"],
+    "users": ["user_id"],
+}
+
+
+def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
+    """Add ``reason``: the first rule that holds, else ``duplicate`` for repeated keys, else null.
+
+    Duplicates are only counted among rows that passed every other rule, so one bad copy does
+    not hide a good one. Among duplicates the kept copy is the first by all columns.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    reason = F.lit(None).cast("string")
+    for name, cond in reversed(rules):
+        reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(name)).otherwise(reason)
+    df = df.withColumn("reason", reason)
+    keys = duplicate_keys or [c for c in df.columns if c != "reason"]
+    # Hash each key column so list columns (shown_queries) can be partitioned on.
+    key_cols = [F.xxhash64(F.to_json(F.struct(F.col(k))) if _is_complex(df, k) else F.col(k)) for k in keys]
+    order = [F.col(c).asc_nulls_first() for c in df.columns if c != "reason" and not _is_complex(df, c)]
+    window = Window.partitionBy(F.col("reason").isNull(), *key_cols).orderBy(*order)
+    rank = F.row_number().over(window)
+    df = df.withColumn(
+        "reason", F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate")).otherwise(F.col("reason"))
+    )
+    return df
+
+
+def _is_complex(df, column: str) -> bool:
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    return isinstance(df.schema[column].dataType, ArrayType | MapType | StructType)
+
+
+def validate_table(spark, table: str, ds: str, source_partition: Path, cfg: dict):
+    """Return (annotated DataFrame with ``reason``, list of input files)."""
+    from pyspark.sql import functions as F
+
+    files = preflight_partition(source_partition, table)
+    schema = schemas.spark_schema(table)
+    if not files:
+        df = spark.createDataFrame([], schema)
+    else:
+        df = spark.read.parquet(*[str(f) for f in files]).select(
+            *[F.col(f.name).cast(f.dataType) for f in schema]
+        )
+    rules = row_rules(table, ds, cfg.get("validate", {}))
+    return with_quarantine_reason(df, rules, DUPLICATE_KEYS[table]), files
+
+
+def run(spark, cfg: dict, ds: str) -> dict:
+    """Validate every raw table for ``ds``; publish clean + quarantine partitions together."""
+    from pyspark.sql import functions as F
+
+    root = cfg["data_root"]
+    summary: dict[str, dict] = {}
+    plan: list[tuple[str, Path, str | None]] = []
+    for table in schemas.EVENT_TABLES:
+        src = partition_path(root, "raw", table, ds)
+        if not is_published(src):
+            if table in REQUIRED_TABLES:
+                raise InputContractError(f"{table}: raw partition {src} is not published (no _SUCCESS)")
+            logger.info("%s: no raw partition for %s, treating as empty", table, ds)
+        plan.append((table, src, ds))
+    for table in schemas.SNAPSHOT_TABLES:
+        snap = latest_published_ds(root, "raw", table, ds)
+        if snap is None:
+            raise InputContractError(f"{table}: no published raw snapshot at or before {ds}")
+        plan.append((table, partition_path(root, "raw", table, snap), snap))
+
+    # Preflight every table before any Spark work, so a bad file fails fast.
+    for table, src, _ in plan:
+        if is_published(src):
+            preflight_partition(src, table)
+
+    with staged_partitions() as batch:
+        for table, src, src_ds in plan:
+            if is_published(src):
+                annotated, files = validate_table(spark, table, ds, src, cfg)
+            else:
+                annotated, files = with_quarantine_reason(
+                    spark.createDataFrame([], schemas.spark_schema(table)), [], None
+                ), []
+            annotated = annotated.persist()
+            counts = {r["reason"]: r["count"] for r in annotated.groupBy("reason").count().collect()}
+            rows_in = sum(counts.values())
+            rows_out = counts.pop(None, 0)
+            rows_quarantined = sum(counts.values())
+            clean_tmp = batch.stage(
+                partition_path(root, "clean", table, ds),
+                {"table": table, "ds": ds, "source_ds": src_ds, "rows": rows_out},
+            )
+            q_tmp = batch.stage(
+                partition_path(root, "quarantine", table, ds),
+                {"table": table, "ds": ds, "rows": rows_quarantined, "reasons": counts},
+            )
+            clean = annotated.filter(F.col("reason").isNull()).drop("reason")
+            clean.write.mode("overwrite").parquet(str(clean_tmp))
+            annotated.filter(F.col("reason").isNotNull()).write.mode("overwrite").parquet(str(q_tmp))
+            written_out = parquet_row_count(clean_tmp)
+            written_q = parquet_row_count(q_tmp)
+            annotated.unpersist()
+            if written_out + written_q != rows_in or written_out != rows_out:
+                raise RuntimeError(
+                    f"{table} ds={ds}: rows in {rows_in} != rows out {written_out} + quarantined {written_q}"
+                )
+            summary[table] = {
+                "source": str(src),
+                "files": len(files),
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+                "rows_quarantined": rows_quarantined,
+                "reasons": dict(sorted(counts.items())),
+            }
+            logger.info(
+                "%s ds=%s: in %d = out %d + quarantined %d %s",
+                table, ds, rows_in, rows_out, rows_quarantined, dict(sorted(counts.items())) or "",
+            )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.spark import build_spark, job_arg_parser
+
+    setup_logging()
+    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(args.config, args.profile)
+    if args.data_root:
+        cfg["data_root"] = str(Path(args.data_root).resolve())
+    spark = build_spark(cfg, "validate")
+    try:
+        summary = run(spark, cfg, args.ds)
+    except InputContractError as exc:
+        logger.error("validate ds=%s failed: %s", args.ds, exc)
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(json.dumps({"ds": args.ds, "validate": summary}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+-- CTR samples: one row per query impression with its click label and the user's
+-- profile. Input views: impressions (clean query_impressions of one ds),
+-- users (clean users of that ds).
+SELECT i.user_id,
+       i.event_time,
+       i.query,
+       i.position,
+       CAST(i.clicked AS INT) AS label,
+       u.gender,
+       u.age_bucket,
+       u.city,
+       u.purchase_level
+FROM impressions i
+LEFT JOIN users u ON i.user_id = u.user_id
