@@ -86,7 +86,10 @@ def _parse_columns(df: pd.DataFrame, name: str) -> int:
             bad_total += int(bad.sum())
             logger.warning(
                 "%s: %d unparseable %s values kept with a null event_time (e.g. %s)",
-                name, int(bad.sum()), col, df.loc[bad, col].head(3).tolist(),
+                name,
+                int(bad.sum()),
+                col,
+                df.loc[bad, col].head(3).tolist(),
             )
     return bad_total
 
@@ -99,7 +102,8 @@ def build_events(clicks: pd.DataFrame, no_click: pd.DataFrame) -> tuple[list[dic
         key_time = df["query_time_ts"].map(lambda t: None if pd.isna(t) else t.isoformat())
         df["key_time"] = key_time.where(key_time.notna(), df["query_time"])
         df["request_id"] = [
-            pcm.stable_id("bb-", u, t, q) for u, t, q in zip(df["user"], df["key_time"], df["query"], strict=True)
+            pcm.stable_id("bb-", u, t, q)
+            for u, t, q in zip(df["user"], df["key_time"], df["query"], strict=True)
         ]
         frames.append(df[["user", "query", "query_time_ts", "click_time_ts", "request_id"]])
     searches = pd.concat(frames, ignore_index=True).drop_duplicates("request_id", keep="first")
@@ -144,7 +148,11 @@ def build_events(clicks: pd.DataFrame, no_click: pd.DataFrame) -> tuple[list[dic
     far = dt.datetime.max.replace(tzinfo=dt.UTC)
     rows.sort(
         key=lambda r: (
-            r[pcm.DS_COLUMN], r["user_id"] or "", r["event_time"] or far, r["event_type"] != "search", r["request_id"]
+            r[pcm.DS_COLUMN],
+            r["user_id"] or "",
+            r["event_time"] or far,
+            r["event_type"] != "search",
+            r["request_id"],
         )
     )
     logger.info("%d searches, %d clicks, %d unparseable time cells", len(searches), len(clicks), bad)
@@ -168,7 +176,9 @@ def build_items(products: pd.DataFrame, clicked_skus: set[str]) -> list[dict]:
     missing = sorted(clicked_skus - set(products["sku"]))
     if missing:
         logger.info("%d clicked skus are not in %s: added with null title", len(missing), PRODUCTS)
-    rows += [{"item_id": sku, "category_path": ROOT_CATEGORY, "leaf_category": ROOT_CATEGORY} for sku in missing]
+    rows += [
+        {"item_id": sku, "category_path": ROOT_CATEGORY, "leaf_category": ROOT_CATEGORY} for sku in missing
+    ]
     return rows
 
 
@@ -186,13 +196,17 @@ def convert(src_dir: str | Path, data_root: str | Path) -> dict[str, dict[str, i
         return counts
     first_ds = min(counts["behavior_events"])
     products_path = src / PRODUCTS
-    products = read_csv(products_path) if products_path.is_file() else pd.DataFrame(
-        columns=["sku", "name", "manufacturer", "genre"]
+    products = (
+        read_csv(products_path)
+        if products_path.is_file()
+        else pd.DataFrame(columns=["sku", "name", "manufacturer", "genre"])
     )
     items = build_items(products, {s for s in clicks["sku"] if s})
     users = sorted({u for u in pd.concat([clicks["user"], no_click["user"]]) if u})
     counts["items"] = pcm.write_snapshot_table(data_root, "items", first_ds, items, manifest)
-    counts["users"] = pcm.write_snapshot_table(data_root, "users", first_ds, [{"user_id": u} for u in users], manifest)
+    counts["users"] = pcm.write_snapshot_table(
+        data_root, "users", first_ds, [{"user_id": u} for u in users], manifest
+    )
     return counts
 
 

@@ -120,7 +120,9 @@ def arg_parser(description: str, dataset: str) -> argparse.ArgumentParser:
         default=None,
         help=f"dataset folder (default: $SHARED_DATASETS/{dataset} or <repo>/../shared/datasets/{dataset})",
     )
-    parser.add_argument("--data-root", default=None, help="output data root (default: the profile's data_root)")
+    parser.add_argument(
+        "--data-root", default=None, help="output data root (default: the profile's data_root)"
+    )
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
     return parser

@@ -1,0 +1,1 @@
+"""Airflow DAG files (wiring only) and their shared helpers; importable as ``dags.*``."""
