@@ -9,12 +9,13 @@ Mapping rules
 * **Ids**: ``item_id`` is the raw ASIN (the ``.inter`` indices are mapped back through
   ``Scientific.item2index``), ``user_id`` the raw reviewer id (through ``Scientific.user2index``),
   so ids agree with ``Scientific.text`` and the original Amazon data.
-* **Sequences**: a user's full sequence is rebuilt as the one-item history of the user's
-  first training row, then the targets of the training rows (in sequence order), the valid
-  target and the test target. The ``.inter`` histories are truncated to the last 50 items
-  (3 users have longer sequences), so the test row's ``item_id_list`` alone is *not* always the
-  whole history; every train/valid/test row is checked to equal the last ``len(list)`` items
-  before its target in the rebuilt sequence (``ValueError`` otherwise).
+* **Sequences**: a user's full sequence is rebuilt as the history of the user's first training
+  row (one item), then the targets of the training rows (in sequence order, i.e. the train
+  file's per-user order reversed), the valid target and the test target. The ``.inter``
+  histories are truncated to the last 50 items (3 users have longer sequences), so the test
+  row's ``item_id_list`` alone is *not* always the whole history; every train/valid/test row is
+  checked to equal the last ``len(list)`` items before its target in the rebuilt sequence
+  (``ValueError`` otherwise).
 * **Times** (leave-one-out preserved under the ETL's time-of-day split: first 80% of a UTC day
   train, [80%, 90%) valid, [90%, 100%) test, i.e. boundaries 19:12 and 21:36): user ``u``
   (integer index) is put on day ``start_ds + (u mod days)``, with an offset
@@ -26,15 +27,18 @@ Mapping rules
 * **Events**: every item is one ``behavior_events`` row ``event_type='click'``, ``scene='home'``
   (there is no query, so nothing was searched), ``query``/``request_id`` null. No searches, no
   hintq exposures, no query impressions (those tables are not written).
-* **Items** (snapshot at ``start_ds``, all 4,385 items of ``Scientific.text``): the text is
-  ``"<title>. <category words>. <brand>. "``. ``title`` = the part before the category
-  segment (the whole text without trailing dots when it does not have that shape), ``brand`` =
-  the last segment (null when empty). The category segment is the category names joined by spaces, so levels are
-  recovered heuristically: a category string is split after the longest *other* category string
-  of the dataset (or the root ``Industrial & Scientific``) that is a word prefix of it, recursively;
+* **Items** (snapshot at ``start_ds``, all 4,385 items of ``Scientific.text``; an interacted
+  item without text would be added with null columns): the text is ``"<title>. <category
+  words>. <brand>. "``. ``title`` = the part before the category segment (the whole text without
+  trailing dots when it does not have that shape), ``brand`` = the last segment (null when
+  empty). The category segment is the category names joined by spaces, so levels are recovered
+  heuristically: a category string is split after the longest *other* category string of the
+  dataset (or the root ``Industrial & Scientific``) that is a word prefix of it, recursively;
   ``category_path`` joins the levels with ``" > "`` and ``leaf_category`` is the last level. An
-  unknown intermediate level therefore stays glued to its child. Items with an empty category
-  segment get null category columns. ``tags``, ``price``, ``image_embedding`` null.
+  unknown intermediate level therefore stays glued to its child (such glued levels reach ~110
+  chars). A level longer than 128 chars is description text leaked into the category field
+  (1 item): the path stops before it. Items with an empty category segment (134) get null
+  category columns. ``tags``, ``price``, ``image_embedding`` null.
 * **Users** (snapshot at ``start_ds``): ids only, profile columns null.
 """
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -57,6 +62,7 @@ logger = logging.getLogger(__name__)
 DATASET = "amazon_scientific"
 PREFIX = "Scientific"
 ROOT_CATEGORY = "Industrial & Scientific"
+MAX_LEVEL_LEN = 128
 DEFAULT_START_DS = "2026-11-01"
 DEFAULT_DAYS = 3
 STEP = dt.timedelta(minutes=5)
@@ -100,11 +106,9 @@ def read_sequences(src_dir: str | Path) -> dict[int, list[int]]:
     max_len = max(len(h) for user_rows in rows.values() for h, _ in user_rows)
     seqs: dict[int, list[int]] = {}
     for user, user_rows in rows.items():
-        first = user_rows[0][0]
-        if len(first) != 1:
-            raise ValueError(f"user {user}: first history has {len(first)} items, expected 1")
+        first = user_rows[0][0]  # one item for every user here (each has training rows)
         seq = first + [target for _, target in user_rows]
-        for k, (hist, _target) in enumerate(user_rows, start=1):
+        for k, (hist, _target) in enumerate(user_rows, start=len(first)):
             if seq[k - len(hist) : k] != hist or (len(hist) != k and len(hist) != max_len):
                 raise ValueError(f"user {user}: history {hist} disagrees with rebuilt sequence {seq}")
         seqs[user] = seq
@@ -149,7 +153,9 @@ def build_items(src: Path) -> list[dict]:
     tree = category_levels({c for _, c, _ in parsed if c})
     rows = []
     for item_id, (title, cats, brand) in zip(text["item_id"], parsed, strict=True):
-        path = tree.get(cats) if cats else None
+        path = (
+            list(itertools.takewhile(lambda level: len(level) <= MAX_LEVEL_LEN, tree[cats])) if cats else None
+        )
         rows.append(
             {
                 "item_id": item_id.strip(),

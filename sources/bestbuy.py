@@ -76,27 +76,25 @@ def _ts(value) -> dt.datetime | None:
     return None if pd.isna(value) else value.to_pydatetime()
 
 
-def _parse_columns(df: pd.DataFrame, name: str) -> int:
-    """Add parsed ``*_ts`` columns; log and return the number of unparseable cells."""
-    bad_total = 0
+def _parse_columns(df: pd.DataFrame, name: str) -> None:
+    """Add parsed ``*_ts`` columns; log the unparseable cells."""
     for col in ("query_time", "click_time"):
         df[f"{col}_ts"] = parse_times(df[col])
         bad = df[f"{col}_ts"].isna()
         if bad.any():
-            bad_total += int(bad.sum())
             logger.warning(
-                "%s: %d unparseable %s values kept with a null event_time (e.g. %s)",
+                "%s: %d unparseable %s values (e.g. %s)",
                 name,
                 int(bad.sum()),
                 col,
                 df.loc[bad, col].head(3).tolist(),
             )
-    return bad_total
 
 
 def build_events(clicks: pd.DataFrame, no_click: pd.DataFrame) -> tuple[list[dict], int]:
-    """Behavior-event rows (with ``__ds``) and the number of unparseable time cells."""
-    bad = _parse_columns(clicks, CLICKS) + _parse_columns(no_click, NO_CLICK)
+    """Behavior-event rows (with ``__ds``) and how many of them have a null event_time."""
+    _parse_columns(clicks, CLICKS)
+    _parse_columns(no_click, NO_CLICK)
     frames = []
     for df in (clicks, no_click):
         key_time = df["query_time_ts"].map(lambda t: None if pd.isna(t) else t.isoformat())
@@ -155,8 +153,11 @@ def build_events(clicks: pd.DataFrame, no_click: pd.DataFrame) -> tuple[list[dic
             r["request_id"],
         )
     )
-    logger.info("%d searches, %d clicks, %d unparseable time cells", len(searches), len(clicks), bad)
-    return rows, bad
+    logger.info("%d searches, %d clicks", len(searches), len(clicks))
+    null_time = sum(r["event_time"] is None for r in rows)
+    if null_time:
+        logger.warning("%d events written with a null event_time (jobs.validate quarantines them)", null_time)
+    return rows, null_time
 
 
 def build_items(products: pd.DataFrame, clicked_skus: set[str]) -> list[dict]:
@@ -188,8 +189,8 @@ def convert(src_dir: str | Path, data_root: str | Path) -> dict[str, dict[str, i
     clicks = read_csv(src / CLICKS)
     no_click = read_csv(src / NO_CLICK)
     logger.info("%s: %d rows, %s: %d rows", CLICKS, len(clicks), NO_CLICK, len(no_click))
-    rows, bad = build_events(clicks, no_click)
-    manifest = {"source": DATASET, "src": str(src), "unparseable_time_cells": bad}
+    rows, null_time = build_events(clicks, no_click)
+    manifest = {"source": DATASET, "src": str(src), "events_with_null_time": null_time}
     events = pcm.event_table("behavior_events", rows)
     counts = {"behavior_events": pcm.write_event_table(data_root, "behavior_events", events, manifest)}
     if not counts["behavior_events"]:

@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import schemas
@@ -226,7 +228,7 @@ TARGET_SESSIONS = 8.0           # above this many sessions a day, sessions get l
 BASE_EXTRA_SEARCHES = 0.8
 MAX_SEARCHES = 200
 # Measured mean events per search (search + views + click chain) at these parameters.
-EVENTS_PER_SEARCH = 8.6
+EVENTS_PER_SEARCH = 8.4
 EVENTS_OUTSIDE_SEARCHES = 1.0 + HOME_P * (1.0 + HOME_EXTRA_MEAN)   # exit + home clicks
 SHARD_TARGET_EVENTS = 200_000
 DAY_US = 86_400_000_000
@@ -317,10 +319,31 @@ def _leaf_name(noun: str) -> str:
     return noun[0].upper() + noun[1:]
 
 
-def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
-    """The category tree, its query vocabulary and ``n_items`` items (seeded)."""
+@dataclass(frozen=True)
+class CategoryTree:
+    """The fixed category tree and its query vocabulary (independent of the seed)."""
+
+    tops: list[str]
+    leaf_names: list[str]
+    leaf_nouns: list[list[str]]
+    leaf_top: np.ndarray
+    leaf_sub: np.ndarray
+    n_subs: int
+    leaf_path: list[str]
+    leaf_attrs: list[list[str]]      # the attributes used in the leaf's queries
+    leaf_brands: list[list[str]]     # the brands used in the leaf's queries
+    query_text: list[str]
+    query_leaf: np.ndarray
+    leaf_query_start: np.ndarray
+    leaf_query_count: np.ndarray
+    leaf_prior_cum: np.ndarray       # (n_genders * n_ages, n_leaves) cumulative leaf prior
+
+
+@functools.cache
+def category_tree() -> CategoryTree:
     tops = list(TAXONOMY)
     leaf_names, leaf_nouns, leaf_top, leaf_sub, leaf_path = [], [], [], [], []
+    n_subs = 0
     for t, top in enumerate(tops):
         for sub in TAXONOMY[top]:
             for leaf in TAXONOMY[top][sub]:
@@ -328,24 +351,16 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
                 leaf_names.append(_leaf_name(nouns[0]))
                 leaf_nouns.append([n.lower() for n in nouns])
                 leaf_top.append(t)
-                leaf_sub.append(len({(a, b) for a, b in zip(leaf_top, leaf_sub, strict=False)}))
+                leaf_sub.append(n_subs)
                 leaf_path.append(f"{top} > {sub} > {leaf_names[-1]}")
-    # sub index: position of the (top, sub) pair in tree order
-    sub_index = {}
-    leaf_sub = []
-    for top in tops:
-        for sub in TAXONOMY[top]:
-            sub_index[(top, sub)] = len(sub_index)
-            leaf_sub.extend([sub_index[(top, sub)]] * len(TAXONOMY[top][sub]))
+            n_subs += 1
     if len(set(leaf_names)) != len(leaf_names):
         raise ValueError("leaf names must be unique")
-    n_leaves = len(leaf_names)
     leaf_top_arr = np.array(leaf_top, dtype=np.int64)
 
-    # query vocabulary: nouns, attribute + noun, brand + noun (fixed by the tree)
-    query_text, query_leaf, leaf_attrs, leaf_brands = [], [], [], []
-    starts, counts = [], []
-    for leaf in range(n_leaves):
+    # query vocabulary: nouns, attribute + noun, brand + noun
+    query_text, query_leaf, leaf_attrs, leaf_brands, starts, counts = [], [], [], [], [], []
+    for leaf in range(len(leaf_names)):
         top = tops[leaf_top[leaf]]
         attrs, brands = ATTRIBUTES[top], BRANDS[top]
         chosen_attrs = [attrs[(leaf * 3 + j) % len(attrs)] for j in range(ATTR_QUERIES_PER_LEAF)]
@@ -363,7 +378,7 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
     if len(set(query_text)) != len(query_text):
         raise ValueError("query vocabulary must be unique across leaves")
 
-    # profile-dependent leaf prior: top prior spread uniformly over the top's leaves
+    # profile-dependent leaf prior: the top prior spread uniformly over the top's leaves
     leaves_per_top = np.bincount(leaf_top_arr, minlength=len(tops))
     priors = []
     for g in range(len(GENDERS)):
@@ -371,24 +386,42 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
             top_w = TOP_PRIOR_BY_GENDER[g] * TOP_MULT_BY_AGE[a]
             leaf_w = top_w[leaf_top_arr] / leaves_per_top[leaf_top_arr]
             priors.append(np.cumsum(leaf_w / leaf_w.sum()))
-    leaf_prior_cum = np.array(priors)
+    return CategoryTree(
+        tops=tops, leaf_names=leaf_names, leaf_nouns=leaf_nouns, leaf_top=leaf_top_arr,
+        leaf_sub=np.array(leaf_sub, dtype=np.int64), n_subs=n_subs, leaf_path=leaf_path,
+        leaf_attrs=leaf_attrs, leaf_brands=leaf_brands, query_text=query_text,
+        query_leaf=np.array(query_leaf, dtype=np.int64), leaf_query_start=np.array(starts, dtype=np.int64),
+        leaf_query_count=np.array(counts, dtype=np.int64), leaf_prior_cum=np.array(priors),
+    )
+
+
+def query_vocabulary() -> dict[str, str]:
+    """Every query the generator can emit, mapped to its leaf category name."""
+    tree = category_tree()
+    return {q: tree.leaf_names[leaf] for q, leaf in zip(tree.query_text, tree.query_leaf, strict=True)}
+
+
+def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
+    """The category tree's arrays plus ``n_items`` seeded items."""
+    tree = category_tree()
+    tops, leaf_top, leaf_nouns = tree.tops, tree.leaf_top, tree.leaf_nouns
+    leaf_attrs, leaf_brands = tree.leaf_attrs, tree.leaf_brands
+    n_leaves = len(tree.leaf_names)
 
     # items
     rng = _rng(seed, _ITEMS)
     first = np.arange(min(n_items, n_leaves))
     rest = rng.integers(0, n_leaves, size=max(n_items - n_leaves, 0))
-    item_leaf = np.concatenate([first, rest])[rng.permutation(n_items)] if n_items else np.zeros(0, np.int64)
-    item_leaf = item_leaf.astype(np.int64)
+    item_leaf = np.concatenate([first, rest]).astype(np.int64)[rng.permutation(n_items)]
     order = np.lexsort((rng.random(n_items), item_leaf))          # by leaf, random popularity rank
     leaf_item_count = np.bincount(item_leaf, minlength=n_leaves)
     leaf_item_start = np.cumsum(leaf_item_count) - leaf_item_count
 
     top_c = _unit(rng.standard_normal((len(tops), image_dim)))
-    sub_c = _unit(rng.standard_normal((len(sub_index), image_dim)))
+    sub_c = _unit(rng.standard_normal((tree.n_subs, image_dim)))
     leaf_c = _unit(rng.standard_normal((n_leaves, image_dim)))
     noise = _unit(rng.standard_normal((n_items, image_dim)))
-    leaf_sub_arr = np.array(leaf_sub, dtype=np.int64)
-    emb = (0.5 * top_c[leaf_top_arr[item_leaf]] + 0.7 * sub_c[leaf_sub_arr[item_leaf]]
+    emb = (0.5 * top_c[leaf_top[item_leaf]] + 0.7 * sub_c[tree.leaf_sub[item_leaf]]
            + 0.9 * leaf_c[item_leaf] + 0.6 * noise)
     emb = _unit(emb).astype(np.float32)
     leaf_log_price = np.array([TOP_LOG_PRICE[tops[t]] for t in leaf_top]) + rng.normal(0, 0.5, n_leaves)
@@ -397,7 +430,7 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
     attr_u = rng.random((n_items, 3))
     brand_from_leaf = rng.random(n_items) < 0.7
     brand_u = rng.random(n_items)
-    model_no = rng.integers(100, 1000, size=n_items)
+    noun_pick = rng.integers(0, 1000, size=n_items)
 
     titles, brands, tags = [], [], []
     for i in range(n_items):
@@ -413,8 +446,8 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
             if a not in picked:
                 picked.append(a)
         nouns = leaf_nouns[leaf]
-        noun = nouns[int(model_no[i]) % len(nouns)]
-        titles.append(f"{brand} {' '.join(picked)} {noun} {model_no[i]}")
+        noun = nouns[int(noun_pick[i]) % len(nouns)]
+        titles.append(f"{brand} {' '.join(picked)} {noun}")
         brands.append(brand)
         tags.append(picked)
 
@@ -423,8 +456,8 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
         [
             item_ids,
             pa.array(titles, pa.string()),
-            _take(pa.array(leaf_path, pa.string()), item_leaf),
-            _take(pa.array(leaf_names, pa.string()), item_leaf),
+            _take(pa.array(tree.leaf_path, pa.string()), item_leaf),
+            _take(pa.array(tree.leaf_names, pa.string()), item_leaf),
             pa.array(brands, pa.string()),
             pa.array(tags, schemas.STR_LIST),
             pa.array(price, pa.float64()),
@@ -433,13 +466,13 @@ def build_catalog(n_items: int, seed: int, image_dim: int) -> Catalog:
         schema=schemas.ITEMS,
     )
     return Catalog(
-        leaf_names=leaf_names,
-        leaf_top=leaf_top_arr,
-        leaf_prior_cum=leaf_prior_cum,
-        query_text=pa.array(query_text, pa.string()),
-        query_leaf=np.array(query_leaf, dtype=np.int64),
-        leaf_query_start=np.array(starts, dtype=np.int64),
-        leaf_query_count=np.array(counts, dtype=np.int64),
+        leaf_names=tree.leaf_names,
+        leaf_top=leaf_top,
+        leaf_prior_cum=tree.leaf_prior_cum,
+        query_text=pa.array(tree.query_text, pa.string()),
+        query_leaf=tree.query_leaf,
+        leaf_query_start=tree.leaf_query_start,
+        leaf_query_count=tree.leaf_query_count,
         item_ids=item_ids,
         item_leaf=item_leaf,
         items_by_leaf=order.astype(np.int64),
@@ -557,15 +590,30 @@ def _gaps_us(rng: np.random.Generator, minimum: np.ndarray, mean: np.ndarray) ->
     return (seconds * 1_000_000).astype(np.int64)
 
 
+def _expected_capped_sessions(rate: float) -> float:
+    """E[min(N, MAX_SESSIONS)] for N ~ Poisson(rate * Gamma(2, 0.5)), a negative binomial."""
+    k = np.arange(MAX_SESSIONS)
+    q = 2.0 / (2.0 + rate)
+    pmf = (k + 1) * q**2 * (1.0 - q) ** k
+    return float(np.sum(1.0 - np.cumsum(pmf)))
+
+
 def session_plan(events_per_user_day: float) -> tuple[float, float]:
-    """(expected sessions per user-day at activity 1, mean extra searches per session)."""
+    """(Poisson rate of sessions per user-day at activity 1, mean extra searches per session).
+
+    Sessions get longer rather than more numerous beyond ``TARGET_SESSIONS`` a day; the rate
+    is corrected for the ``MAX_SESSIONS`` cap so the expected events per user-day hold.
+    """
     per_session = EVENTS_OUTSIDE_SEARCHES + EVENTS_PER_SEARCH * (1.0 + BASE_EXTRA_SEARCHES)
-    sessions = events_per_user_day / per_session
-    if sessions <= TARGET_SESSIONS:
-        return sessions, BASE_EXTRA_SEARCHES
-    needed = events_per_user_day / TARGET_SESSIONS
-    extra = (needed - EVENTS_OUTSIDE_SEARCHES) / EVENTS_PER_SEARCH - 1.0
-    return TARGET_SESSIONS, extra
+    sessions, extra = events_per_user_day / per_session, BASE_EXTRA_SEARCHES
+    if sessions > TARGET_SESSIONS:
+        sessions = TARGET_SESSIONS
+        extra = (events_per_user_day / sessions - EVENTS_OUTSIDE_SEARCHES) / EVENTS_PER_SEARCH - 1.0
+    low, high = 0.0, 4.0 * sessions + 1.0
+    for _ in range(60):                      # bisection: the capped mean grows with the rate
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if _expected_capped_sessions(mid) < sessions else (low, mid)
+    return 0.5 * (low + high), extra
 
 
 def generate_shard_day(
@@ -622,10 +670,12 @@ def generate_shard_day(
     srch_hintq = (srch_rank == 0) & (sess_hintq_query[srch_sess] >= 0)
     leaf = shard.leaf[srch_user, _sample_slots(rng, shard.weight[srch_user])]
     leaf = np.where(rng.random(n_srch) < EXPLORE_P, rng.integers(0, n_leaves, size=n_srch), leaf)
+    hintq_query = sess_hintq_query[srch_sess]
+    leaf = np.where(srch_hintq, catalog.query_leaf[np.maximum(hintq_query, 0)], leaf)
     refine = (srch_rank > 0) & (rng.random(n_srch) < REFINE_SAME_LEAF_P)
-    leaf = leaf[np.maximum.accumulate(np.where(refine, 0, np.arange(n_srch)))]
+    leaf = leaf[np.maximum.accumulate(np.where(refine, 0, np.arange(n_srch)))]   # keep the previous leaf
     srch_query = catalog.leaf_query_start[leaf] + _head_skewed(rng, catalog.leaf_query_count[leaf])
-    srch_query = np.where(srch_hintq, sess_hintq_query[srch_sess], srch_query)
+    srch_query = np.where(srch_hintq, hintq_query, srch_query)
     srch_leaf = catalog.query_leaf[srch_query]
     srch_scene = np.where(srch_hintq, SCENE_HINTQ, SCENE_SEARCH)
 
@@ -737,9 +787,10 @@ def generate_shard_day(
     sess_len = (duration * squeeze[sess_user]).astype(np.int64)
     user_first = np.cumsum(n_sess_user) - n_sess_user
     before = np.cumsum(sess_len + SESSION_GAP_US) - (sess_len + SESSION_GAP_US)   # sum over earlier sessions
-    before -= before[user_first][sess_user]
+    before -= before[user_first[sess_user]]
     spacing_cum = np.cumsum(spacing)
-    spacing_cum -= (spacing_cum[user_first] - spacing[user_first])[sess_user]
+    first_of_sess = user_first[sess_user]
+    spacing_cum -= spacing_cum[first_of_sess] - spacing[first_of_sess]
     sess_start = (day_start_us + DAY_MARGIN_US + before
                   + (slack[sess_user] * spacing_cum / spacing_total[sess_user]).astype(np.int64))
     ev_time = sess_start[ev_sess] + (offset * squeeze[sess_user[ev_sess]]).astype(np.int64)
@@ -796,8 +847,6 @@ def generate_shard_day(
 
 def _request_ids(kind: str, ds_tag: str, user_ids: pa.Array, users: np.ndarray) -> pa.Array:
     """``<kind><yyyymmdd>-<user_id>-<k>``, k counting each user's requests of this kind."""
-    import pyarrow.compute as pc
-
     if len(users) == 0:
         return pa.array([], pa.string())
     counts = np.bincount(users)

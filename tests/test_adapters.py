@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,7 +32,8 @@ def dataset_dir(name: str) -> Path:
     path = SHARED / name
     if not path.is_dir():
         pytest.skip(
-            f"../shared/datasets/{name} not found: public-data adapter tests need it (see DEVELOPERS/README)"
+            f"../shared/datasets/{name} not found (looked in {path}): "
+            "public-data adapter tests need it (see DEVELOPERS/README)"
         )
     return path
 
@@ -89,6 +92,13 @@ def check_layout(root: Path, counts: dict) -> None:
             rows = pq.read_metadata(files[0]).num_rows
             assert rows == counts[table][part.name[3:]] == json.loads((part / MANIFEST).read_text())["rows"]
             assert rows > 0
+            # jobs.validate's default text limits: no row here should be quarantined for length.
+            table_data = pq.read_table(files[0])
+            for field in schemas.arrow_schema(table):
+                if field.type == pa.string():
+                    limit = 1024 if field.name in ("title", "category_path") else 256
+                    lengths = pc.utf8_length(table_data.column(field.name)).drop_null()
+                    assert len(lengths) == 0 or pc.max(lengths).as_py() <= limit, (table, field.name)
             if table == "behavior_events":
                 times = pq.read_table(files[0], columns=["event_time"]).column(0).drop_null().to_pylist()
                 start = dt.datetime.fromisoformat(part.name[3:]).replace(tzinfo=UTC)
@@ -248,6 +258,7 @@ def test_bestbuy_tiny_exact(tmp_path, caplog):
     check_layout(root, counts)
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "1 unparseable click_time" in warnings and "1 unparseable query_time" in warnings
+    assert "2 events written with a null event_time" in warnings
 
     def ts(s):
         return pd.Timestamp(s, tz="UTC")

@@ -1,0 +1,48 @@
+# The two commands: `make demo` (main job end to end) and `make test`. Both build .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON_BOOT ?= python3
+PY := $(CURDIR)/$(VENV)/bin/python
+DS ?=
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PARALLELISM := 4
+export AIRFLOW_CONN_SPARK_DEFAULT ?= {"conn_type":"spark","host":"local[2]"}
+export SPARK_LOCAL_IP := 127.0.0.1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(VENV)/bin/pip install --quiet -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv
+	$(PY) -m pytest -m "not gpu" -q
+
+test-fast: venv
+	$(PY) -m pytest -m "not gpu and not slow and not airflow" -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench-etl: venv
+	$(PY) bench/etl.py
+
+airflow-ui: venv
+	airflow standalone
+
+clean:
+	rm -rf data .airflow
