@@ -218,6 +218,7 @@ REFINE_SAME_LEAF_P = 0.35
 HINTQ_P = 0.6
 HINTQ_RELEVANT_P = 0.6
 HINTQ_POS_FACTOR = np.array([1.0, 0.8, 0.65])
+HINTQ_CLICK_BASE, HINTQ_CLICK_GAIN, HINTQ_CLICK_OTHER = 0.15, 0.35, 0.03
 VIEWS_MIN, VIEWS_MAX = 4, 8
 VIEW_FROM_LEAF_P = 0.8
 CLICK_MATCH_P, CLICK_OTHER_P = 0.28, 0.04
@@ -274,9 +275,10 @@ def _head_skewed(rng: np.random.Generator, counts: np.ndarray, power: float = 2.
     return np.minimum((counts * rng.random(len(counts)) ** power).astype(np.int64), np.maximum(counts - 1, 0))
 
 
-def _ids(prefix: str, n: int) -> list[str]:
+def _ids(prefix: str, n: int, start: int = 0, stop: int | None = None) -> list[str]:
+    """Ids ``start..stop-1`` of ``n``, zero-padded to one width so they sort numerically."""
     width = max(6, len(str(max(n - 1, 0))))
-    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+    return [f"{prefix}{i:0{width}d}" for i in range(start, n if stop is None else stop)]
 
 
 def _take(values: pa.Array, indices: np.ndarray) -> pa.Array:
@@ -499,7 +501,7 @@ class UserShard:
     activity: np.ndarray
     leaf: np.ndarray             # (n, MAX_SLOTS) leaf index, -1 = empty slot
     weight: np.ndarray           # (n, MAX_SLOTS) mixture weights (0 for empty), rows sum to 1
-    table: pa.Table              # the users rows
+    table: pa.Table | None       # the users rows (dropped once written)
 
     @property
     def size(self) -> int:
@@ -535,8 +537,7 @@ def make_user_shard(catalog: Catalog, seed: int, shard: int, first_user: int, n:
     weight /= weight.sum(axis=1, keepdims=True)
     leaf = np.where(keep, cand, -1)
 
-    all_ids = _ids("u", n_users)[first_user : first_user + n]
-    user_ids = pa.array(all_ids, pa.string())
+    user_ids = pa.array(_ids("u", n_users, first_user, first_user + n), pa.string())
     table = pa.Table.from_arrays(
         [
             user_ids,
@@ -547,7 +548,8 @@ def make_user_shard(catalog: Catalog, seed: int, shard: int, first_user: int, n:
         ],
         schema=schemas.USERS,
     )
-    return UserShard(shard, first_user, user_ids, group, level, activity, leaf, weight.astype(np.float64), table)
+    return UserShard(shard, first_user, user_ids, group, level, activity, leaf.astype(np.int16),
+                     weight.astype(np.float32), table)
 
 
 def drift_interests(shard: UserShard, catalog: Catalog, seed: int, day_ordinal: int) -> None:
@@ -575,13 +577,20 @@ def drift_interests(shard: UserShard, catalog: Catalog, seed: int, day_ordinal: 
     w[rows] *= (1.0 - new_w[rows])[:, None]
     w[rows, free_slot[rows]] = new_w[rows]
     leaf[rows, free_slot[rows]] = new_leaf[rows]
-    shard.leaf, shard.weight = leaf, w
+    shard.leaf, shard.weight = leaf.astype(np.int16), w.astype(np.float32)
 
 
 def _leaf_weight(shard: UserShard, users: np.ndarray, leaves: np.ndarray) -> np.ndarray:
     """Mixture weight of ``leaves[i]`` for user ``users[i]`` (0 when not an interest)."""
     hit = shard.leaf[users] == leaves[:, None]
     return (shard.weight[users] * hit).sum(axis=1)
+
+
+def _item_at(catalog: Catalog, leaves: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The item at popularity rank ``ranks`` (wrapping) of each leaf; meaningless for empty leaves."""
+    count = catalog.leaf_item_count[leaves]
+    index = catalog.leaf_item_start[leaves] + ranks % np.maximum(count, 1)
+    return catalog.items_by_leaf[np.minimum(index, len(catalog.items_by_leaf) - 1)]
 
 
 # --- one shard, one day -------------------------------------------------------------------
@@ -652,7 +661,9 @@ def generate_shard_day(
     reorder = (np.arange(n_exp)[:, None] * 3 + rank).ravel()
     slot_query, slot_w, score = slot_query[reorder], slot_w[reorder], score[reorder]
     pos_factor = np.tile(HINTQ_POS_FACTOR, n_exp)
-    p_click = pos_factor * np.where(slot_w > 0, 0.15 + 0.35 * np.minimum(1.0, slot_w / 0.3), 0.03)
+    p_click = pos_factor * np.where(
+        slot_w > 0, HINTQ_CLICK_BASE + HINTQ_CLICK_GAIN * np.minimum(1.0, slot_w / 0.3), HINTQ_CLICK_OTHER
+    )
     success = (rng.random(n_exp * 3) < p_click).reshape(n_exp, 3)
     exp_clicked = success.any(axis=1)
     clicked_pos = np.argmax(success, axis=1)
@@ -696,16 +707,14 @@ def generate_shard_day(
     view_leaf = srch_leaf[view_srch]
     leaf_count = catalog.leaf_item_count[view_leaf]
     start_rank = np.repeat(_head_skewed(rng, catalog.leaf_item_count[srch_leaf]), n_view)
-    in_leaf_item = catalog.items_by_leaf[
-        catalog.leaf_item_start[view_leaf] + (start_rank + view_pos) % np.maximum(leaf_count, 1)
-    ]
+    in_leaf_item = _item_at(catalog, view_leaf, start_rank + view_pos)
     n_items = len(catalog.item_leaf)
     from_leaf = (rng.random(len(view_srch)) < VIEW_FROM_LEAF_P) & (leaf_count > 0)
     view_item = np.where(from_leaf, in_leaf_item, rng.integers(0, n_items, size=len(view_srch)))
     view_user = srch_user[view_srch]
     match = _leaf_weight(shard, view_user, catalog.item_leaf[view_item]) > 0
-    p = np.where(match, CLICK_MATCH_P, CLICK_OTHER_P) / (1.0 + 0.08 * view_pos)
-    clicked = rng.random(len(view_srch)) < p
+    p_view_click = np.where(match, CLICK_MATCH_P, CLICK_OTHER_P) / (1.0 + 0.08 * view_pos)
+    clicked = rng.random(len(view_srch)) < p_view_click
     carted = clicked & (rng.random(len(view_srch)) < CART_P)
     buy_mult = BUY_MULTIPLIER[shard.purchase_level[view_user]]
     bought = clicked & (rng.random(len(view_srch)) < np.where(carted, BUY_AFTER_CART_P, BUY_DIRECT_P) * buy_mult)
@@ -716,9 +725,7 @@ def generate_shard_day(
     home_user = sess_user[home_sess]
     home_leaf = shard.leaf[home_user, _sample_slots(rng, shard.weight[home_user])]
     home_count = catalog.leaf_item_count[home_leaf]
-    home_in_leaf = catalog.items_by_leaf[
-        catalog.leaf_item_start[home_leaf] + _head_skewed(rng, home_count) % np.maximum(home_count, 1)
-    ]
+    home_in_leaf = _item_at(catalog, home_leaf, _head_skewed(rng, home_count))
     from_interest = (rng.random(len(home_sess)) < HOME_FROM_INTEREST_P) & (home_count > 0)
     home_item = np.where(from_interest, home_in_leaf, rng.integers(0, n_items, size=len(home_sess)))
 
@@ -739,15 +746,15 @@ def generate_shard_day(
          view_req),
     ]
     for mask, etype, sub in ((clicked, CLICK, 0), (carted, CART, 1), (bought, BUY, 2)):
-        s = view_sess[mask]
-        parts.append((s, key(s, np.minimum(view_rank[mask], 250), 2, view_pos[mask], sub), etype, view_scene[mask],
-                      -1, view_item[mask], view_req[mask]))
+        chain_sess = view_sess[mask]
+        parts.append((chain_sess, key(chain_sess, np.minimum(view_rank[mask], 250), 2, view_pos[mask], sub), etype,
+                      view_scene[mask], -1, view_item[mask], view_req[mask]))
     parts.append((home_sess, key(home_sess, home_rank, 0, home_pos, 0), CLICK, SCENE_HOME, -1, home_item, -1))
     all_sess = np.arange(n_sess)
     parts.append((all_sess, key(all_sess, exit_rank, 0, 0, 0), EXIT, SCENE_OTHER, -1, -1, -1))
 
     def column(i, dtype):
-        return np.concatenate([np.broadcast_to(np.asarray(p[i], dtype=dtype), p[0].shape) for p in parts])
+        return np.concatenate([np.broadcast_to(np.asarray(part[i], dtype=dtype), part[0].shape) for part in parts])
 
     ev_sess = column(0, np.int64)
     order = np.argsort(column(1, np.int64), kind="stable")
@@ -897,14 +904,17 @@ class PartitionWriter:
             return
         table = pa.concat_tables(self._buffer).combine_chunks()
         self._buffer, self._buffered = [], 0
-        if self._writer is None:
-            self._open()
-        self._writer.write_table(table, row_group_size=self.chunk_rows)
-        self.rows += table.num_rows
-        self._rows_in_file += table.num_rows
-        if self._rows_in_file >= self.rows_per_file:
-            self._writer.close()
-            self._writer = None
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            piece = table.slice(0, self.rows_per_file - self._rows_in_file)
+            table = table.slice(piece.num_rows)
+            self._writer.write_table(piece, row_group_size=self.chunk_rows)
+            self.rows += piece.num_rows
+            self._rows_in_file += piece.num_rows
+            if self._rows_in_file >= self.rows_per_file:
+                self._writer.close()
+                self._writer = None
 
     def _open(self) -> None:
         name = f"part-{len(self.files):05d}.parquet"
@@ -968,6 +978,8 @@ def generate(
     ]
     for table, rows in (("items", [catalog.items_table]), ("users", [s.table for s in shards])):
         _write_partition(data_root, table, start_ds, rows, chunk_rows, params, counts)
+    for shard in shards:
+        shard.table = None
 
     for day_index, ds in enumerate(all_days):
         ordinal = dt.date.fromisoformat(ds).toordinal()
