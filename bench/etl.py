@@ -1,0 +1,515 @@
+"""Benchmark the Spark ETL steps (generate, validate, sessionize, build_samples) against event counts.
+
+For each size in ``--events`` the synthetic generator writes ``--days`` days of raw logs into a
+temporary data root (total behaviour events ~ size), then every step runs as its own process,
+so its wall time and peak RSS are its own. Peak RSS is the sum of the resident sets of the step's
+process tree (Python + the Spark JVM), polled every ``--poll-s`` seconds. Validate runs for every
+day (the lookback of build_samples); sessionize and build_samples for the last day only.
+
+The sessionisation of the last day is then re-done by DuckDB on the same clean Parquet (same
+ordering and gap rule as ``jobs.sessionize.with_session_id``; written to Parquet) in a
+subprocess, and both results are compared: distinct (user_id, session_seq) pairs and the rows
+that differ. For each Spark step the event log is parsed into per-write timings and the slowest
+stages (with GC, spill and shuffle volumes) to show where the time goes.
+
+Prints one JSON object on stdout; progress goes to stderr. Usage::
+
+    .venv/bin/python bench/etl.py --events 1000000 10000000 [--days 1] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+START_DS = "2026-11-01"
+SPARK_STEPS = ("validate", "sessionize", "build_samples")
+EVENT_ORDER = ("search", "view", "click", "cart", "buy", "exit")  # jobs.sessionize.EVENT_ORDER
+MB = 2**20
+
+
+def log(msg: str) -> None:
+    print(f"[etl-bench {dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- measuring a process tree ------------------------------------------------------------------
+
+
+def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, poll_s: float) -> dict:
+    """Run ``cmd``; wall seconds, peak summed RSS of its process tree, return code and stdout."""
+    import psutil
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = log_path.with_suffix(".stdout")
+    with open(log_path, "wb") as err, open(out_path, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
+        root = psutil.Process(proc.pid)
+        peak = peak_jvm = 0
+        timed_out = False
+        while proc.poll() is None:
+            total = jvm = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                procs = []
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss
+                    name = p.name()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                total += rss
+                if name == "java":
+                    jvm += rss
+            peak, peak_jvm = max(peak, total), max(peak_jvm, jvm)
+            if time.perf_counter() - t0 > timeout_s:
+                timed_out = True
+                for p in reversed(procs):  # children first, then the step itself
+                    try:
+                        p.kill()
+                    except psutil.NoSuchProcess:
+                        pass
+                proc.wait()
+                break
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - t0
+    result = {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak / MB, 1),
+        "peak_jvm_rss_mb": round(peak_jvm / MB, 1),
+        "returncode": proc.returncode,
+        "ok": proc.returncode == 0 and not timed_out,
+    }
+    if timed_out:
+        result["error"] = f"timed out after {timeout_s:.0f} s"
+    stdout = out_path.read_text(errors="replace").strip().splitlines()
+    result["stdout_json"] = _last_json(stdout)
+    if not result["ok"]:
+        result["error_lines"] = error_lines(log_path)
+    return result
+
+
+def _last_json(lines: list[str]):
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def error_lines(log_path: Path, limit: int = 12) -> list[str]:
+    """The distinct error-looking lines of a step's stderr (first ``limit``), else its tail."""
+    text = log_path.read_text(errors="replace").splitlines()
+    pat = re.compile(r"(Error|Exception|ERROR|Killed|OutOfMemory|Traceback)")
+    seen, picked = set(), []
+    for line in text:
+        key = line.strip()[:300]
+        if pat.search(line) and key not in seen:
+            seen.add(key)
+            picked.append(key)
+        if len(picked) >= limit:
+            break
+    return picked or [line[:300] for line in text[-limit:]]
+
+
+# --- Spark event log ---------------------------------------------------------------------------
+
+_WRITE_PATH = re.compile(r"/(raw|clean|quarantine|sessions|samples)/(\w+)/\.tmp-ds=")
+
+
+def _acc(stage_info: dict) -> dict[str, float]:
+    out = {}
+    for a in stage_info.get("Accumulables", []):
+        try:
+            out[a["Name"]] = float(a["Value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def parse_event_log(log_dir: Path, top: int = 6) -> dict:
+    """Per SQL execution (write target) wall seconds and the slowest stages with their metrics."""
+    files = [p for p in log_dir.iterdir() if p.is_file()] if log_dir.is_dir() else []
+    if not files:
+        return {}
+    sql: dict[int, dict] = {}
+    stage_sql: dict[int, int] = {}
+    stages = []
+    with open(files[0], errors="replace") as fh:
+        for line in fh:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = ev.get("Event", "")
+            if kind.endswith("SQLExecutionStart"):
+                plan = ev.get("physicalPlanDescription", "")
+                m = _WRITE_PATH.search(plan)
+                if m:
+                    label = f"write {m.group(1)}/{m.group(2)}"
+                else:
+                    first = next((ln for ln in plan.splitlines()[1:] if ln.strip()), "")
+                    label = "action " + re.sub(r"[\s+\-*:()]+", " ", first).strip()[:60]
+                sql[ev["executionId"]] = {"id": ev["executionId"], "what": label, "start": ev["time"]}
+            elif kind.endswith("SQLExecutionEnd") and ev.get("executionId") in sql:
+                entry = sql[ev["executionId"]]
+                entry["seconds"] = round((ev["time"] - entry.pop("start")) / 1000, 2)
+            elif kind == "SparkListenerJobStart":
+                exec_id = (ev.get("Properties") or {}).get("spark.sql.execution.id")
+                if exec_id is not None:
+                    for sid in ev.get("Stage IDs", []):
+                        stage_sql[sid] = int(exec_id)
+            elif kind == "SparkListenerStageCompleted":
+                info = ev["Stage Info"]
+                if "Completion Time" not in info or "Submission Time" not in info:
+                    continue
+                acc = _acc(info)
+                stages.append({
+                    "stage": info["Stage ID"],
+                    "sql_id": stage_sql.get(info["Stage ID"]),
+                    "tasks": info.get("Number of Tasks"),
+                    "seconds": round((info["Completion Time"] - info["Submission Time"]) / 1000, 2),
+                    "task_run_s": round(acc.get("internal.metrics.executorRunTime", 0) / 1000, 1),
+                    "gc_s": round(acc.get("internal.metrics.jvmGCTime", 0) / 1000, 1),
+                    "spill_disk_mb": round(acc.get("internal.metrics.diskBytesSpilled", 0) / MB, 1),
+                    "spill_mem_mb": round(acc.get("internal.metrics.memoryBytesSpilled", 0) / MB, 1),
+                    "input_mb": round(acc.get("internal.metrics.input.bytesRead", 0) / MB, 1),
+                    "shuffle_read_mb": round((acc.get("internal.metrics.shuffle.read.localBytesRead", 0)
+                                              + acc.get("internal.metrics.shuffle.read.remoteBytesRead", 0))
+                                             / MB, 1),
+                    "shuffle_write_mb": round(acc.get("internal.metrics.shuffle.write.bytesWritten", 0) / MB, 1),
+                    "output_mb": round(acc.get("internal.metrics.output.bytesWritten", 0) / MB, 1),
+                    "peak_exec_mem_mb": round(acc.get("internal.metrics.peakExecutionMemory", 0) / MB, 1),
+                })
+    for st in stages:
+        st["what"] = sql.get(st["sql_id"], {}).get("what") if st["sql_id"] is not None else None
+    executions = [e for e in sorted(sql.values(), key=lambda e: e["id"]) if "seconds" in e]
+    by_what: dict[str, float] = collections.defaultdict(float)
+    for e in executions:
+        by_what[e["what"]] += e["seconds"]
+    totals = {
+        k: round(sum(s[k] for s in stages), 1)
+        for k in ("task_run_s", "gc_s", "spill_disk_mb", "spill_mem_mb", "shuffle_write_mb")
+    }
+    return {
+        "sql_seconds_by_target": {k: round(v, 2) for k, v in sorted(by_what.items(), key=lambda kv: -kv[1])},
+        "stage_totals": {"stages": len(stages), **totals},
+        "slowest_stages": sorted(stages, key=lambda s: -s["seconds"])[:top],
+    }
+
+
+# --- DuckDB sessionisation ---------------------------------------------------------------------
+
+
+def duckdb_sessionize(src: str, out: str, ds: str, gap_minutes: int, threads: int | None) -> dict:
+    """The gap-session rule of ``jobs.sessionize.with_session_id`` in DuckDB, written to Parquet."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    rank = "CASE event_type " + " ".join(f"WHEN '{n}' THEN {i}" for i, n in enumerate(EVENT_ORDER))
+    rank += f" ELSE {len(EVENT_ORDER)} END"
+    order = (f"event_time, {rank}, coalesce(query, ''), coalesce(item_id, ''), coalesce(request_id, '')")
+    gap_us = int(gap_minutes) * 60 * 1_000_000
+    files = str(Path(src) / "*.parquet").replace("'", "''")
+    sql = f"""
+    COPY (
+      WITH lagged AS (
+        SELECT *, lag(epoch_us(event_time)) OVER w AS _prev
+        FROM read_parquet('{files}', hive_partitioning = false)
+        WINDOW w AS (PARTITION BY user_id ORDER BY {order})
+      ),
+      flagged AS (
+        SELECT * EXCLUDE (_prev),
+               CASE WHEN _prev IS NULL OR epoch_us(event_time) - _prev > {gap_us} THEN 1 ELSE 0 END AS _new
+        FROM lagged
+      ),
+      seq AS (
+        SELECT * EXCLUDE (_new),
+               CAST(sum(_new) OVER (PARTITION BY user_id ORDER BY {order}
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER) AS session_seq
+        FROM flagged
+      )
+      SELECT * EXCLUDE (session_seq), user_id || '|{ds}|' || session_seq AS session_id, session_seq FROM seq
+    ) TO '{out.replace("'", "''")}' (FORMAT parquet)
+    """
+    t0 = time.perf_counter()
+    con.execute(sql)
+    seconds = time.perf_counter() - t0
+    rows, sessions = con.execute(
+        f"SELECT count(*), count(DISTINCT (user_id, session_seq)) FROM read_parquet('{out}')"
+    ).fetchone()
+    threads_used = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    return {"rows": rows, "sessions": sessions, "query_s": round(seconds, 2), "threads": int(threads_used)}
+
+
+def compare_sessions(spark_dir: Path, duck_file: Path) -> dict:
+    """Distinct (user_id, session_seq) on both sides and the rows that differ (multiset)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    spark = f"read_parquet('{spark_dir / '*.parquet'}', hive_partitioning = false)"
+    duck = f"read_parquet('{duck_file}')"
+    cols = "user_id, event_time, event_type, query, item_id, request_id, session_seq, session_id"
+
+    def sessions(rel: str) -> tuple[int, int]:
+        return con.execute(f"SELECT count(*), count(DISTINCT (user_id, session_seq)) FROM {rel}").fetchone()
+
+    (s_rows, s_sess), (d_rows, d_sess) = sessions(spark), sessions(duck)
+    only_spark = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {spark} EXCEPT ALL SELECT {cols} FROM {duck})")
+    only_spark = only_spark.fetchone()[0]
+    only_duck = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {duck} EXCEPT ALL SELECT {cols} FROM {spark})")
+    only_duck = only_duck.fetchone()[0]
+    return {
+        "spark_rows": s_rows, "duckdb_rows": d_rows,
+        "spark_sessions": s_sess, "duckdb_sessions": d_sess,
+        "rows_only_in_spark": only_spark, "rows_only_in_duckdb": only_duck,
+        "same_sessions": s_sess == d_sess and only_spark == 0 and only_duck == 0,
+    }
+
+
+# --- one size ----------------------------------------------------------------------------------
+
+
+def _ds_list(days: int) -> list[str]:
+    start = dt.date.fromisoformat(START_DS)
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range(days)]
+
+
+def _raw_events(root: Path, ds: str) -> int:
+    manifest = root / "raw" / "behavior_events" / f"ds={ds}" / "_manifest.json"
+    return int(json.loads(manifest.read_text())["rows"])
+
+
+def _step_record(res: dict, events: int) -> dict:
+    rec = {k: v for k, v in res.items() if k != "stdout_json"}
+    rec["events"] = events
+    if res["seconds"] > 0:
+        rec["events_per_s"] = round(events / res["seconds"])
+    return rec
+
+
+def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
+    days = _ds_list(args.days)
+    last = days[-1]
+    n_users = max(1, round(size / (args.events_per_user_day * args.days)))
+    root = work / "data"
+    logs = work / "logs"
+    driver_memory = args.driver_memory or ("6g" if size >= 5_000_000 else None)
+    env = dict(base_env)
+    if driver_memory:
+        env["PIPELINE__SPARK__DRIVER_MEMORY"] = driver_memory
+    out: dict = {
+        "target_events": size, "days": days, "n_users": n_users, "n_items": args.items,
+        "events_per_user_day": args.events_per_user_day, "data_root": str(root),
+        "spark_master": env["PIPELINE__SPARK__MASTER"],
+        "driver_memory": driver_memory or "config default",
+        "steps": {},
+    }
+    t_size = time.perf_counter()
+
+    def finish() -> dict:
+        out["total_s"] = round(time.perf_counter() - t_size, 1)
+        return out
+
+    log(f"{size:,} events: generate {args.days} day(s), {n_users:,} users -> {root}")
+    cmd = [sys.executable, "-m", "sources.synthetic", "--data-root", str(root), "--start-ds", START_DS,
+           "--days", str(args.days), "--users", str(n_users), "--items", str(args.items),
+           "--events-per-user-day", str(args.events_per_user_day), "--seed", str(args.seed)]
+    res = run_measured(cmd, env, logs / "generate.log", args.step_timeout, args.poll_s)
+    if not res["ok"]:
+        out["steps"]["generate"] = _step_record(res, 0)
+        out["failed_step"] = "generate"
+        return finish()
+    per_day = {ds: _raw_events(root, ds) for ds in days}
+    total_events = sum(per_day.values())
+    out["events"] = total_events
+    out["events_per_day"] = per_day
+    out["raw_parquet_mb"] = round(sum(p.stat().st_size for p in (root / "raw").rglob("*.parquet")) / MB, 1)
+    out["steps"]["generate"] = _step_record(res, total_events)
+    log(f"  generate: {res['seconds']} s, {total_events:,} events, peak {res['peak_rss_mb']} MB")
+
+    plan = [("validate", ds) for ds in days] + [("sessionize", last), ("build_samples", last)]
+    runs: dict[str, list[dict]] = collections.defaultdict(list)
+    for step, ds in plan:
+        tag = f"{step}-{ds}"
+        ev_dir = logs / "eventlog" / tag
+        ev_dir.mkdir(parents=True, exist_ok=True)
+        step_env = dict(env)
+        if not args.no_event_log:
+            step_env["PYSPARK_SUBMIT_ARGS"] = (
+                f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{ev_dir} "
+                "--conf spark.eventLog.compress=false pyspark-shell"
+            )
+        log(f"  {step} ds={ds} ...")
+        cmd = [sys.executable, "-m", f"jobs.{step}", "--ds", ds, "--data-root", str(root)]
+        res = run_measured(cmd, step_env, logs / f"{tag}.log", args.step_timeout, args.poll_s)
+        res["ds"] = ds
+        res["spark"] = parse_event_log(ev_dir)
+        runs[step].append(res)
+        log(f"  {step} ds={ds}: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s, "
+            f"peak {res['peak_rss_mb']} MB")
+        if not res["ok"]:
+            out["failed_step"] = f"{step} ds={ds}"
+            break
+    for step, step_runs in runs.items():
+        events = total_events if step in ("validate", "build_samples") else per_day[last]
+        merged = {
+            "seconds": round(sum(r["seconds"] for r in step_runs), 2),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in step_runs),
+            "peak_jvm_rss_mb": max(r["peak_jvm_rss_mb"] for r in step_runs),
+            "ok": all(r["ok"] for r in step_runs),
+        }
+        rec = _step_record(merged, events)
+        rec["runs"] = [
+            {k: v for k, v in r.items() if k not in ("stdout_json",)} | {"summary": _summary(step, r)}
+            for r in step_runs
+        ]
+        out["steps"][step] = rec
+    if "failed_step" in out:
+        return finish()
+
+    # DuckDB on the same clean Parquet, in its own process.
+    clean = root / "clean" / "behavior_events" / f"ds={last}"
+    duck_out = work / "duckdb_behavior_sessions.parquet"
+    gap = args.gap_minutes
+    log("  duckdb sessionize ...")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--duckdb-sessionize", str(clean), str(duck_out), last,
+           str(gap)] + (["--duckdb-threads", str(args.duckdb_threads)] if args.duckdb_threads else [])
+    res = run_measured(cmd, env, logs / "duckdb.log", args.step_timeout, args.poll_s)
+    duck = _step_record(res, per_day[last])
+    duck["result"] = res["stdout_json"]
+    out["steps"]["duckdb_sessionize"] = duck
+    log(f"  duckdb sessionize: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s, peak {res['peak_rss_mb']} MB")
+    if res["ok"]:
+        spark_s = out["steps"]["sessionize"]["seconds"]
+        spark_runs = out["steps"]["sessionize"]["runs"]
+        write_s = spark_runs[-1]["spark"].get("sql_seconds_by_target", {}).get("write sessions/behavior_sessions")
+        out["sessionize_comparison"] = {
+            "spark_sessionize_s": spark_s,
+            "duckdb_sessionize_s": res["seconds"],
+            "spark_over_duckdb": round(spark_s / res["seconds"], 2),
+            "note": "whole processes; the Spark job also writes hintq_sessions and day_sessions",
+            "spark_behavior_sessions_write_s": write_s,
+            "duckdb_query_s": (res["stdout_json"] or {}).get("query_s"),
+            "check": compare_sessions(root / "sessions" / "behavior_sessions" / f"ds={last}", duck_out),
+        }
+    else:
+        out["failed_step"] = "duckdb_sessionize"
+    return finish()
+
+
+def _summary(step: str, res: dict):
+    doc = res.get("stdout_json") or {}
+    if step == "validate":
+        return {t: {k: v[k] for k in ("rows_in", "rows_out", "rows_quarantined")}
+                for t, v in (doc.get("validate") or {}).items()}
+    return doc.get("sessionize") or doc.get("samples")
+
+
+def machine_info() -> dict:
+    import duckdb
+    import psutil
+    import pyspark
+
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        java = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "cpu_model": _cpu_model(),
+        "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_available_gb_at_start": round(psutil.virtual_memory().available / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pyspark": pyspark.__version__,
+        "duckdb": duckdb.__version__,
+        "java": java,
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--days", type=int, default=1, help="days generated; total events ~ size")
+    parser.add_argument("--keep", action="store_true", help="keep the data roots and logs")
+    parser.add_argument("--events-per-user-day", type=float, default=200.0)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default=None,
+                        help="spark driver memory (default: config's for < 5M events, else 6g)")
+    parser.add_argument("--gap-minutes", type=int, default=30, help="must match sessionize.gap_minutes")
+    parser.add_argument("--duckdb-threads", type=int, default=None, help="default: DuckDB's (all cores)")
+    parser.add_argument("--step-timeout", type=float, default=3600.0)
+    parser.add_argument("--poll-s", type=float, default=0.2)
+    parser.add_argument("--no-event-log", action="store_true", help="do not write/parse Spark event logs")
+    parser.add_argument("--work-dir", default=None, help="parent of the temporary data roots (default /tmp)")
+    parser.add_argument("--duckdb-sessionize", nargs=4, metavar=("SRC", "OUT", "DS", "GAP"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.duckdb_sessionize:
+        src, out, ds, gap = args.duckdb_sessionize
+        print(json.dumps(duckdb_sessionize(src, out, ds, int(gap), args.duckdb_threads)))
+        return 0
+
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_SUBMITTED" and not k.startswith("PIPELINE__")}
+    env.update({
+        "PIPELINE_PROFILE": "local",
+        "PIPELINE__SPARK__MASTER": args.master,
+        "PIPELINE__SESSIONIZE__GAP_MINUTES": str(args.gap_minutes),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    })
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    report: dict = {"bench": "etl", "started": dt.datetime.now().isoformat(timespec="seconds"),
+                    "machine": machine_info(), "sizes": []}
+    t0 = time.perf_counter()
+    for size in args.events:
+        work = Path(tempfile.mkdtemp(prefix=f"etl-bench-{size}-", dir=args.work_dir))
+        try:
+            result = bench_size(size, args, env, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        result["kept"] = bool(args.keep)
+        report["sizes"].append(result)
+        log(f"{size:,} events done in {result['total_s']} s" + (f" (FAILED at {result['failed_step']})"
+                                                                 if "failed_step" in result else ""))
+    report["total_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(report, indent=1))
+    return 0 if all("failed_step" not in s for s in report["sizes"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""KARMA: LLM next-interest embedding for item retrieval (model, training, evaluation, index)."""

@@ -1,0 +1,108 @@
+"""DAG files: import, tags/retries, structure, and real dag.test() runs of behavior_etl."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from common import schemas
+from common.arrow_io import read_partition
+from common.paths import is_published, partition_path
+
+pytestmark = pytest.mark.airflow
+
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_dags_import_without_errors_and_declare_tags_and_retries(dagbag):
+    assert dagbag.import_errors == {}
+    assert "behavior_etl" in dagbag.dag_ids
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+def test_behavior_etl_structure(dagbag):
+    dag = dagbag.get_dag("behavior_etl")
+    downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream == {
+        "validate": ["sessionize"],
+        "sessionize": ["build_samples"],
+        "build_samples": ["publish_samples"],
+        "publish_samples": [],
+    }
+    outlets = {a.name for a in dag.get_task("publish_samples").outlets}
+    assert outlets == {f"samples.{t}" for t in schemas.SAMPLE_TABLES}
+    assert set(dag.params.keys()) == {"config", "profile", "data_root"}
+
+
+def test_dag_files_do_not_import_heavy_libraries_at_parse_time():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; runpy.run_path(sys.argv[1]); "
+        "bad = [m for m in ('torch', 'transformers', 'pyspark') if m in sys.modules]; "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
+    for path in sorted(DAGS.glob("*.py")):
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{path.name} imports {proc.stdout.strip()} at parse time: {proc.stderr[-500:]}"
+
+
+@pytest.fixture(scope="module")
+def generated_root(tmp_path_factory):
+    from sources.synthetic import generate
+
+    root = tmp_path_factory.mktemp("etl") / "data"
+    generate(root, "2026-11-01", 2, n_users=40, n_items=300, events_per_user_day=12.0, seed=3)
+    return root
+
+
+@pytest.mark.slow
+def test_dag_test_of_behavior_etl_writes_every_partition(dagbag, generated_root):
+    dag = dagbag.get_dag("behavior_etl")
+    run = dag.test(logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), run_conf={"data_root": str(generated_root)})
+    assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
+    ds = "2026-11-01"
+    expected = {"clean": schemas.RAW_TABLES, "quarantine": schemas.RAW_TABLES,
+                "sessions": schemas.SESSION_TABLES, "samples": schemas.SAMPLE_TABLES}
+    for area, tables in expected.items():
+        for table in tables:
+            assert is_published(partition_path(generated_root, area, table, ds)), (area, table)
+    raw_events = read_partition(generated_root, "raw", "behavior_events", ds).num_rows
+    clean_events = read_partition(generated_root, "clean", "behavior_events", ds).num_rows
+    quarantined = read_partition(generated_root, "quarantine", "behavior_events", ds).num_rows
+    assert raw_events == clean_events + quarantined and clean_events > 0
+    for table in ("karma_samples", "aigq_direct_sft", "aigq_think_sft", "ctr_samples"):
+        assert read_partition(generated_root, "samples", table, ds).num_rows > 0, table
+    corpus = read_partition(generated_root, "samples", "item_corpus", ds)
+    assert corpus.num_rows == 300 and corpus.schema.names == schemas.ITEM_CORPUS.names
+
+
+@pytest.mark.slow
+def test_dag_test_with_a_bad_input_file_fails_and_publishes_nothing(dagbag, generated_root):
+    ds = "2026-11-02"
+    part = partition_path(generated_root, "raw", "behavior_events", ds)
+    (path,) = [p for p in part.glob("*.parquet")]
+    pq.write_table(pq.read_table(path).drop_columns(["event_type"]), path)
+    dag = dagbag.get_dag("behavior_etl")
+    run = dag.test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf={"data_root": str(generated_root)})
+    assert "failed" in str(run.state).lower()
+    validate_ti = run.get_task_instance("validate")
+    assert "failed" in str(validate_ti.state).lower() and validate_ti.try_number == 1  # no retry on bad data
+    for area in ("clean", "quarantine", "sessions", "samples"):
+        area_root = generated_root / area
+        leftovers = [p for p in area_root.rglob(f"ds={ds}")] + [p for p in area_root.rglob(f".tmp-ds={ds}-*")]
+        assert leftovers == [], leftovers
