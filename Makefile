@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean
+.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean backfill
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
@@ -46,3 +46,10 @@ airflow-ui: venv
 
 clean:
 	rm -rf data .airflow
+
+START ?=
+END ?=
+DAG ?= behavior_etl
+backfill: venv
+	airflow db migrate >/dev/null
+	$(PY) scripts/backfill.py $(DAG) $(START) $(END)

@@ -58,9 +58,12 @@ def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, po
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
         root = psutil.Process(proc.pid)
         peak = peak_jvm = 0
+        breakdown: dict[str, float] = {}
+        load_before = os.getloadavg()[0]
+        load_max = load_before
         timed_out = False
         while proc.poll() is None:
-            total = jvm = 0
+            total = jvm = other = 0
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -74,7 +77,13 @@ def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, po
                 total += rss
                 if name == "java":
                     jvm += rss
+                elif p.pid != proc.pid:
+                    other += rss
+            if total > peak:
+                breakdown = {"step_process": round((total - jvm - other) / MB, 1), "jvm": round(jvm / MB, 1),
+                             "other_children": round(other / MB, 1)}
             peak, peak_jvm = max(peak, total), max(peak_jvm, jvm)
+            load_max = max(load_max, os.getloadavg()[0])
             if time.perf_counter() - t0 > timeout_s:
                 timed_out = True
                 for p in reversed(procs):  # children first, then the step itself
@@ -90,6 +99,8 @@ def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, po
         "seconds": round(seconds, 2),
         "peak_rss_mb": round(peak / MB, 1),
         "peak_jvm_rss_mb": round(peak_jvm / MB, 1),
+        "rss_at_peak_mb": breakdown,
+        "loadavg_1m": {"before": round(load_before, 2), "max": round(load_max, 2)},
         "returncode": proc.returncode,
         "ok": proc.returncode == 0 and not timed_out,
     }
@@ -142,60 +153,68 @@ def _acc(stage_info: dict) -> dict[str, float]:
     return out
 
 
+def _lines(files: list[Path]):
+    for path in files:
+        with open(path, errors="replace") as fh:
+            yield from fh
+
+
 def parse_event_log(log_dir: Path, top: int = 6) -> dict:
     """Per SQL execution (write target) wall seconds and the slowest stages with their metrics."""
-    files = [p for p in log_dir.iterdir() if p.is_file()] if log_dir.is_dir() else []
+    # Spark 4 writes rolling logs: <dir>/eventlog_v2_<app>/events_<n>_<app>.
+    files = [p for p in log_dir.rglob("*") if p.is_file() and p.name.startswith(("events_", "local-"))]
+    files.sort(key=lambda p: int(m.group(1)) if (m := re.match(r"events_(\d+)_", p.name)) else 0)
     if not files:
         return {}
     sql: dict[int, dict] = {}
     stage_sql: dict[int, int] = {}
     stages = []
-    with open(files[0], errors="replace") as fh:
-        for line in fh:
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
+    for line in _lines(files):
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        kind = ev.get("Event", "")
+        if kind.endswith("SQLExecutionStart"):
+            plan = ev.get("physicalPlanDescription", "")
+            m = _WRITE_PATH.search(plan)
+            if m:
+                label = f"write {m.group(1)}/{m.group(2)}"
+            else:
+                first = next((ln for ln in plan.splitlines()[1:]
+                              if ln.strip() and "AdaptiveSparkPlan" not in ln), "")
+                label = "action " + re.sub(r"[\s+\-*:()]+", " ", first).strip()[:60]
+            sql[ev["executionId"]] = {"id": ev["executionId"], "what": label, "start": ev["time"]}
+        elif kind.endswith("SQLExecutionEnd") and ev.get("executionId") in sql:
+            entry = sql[ev["executionId"]]
+            entry["seconds"] = round((ev["time"] - entry.pop("start")) / 1000, 2)
+        elif kind == "SparkListenerJobStart":
+            exec_id = (ev.get("Properties") or {}).get("spark.sql.execution.id")
+            if exec_id is not None:
+                for sid in ev.get("Stage IDs", []):
+                    stage_sql[sid] = int(exec_id)
+        elif kind == "SparkListenerStageCompleted":
+            info = ev["Stage Info"]
+            if "Completion Time" not in info or "Submission Time" not in info:
                 continue
-            kind = ev.get("Event", "")
-            if kind.endswith("SQLExecutionStart"):
-                plan = ev.get("physicalPlanDescription", "")
-                m = _WRITE_PATH.search(plan)
-                if m:
-                    label = f"write {m.group(1)}/{m.group(2)}"
-                else:
-                    first = next((ln for ln in plan.splitlines()[1:] if ln.strip()), "")
-                    label = "action " + re.sub(r"[\s+\-*:()]+", " ", first).strip()[:60]
-                sql[ev["executionId"]] = {"id": ev["executionId"], "what": label, "start": ev["time"]}
-            elif kind.endswith("SQLExecutionEnd") and ev.get("executionId") in sql:
-                entry = sql[ev["executionId"]]
-                entry["seconds"] = round((ev["time"] - entry.pop("start")) / 1000, 2)
-            elif kind == "SparkListenerJobStart":
-                exec_id = (ev.get("Properties") or {}).get("spark.sql.execution.id")
-                if exec_id is not None:
-                    for sid in ev.get("Stage IDs", []):
-                        stage_sql[sid] = int(exec_id)
-            elif kind == "SparkListenerStageCompleted":
-                info = ev["Stage Info"]
-                if "Completion Time" not in info or "Submission Time" not in info:
-                    continue
-                acc = _acc(info)
-                stages.append({
-                    "stage": info["Stage ID"],
-                    "sql_id": stage_sql.get(info["Stage ID"]),
-                    "tasks": info.get("Number of Tasks"),
-                    "seconds": round((info["Completion Time"] - info["Submission Time"]) / 1000, 2),
-                    "task_run_s": round(acc.get("internal.metrics.executorRunTime", 0) / 1000, 1),
-                    "gc_s": round(acc.get("internal.metrics.jvmGCTime", 0) / 1000, 1),
-                    "spill_disk_mb": round(acc.get("internal.metrics.diskBytesSpilled", 0) / MB, 1),
-                    "spill_mem_mb": round(acc.get("internal.metrics.memoryBytesSpilled", 0) / MB, 1),
-                    "input_mb": round(acc.get("internal.metrics.input.bytesRead", 0) / MB, 1),
-                    "shuffle_read_mb": round((acc.get("internal.metrics.shuffle.read.localBytesRead", 0)
-                                              + acc.get("internal.metrics.shuffle.read.remoteBytesRead", 0))
-                                             / MB, 1),
-                    "shuffle_write_mb": round(acc.get("internal.metrics.shuffle.write.bytesWritten", 0) / MB, 1),
-                    "output_mb": round(acc.get("internal.metrics.output.bytesWritten", 0) / MB, 1),
-                    "peak_exec_mem_mb": round(acc.get("internal.metrics.peakExecutionMemory", 0) / MB, 1),
-                })
+            acc = _acc(info)
+            stages.append({
+                "stage": info["Stage ID"],
+                "sql_id": stage_sql.get(info["Stage ID"]),
+                "tasks": info.get("Number of Tasks"),
+                "seconds": round((info["Completion Time"] - info["Submission Time"]) / 1000, 2),
+                "task_run_s": round(acc.get("internal.metrics.executorRunTime", 0) / 1000, 1),
+                "gc_s": round(acc.get("internal.metrics.jvmGCTime", 0) / 1000, 1),
+                "spill_disk_mb": round(acc.get("internal.metrics.diskBytesSpilled", 0) / MB, 1),
+                "spill_mem_mb": round(acc.get("internal.metrics.memoryBytesSpilled", 0) / MB, 1),
+                "input_mb": round(acc.get("internal.metrics.input.bytesRead", 0) / MB, 1),
+                "shuffle_read_mb": round((acc.get("internal.metrics.shuffle.read.localBytesRead", 0)
+                                          + acc.get("internal.metrics.shuffle.read.remoteBytesRead", 0))
+                                         / MB, 1),
+                "shuffle_write_mb": round(acc.get("internal.metrics.shuffle.write.bytesWritten", 0) / MB, 1),
+                "output_mb": round(acc.get("internal.metrics.output.bytesWritten", 0) / MB, 1),
+                "peak_exec_mem_mb": round(acc.get("internal.metrics.peakExecutionMemory", 0) / MB, 1),
+            })
     for st in stages:
         st["what"] = sql.get(st["sql_id"], {}).get("what") if st["sql_id"] is not None else None
     executions = [e for e in sorted(sql.values(), key=lambda e: e["id"]) if "seconds" in e]
