@@ -47,12 +47,34 @@ def log(msg: str) -> None:
 # --- measuring a process tree ------------------------------------------------------------------
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[str, int, tuple[int, int], float] | None:
+    """(command name, RSS bytes, address-space key, CPU seconds) from one read of /proc/<pid>/stat.
+
+    One read keeps name and RSS consistent; the key (start of stack, start of heap) is shared by a
+    ``vfork``-ed child before it execs, which would otherwise count the JVM's RSS twice (a forked
+    copy-on-write child shares the key too, but not the RSS figure, so it is still counted).
+    """
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    f = raw[raw.rindex(")") + 2 :].split()  # f[0] is field 3 (state)
+    cpu = (int(f[11]) + int(f[12])) / TICK  # utime + stime
+    return name, int(f[21]) * PAGE, (int(f[25]), int(f[44])), cpu
+
+
 def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, poll_s: float) -> dict:
-    """Run ``cmd``; wall seconds, peak summed RSS of its process tree, return code and stdout."""
+    """Run ``cmd``; wall seconds, peak summed RSS and CPU seconds of its process tree, return code, stdout."""
     import psutil
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out_path = log_path.with_suffix(".stdout")
+    cpu_by_pid: dict[int, float] = {}
     with open(log_path, "wb") as err, open(out_path, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
@@ -68,12 +90,16 @@ def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, po
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 procs = []
+            seen_mm: dict[tuple[int, int], int] = {}
             for p in procs:
-                try:
-                    rss = p.memory_info().rss
-                    name = p.name()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                st = _proc_stat(p.pid)
+                if st is None:
                     continue
+                name, rss, mm, cpu = st
+                cpu_by_pid[p.pid] = max(cpu, cpu_by_pid.get(p.pid, 0.0))
+                if mm in seen_mm and abs(rss - seen_mm[mm]) <= 0.02 * rss:
+                    continue  # same address space (vfork child): already counted
+                seen_mm[mm] = rss
                 total += rss
                 if name == "java":
                     jvm += rss
@@ -97,6 +123,7 @@ def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, po
         seconds = time.perf_counter() - t0
     result = {
         "seconds": round(seconds, 2),
+        "cpu_s": round(sum(cpu_by_pid.values()), 1),
         "peak_rss_mb": round(peak / MB, 1),
         "peak_jvm_rss_mb": round(peak_jvm / MB, 1),
         "rss_at_peak_mb": breakdown,
@@ -160,7 +187,7 @@ def _lines(files: list[Path]):
 
 
 def parse_event_log(log_dir: Path, top: int = 6) -> dict:
-    """Per SQL execution (write target) wall seconds and the slowest stages with their metrics."""
+    """Per SQL execution (write target) wall and task seconds, and the costliest stages."""
     # Spark 4 writes rolling logs: <dir>/eventlog_v2_<app>/events_<n>_<app>.
     files = [p for p in log_dir.rglob("*") if p.is_file() and p.name.startswith(("events_", "local-"))]
     files.sort(key=lambda p: int(m.group(1)) if (m := re.match(r"events_(\d+)_", p.name)) else 0)
@@ -198,6 +225,15 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
             if "Completion Time" not in info or "Submission Time" not in info:
                 continue
             acc = _acc(info)
+            ops = []
+            for rdd in info.get("RDD Info", []):
+                try:
+                    op = json.loads(rdd.get("Scope") or "{}").get("name", "")
+                except json.JSONDecodeError:
+                    op = ""
+                op = re.sub(r"\s*\(\d+\)$", "", op)
+                if op and op not in ops:
+                    ops.append(op)
             stages.append({
                 "stage": info["Stage ID"],
                 "sql_id": stage_sql.get(info["Stage ID"]),
@@ -214,6 +250,7 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
                 "shuffle_write_mb": round(acc.get("internal.metrics.shuffle.write.bytesWritten", 0) / MB, 1),
                 "output_mb": round(acc.get("internal.metrics.output.bytesWritten", 0) / MB, 1),
                 "peak_exec_mem_mb": round(acc.get("internal.metrics.peakExecutionMemory", 0) / MB, 1),
+                "operators": ops,
             })
     for st in stages:
         st["what"] = sql.get(st["sql_id"], {}).get("what") if st["sql_id"] is not None else None
@@ -221,14 +258,22 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
     by_what: dict[str, float] = collections.defaultdict(float)
     for e in executions:
         by_what[e["what"]] += e["seconds"]
+    task_by_what: dict[str, float] = collections.defaultdict(float)
+    for st in stages:
+        task_by_what[st["what"] or "other"] += st["task_run_s"]
     totals = {
         k: round(sum(s[k] for s in stages), 1)
         for k in ("task_run_s", "gc_s", "spill_disk_mb", "spill_mem_mb", "shuffle_write_mb")
     }
     return {
         "sql_seconds_by_target": {k: round(v, 2) for k, v in sorted(by_what.items(), key=lambda kv: -kv[1])},
+        "task_run_s_by_target": {k: round(v, 1) for k, v in sorted(task_by_what.items(), key=lambda kv: -kv[1])},
         "stage_totals": {"stages": len(stages), **totals},
-        "slowest_stages": sorted(stages, key=lambda s: -s["seconds"])[:top],
+        # Stages overlap under AQE, so rank by summed task time (the CPU-ish cost), not wall time.
+        "costliest_stages": [
+            {k: v for k, v in st.items() if v or k in ("stage", "seconds", "tasks")}
+            for st in sorted(stages, key=lambda s: -s["task_run_s"])[:top]
+        ],
     }
 
 
@@ -393,6 +438,7 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
         events = total_events if step in ("validate", "build_samples") else per_day[last]
         merged = {
             "seconds": round(sum(r["seconds"] for r in step_runs), 2),
+            "cpu_s": round(sum(r["cpu_s"] for r in step_runs), 1),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in step_runs),
             "peak_jvm_rss_mb": max(r["peak_jvm_rss_mb"] for r in step_runs),
             "ok": all(r["ok"] for r in step_runs),
@@ -419,21 +465,31 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
     out["steps"]["duckdb_sessionize"] = duck
     log(f"  duckdb sessionize: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s, peak {res['peak_rss_mb']} MB")
     if res["ok"]:
-        spark_s = out["steps"]["sessionize"]["seconds"]
-        spark_runs = out["steps"]["sessionize"]["runs"]
-        write_s = spark_runs[-1]["spark"].get("sql_seconds_by_target", {}).get("write sessions/behavior_sessions")
-        out["sessionize_comparison"] = {
-            "spark_sessionize_s": spark_s,
-            "duckdb_sessionize_s": res["seconds"],
-            "spark_over_duckdb": round(spark_s / res["seconds"], 2),
-            "note": "whole processes; the Spark job also writes hintq_sessions and day_sessions",
-            "spark_behavior_sessions_write_s": write_s,
-            "duckdb_query_s": (res["stdout_json"] or {}).get("query_s"),
-            "check": compare_sessions(root / "sessions" / "behavior_sessions" / f"ds={last}", duck_out),
-        }
+        out["sessionize_comparison"] = sessionize_comparison(out["steps"]["sessionize"], duck)
+        out["sessionize_comparison"]["check"] = compare_sessions(
+            root / "sessions" / "behavior_sessions" / f"ds={last}", duck_out
+        )
     else:
         out["failed_step"] = "duckdb_sessionize"
     return finish()
+
+
+def sessionize_comparison(spark: dict, duck: dict) -> dict:
+    """Spark's sessionize step against DuckDB's: wall and CPU seconds and their ratios."""
+    write_s = spark["runs"][-1]["spark"].get("sql_seconds_by_target", {}).get("write sessions/behavior_sessions")
+    duck_query_s = (duck.get("result") or {}).get("query_s")
+    return {
+        "spark_sessionize_s": spark["seconds"],
+        "duckdb_sessionize_s": duck["seconds"],
+        "spark_over_duckdb": round(spark["seconds"] / duck["seconds"], 2),
+        "spark_sessionize_cpu_s": spark["cpu_s"],
+        "duckdb_sessionize_cpu_s": duck["cpu_s"],
+        "spark_over_duckdb_cpu": round(spark["cpu_s"] / duck["cpu_s"], 2) if duck["cpu_s"] else None,
+        "note": "whole processes; the Spark job also writes hintq_sessions and day_sessions",
+        "spark_behavior_sessions_write_s": write_s,
+        "duckdb_query_s": duck_query_s,
+        "spark_over_duckdb_query_only": round(write_s / duck_query_s, 2) if write_s and duck_query_s else None,
+    }
 
 
 def _summary(step: str, res: dict):
