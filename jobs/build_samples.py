@@ -5,7 +5,7 @@ Shared pieces
 - **Behaviours** are clean ``search | click | cart | buy`` events of ``ds`` and the
   ``samples.lookback_days`` days before it; a behaviour's text is the query (search) or the
   item title (item events), its category the item's leaf category.
-- **History** of an anchor (a target click, an exposure, a day session, an impression) is the
+- **History** (one window computation per run, shared by every table) of an anchor (a target click, an exposure, a day session, an impression) is the
   last ``samples.history_len`` behaviours strictly before the anchor's time, oldest first, each
   with a ``time_bucket`` relative to the anchor (``lt_1h``, ``lt_1d``, ``1d_ago``, ``2_3d_ago``,
   ``4_7d_ago``, ``gt_7d_ago``).
@@ -27,7 +27,8 @@ Tables
   searches typed that day (time order), then the day's exposures' ranker top-K. Each target
   query carries ``triggers``: indices into the history of behaviours sharing a word (two or
   more characters) with it.
-- ``ctr_samples``: one per query impression with profile and the user's recent queries.
+- ``ctr_samples``: one per query impression with profile and the user's recent queries (the
+  searches among the last ``history_len`` behaviours before the impression).
 - ``item_corpus``: ``sql/item_corpus.sql``.
 """
 
@@ -106,11 +107,11 @@ def time_bucket(seconds):
     )
 
 
-def attach_history(behaviours, anchors, history_len: int, key: str = "sample_id", time_col: str = "event_time"):
-    """Add ``history``: the last ``history_len`` behaviours strictly before each anchor.
+def index_behaviours(behaviours, history_len: int):
+    """Number each user's behaviours in time order (``_bidx``, 1-based) and attach to each the
+    window of the last ``history_len`` behaviours up to and including it (``_hist``).
 
-    ``anchors`` needs ``user_id``, ``time_col`` and a unique ``key``. Cost is linear in the
-    number of behaviours times ``history_len`` plus an equi-join, never anchors x behaviours.
+    Computed once per run and shared by every sample table.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -118,15 +119,30 @@ def attach_history(behaviours, anchors, history_len: int, key: str = "sample_id"
     beh = behaviours.withColumn("_tie", _tie_key())
     order = Window.partitionBy("user_id").orderBy("event_time", "_tie")
     item = F.struct("event_time", "event_type", "text", "item_id", "category")
-    beh = beh.withColumn("_bidx", F.row_number().over(order)).withColumn(
-        "_hist", F.collect_list(item).over(order.rowsBetween(-(history_len - 1), 0))
+    return beh.select(
+        "user_id", "event_time", "_tie",
+        F.row_number().over(order).alias("_bidx"),
+        F.collect_list(item).over(order.rowsBetween(-(history_len - 1), 0)).alias("_hist"),
     )
+
+
+def attach_history(indexed, anchors, key: str = "sample_id", time_col: str = "event_time"):
+    """Add ``history``: the indexed window of the last behaviours strictly before each anchor.
+
+    ``anchors`` needs ``user_id``, ``time_col`` and a unique ``key``. Cost is linear in the
+    number of behaviours plus an equi-join, never anchors x behaviours.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     # Count behaviours strictly before each anchor: anchors sort before behaviours at equal time.
     marks = anchors.select(
         "user_id", F.col(time_col).alias("event_time"), F.lit(0).alias("_is_beh"), F.col(key).alias("_key"),
         F.lit("").alias("_tie"),
     ).unionByName(
-        beh.select("user_id", "event_time", F.lit(1).alias("_is_beh"), F.lit(None).cast("string").alias("_key"), "_tie")
+        indexed.select(
+            "user_id", "event_time", F.lit(1).alias("_is_beh"), F.lit(None).cast("string").alias("_key"), "_tie"
+        )
     )
     stream = Window.partitionBy("user_id").orderBy("event_time", "_is_beh", "_tie").rowsBetween(
         Window.unboundedPreceding, Window.currentRow
@@ -136,7 +152,7 @@ def attach_history(behaviours, anchors, history_len: int, key: str = "sample_id"
         .filter(F.col("_is_beh") == 0)
         .select("user_id", F.col("_key").alias(key), "_n_before")
     )
-    hist = beh.select("user_id", F.col("_bidx").alias("_n_before"), "_hist")
+    hist = indexed.select("user_id", F.col("_bidx").alias("_n_before"), "_hist")
     joined = anchors.join(before, on=["user_id", key], how="left").join(hist, on=["user_id", "_n_before"], how="left")
     anchor_us = F.unix_micros(F.col(time_col))
     history = F.transform(
@@ -189,7 +205,7 @@ def hard_negatives(day_events, max_negatives: int):
     return per_request.select("user_id", "request_id", negatives.alias("hard_negative_ids"))
 
 
-def build_karma_samples(behaviours, day_events, ds: str, scfg: dict):
+def build_karma_samples(indexed, day_events, ds: str, scfg: dict):
     from pyspark.sql import functions as F
 
     targets = day_events.filter(
@@ -200,7 +216,7 @@ def build_karma_samples(behaviours, day_events, ds: str, scfg: dict):
     )
     targets = targets.withColumn("sample_id", _sample_id("user_id", "event_time", "target_item_id", "target_event_type"))
     targets = targets.dropDuplicates(["sample_id"])
-    with_hist = attach_history(behaviours, targets, int(scfg["history_len"]))
+    with_hist = attach_history(indexed, targets)
     negs = hard_negatives(day_events, int(scfg["hard_negatives"]))
     out = (
         with_hist.join(negs, on=["user_id", "request_id"], how="left")
@@ -279,7 +295,7 @@ def with_profile(df, users):
     return df.join(users.select("user_id", *cols), on="user_id", how="left")
 
 
-def build_direct_samples(behaviours, exposures, sessions, users, ds: str, scfg: dict):
+def build_direct_samples(indexed, exposures, sessions, users, ds: str, scfg: dict):
     from pyspark.sql import functions as F
 
     has_exposures = exposures.limit(1).count() > 0
@@ -288,7 +304,7 @@ def build_direct_samples(behaviours, exposures, sessions, users, ds: str, scfg: 
     anchors = anchors.filter(F.size("target_queries") > 0).withColumn(
         "sample_id", _sample_id("user_id", "request_id", "event_time")
     )
-    out = with_profile(attach_history(behaviours, anchors, int(scfg["history_len"])), users)
+    out = with_profile(attach_history(indexed, anchors), users)
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
@@ -338,18 +354,18 @@ def with_triggers(df):
     return df.withColumn("targets", F.expr(expr)).drop("_targets")
 
 
-def build_think_samples(behaviours, day_events, exposures, day_sessions, users, ds: str, scfg: dict):
+def build_think_samples(indexed, day_events, exposures, day_sessions, users, ds: str, scfg: dict):
     from pyspark.sql import functions as F
 
     anchors = day_sessions.select("user_id", F.col("start_time").alias("event_time")).join(
         think_targets(day_events, exposures, scfg), on="user_id", how="inner"
     ).withColumn("sample_id", _sample_id("user_id", "event_time"))
-    out = with_triggers(attach_history(behaviours, anchors, int(scfg["history_len"])))
+    out = with_triggers(attach_history(indexed, anchors))
     out = with_profile(out.filter(F.size("targets") > 0), users)
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
-def build_ctr_samples(spark, behaviours, impressions, users, ds: str, scfg: dict):
+def build_ctr_samples(spark, indexed, impressions, users, ds: str, scfg: dict):
     from pyspark.sql import functions as F
 
     from jobs.spark import load_sql
@@ -359,9 +375,9 @@ def build_ctr_samples(spark, behaviours, impressions, users, ds: str, scfg: dict
     base = spark.sql(load_sql("ctr_samples")).withColumn(
         "sample_id", _sample_id("user_id", "event_time", "query", "position")
     )
-    searches = behaviours.filter(F.col("event_type") == "search")
-    out = attach_history(searches, base, int(scfg["history_len"]))
-    out = out.withColumn("recent_queries", F.transform("history", lambda h: h["text"]))
+    out = attach_history(indexed, base)
+    searched = F.filter("history", lambda h: h["event_type"] == "search")
+    out = out.withColumn("recent_queries", F.transform(searched, lambda h: h["text"]))
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
@@ -381,17 +397,17 @@ def run(spark, cfg: dict, ds: str) -> dict:
     items = read_partition(spark, root, "clean", "items", ds)
     users = read_partition(spark, root, "clean", "users", ds)
     events = read_published_range(spark, root, "clean", "behavior_events", lookback)
-    behaviours = with_behaviour_text(events, items).persist()
+    indexed = index_behaviours(with_behaviour_text(events, items), int(scfg["history_len"])).persist()
     day_events = read_partition(spark, root, "clean", "behavior_events", ds)
     exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
     sessions = read_partition(spark, root, "sessions", "behavior_sessions", ds)
     day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
     impressions = read_partition(spark, root, "clean", "query_impressions", ds)
     outputs = {
-        "karma_samples": build_karma_samples(behaviours, day_events, ds, scfg),
-        "aigq_direct_sft": build_direct_samples(behaviours, exposures, sessions, users, ds, scfg),
-        "aigq_think_sft": build_think_samples(behaviours, day_events, exposures, day_sessions, users, ds, scfg),
-        "ctr_samples": build_ctr_samples(spark, behaviours, impressions, users, ds, scfg),
+        "karma_samples": build_karma_samples(indexed, day_events, ds, scfg),
+        "aigq_direct_sft": build_direct_samples(indexed, exposures, sessions, users, ds, scfg),
+        "aigq_think_sft": build_think_samples(indexed, day_events, exposures, day_sessions, users, ds, scfg),
+        "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg),
         "item_corpus": build_item_corpus(spark, items),
     }
     counts = {}
@@ -399,14 +415,12 @@ def run(spark, cfg: dict, ds: str) -> dict:
         for table, df in outputs.items():
             schema = schemas.spark_schema(table)
             df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
-            if table != "item_corpus":
-                df = df.orderBy("user_id", "event_time", "sample_id" if "sample_id" in df.columns else "query")
             manifest = {"table": table, "ds": ds, "history_ds": lookback}
             tmp = batch.stage(partition_path(root, "samples", table, ds), manifest)
             df.write.mode("overwrite").parquet(str(tmp))
             manifest["rows"] = counts[table] = parquet_row_count(tmp)
             logger.info("%s ds=%s: %d rows", table, ds, counts[table])
-    behaviours.unpersist()
+    indexed.unpersist()
     return counts
 
 

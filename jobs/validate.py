@@ -177,7 +177,8 @@ def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
     """Add ``reason``: the first rule that holds, else ``duplicate`` for repeated keys, else null.
 
     Duplicates are only counted among rows that passed every other rule, so one bad copy does
-    not hide a good one. Among duplicates the kept copy is the first by all columns.
+    not hide a good one. Among keyed duplicates the kept copy is the one with the smallest hash
+    of the whole row (deterministic across reruns).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -186,11 +187,16 @@ def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
     for name, cond in reversed(rules):
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(name)).otherwise(reason)
     df = df.withColumn("reason", reason)
-    keys = duplicate_keys or [c for c in df.columns if c != "reason"]
-    # Hash each key column so list columns (shown_queries) can be partitioned on.
-    key_cols = [F.xxhash64(F.to_json(F.struct(F.col(k))) if _is_complex(df, k) else F.col(k)) for k in keys]
-    order = [F.col(c).asc_nulls_first() for c in df.columns if c != "reason" and not _is_complex(df, c)]
-    window = Window.partitionBy(F.col("reason").isNull(), *key_cols).orderBy(*order)
+    if duplicate_keys:
+        # Keyed duplicates may differ in other columns: keep the copy with the smallest row hash.
+        partition = [F.col(k) for k in duplicate_keys]
+        order = F.xxhash64(F.to_json(F.struct(*[F.col(c) for c in df.columns if c != "reason"])))
+    else:
+        # Whole-row duplicates are identical, so which copy is kept cannot matter; partition on
+        # every column (hashing) and skip the expensive sort on all of them.
+        partition = [F.to_json(F.struct(F.col(c))) if _is_complex(df, c) else F.col(c) for c in df.columns if c != "reason"]
+        order = F.lit(0)
+    window = Window.partitionBy(F.col("reason").isNull(), *partition).orderBy(order)
     rank = F.row_number().over(window)
     df = df.withColumn(
         "reason", F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate")).otherwise(F.col("reason"))

@@ -11,7 +11,12 @@ from common.arrow_io import read_partition
 from common.config import load_config
 from common.paths import table_path
 from jobs import build_samples, sessionize, validate
-from jobs.build_samples import attach_history, direct_from_search_sessions, with_behaviour_text
+from jobs.build_samples import (
+    attach_history,
+    direct_from_search_sessions,
+    index_behaviours,
+    with_behaviour_text,
+)
 from tests.jobs_fixtures import DS1, DS2, ev, ts, write_tiny_dataset
 
 pytestmark = pytest.mark.spark
@@ -55,11 +60,11 @@ def test_attach_history_is_strictly_before_capped_and_bucketed(spark):
     beh = with_behaviour_text(events, items)
     anchors = spark.createDataFrame([("u1", ts(2, 10), "a1"), ("u1", ts(1, 1), "a0"), ("u9", ts(2, 10), "a9")],
                                     "user_id string, event_time timestamp, sample_id string")
-    out = {r.sample_id: r.history for r in attach_history(beh, anchors, history_len=2).collect()}
+    out = {r.sample_id: r.history for r in attach_history(index_behaviours(beh, 2), anchors).collect()}
     assert _brief(out["a1"]) == [("click", "red shoe", "1d_ago"), ("search", "q2", "lt_1h")]
     assert out["a1"][0]["category"] == "shoe" and out["a1"][0]["item_id"] == "i1"
     assert out["a0"] == [] and out["a9"] == []
-    longer = {r.sample_id: r.history for r in attach_history(beh, anchors, history_len=5).collect()}
+    longer = {r.sample_id: r.history for r in attach_history(index_behaviours(beh, 5), anchors).collect()}
     assert _brief(longer["a1"]) == [("search", "q1", "1d_ago"), ("click", "red shoe", "1d_ago"), ("search", "q2", "lt_1h")]
 
 
