@@ -9,8 +9,9 @@
 Inputs are plain Python: a sequence is a list of item indices (``0 .. n_items-1``) in time
 order; a history for scoring is the same (the text baseline also takes query strings). Each
 model has ``fit(sequences, timestamps=None)`` and ``score(histories) -> (n_users, n_items)``;
-:func:`evaluate_ranks` scores users in chunks and filters the history items, and :func:`tune`
-picks parameters on the validation split only.
+:func:`evaluate_ranks` scores users in bounded blocks and filters the history items,
+:func:`topk_items` serves top-K lists the same way, and :func:`tune` picks parameters on the
+validation split only.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class PopularityBaseline:
         return self
 
     def score(self, histories: Sequence[Sequence]) -> np.ndarray:
+        """``(n_users, n_items)``: the same popularity row for everyone."""
         return np.broadcast_to(self.counts, (len(histories), self.n_items)).copy()
 
 
@@ -75,8 +77,9 @@ class CooccurrenceBaseline:
     ``C[a, b]`` sums ``gap_decay**(g-1)`` over pairs where ``b`` follows ``a`` by ``g ≤ window``
     steps in one sequence. A user's scores are ``Σ_j decay**j · C[h_{-1-j}, :]`` over the last
     ``max_history`` history items (j = 0 the most recent); ``normalize="row"`` turns ``C`` into
-    ``P(b | a)`` so a popular last item does not drown the others. Popularity breaks ties,
-    including the all-zero rows of users whose items were never seen.
+    ``P(b | a)`` so a popular last item does not drown the others. ``backward_weight`` > 0 also
+    counts items that came *before* (``C + w·Cᵀ``), which helps on sparse logs. Popularity
+    breaks ties, including the all-zero rows of users whose items were never seen.
 
     >>> cooc = CooccurrenceBaseline(n_items=4, window=1).fit([[0, 1], [0, 1], [0, 2], [3, 2]])
     >>> int(cooc.score([[0]])[0].argmax())
@@ -84,22 +87,27 @@ class CooccurrenceBaseline:
     """
 
     def __init__(self, n_items: int, window: int = 3, max_history: int = 5, decay: float = 0.7,
-                 gap_decay: float = 1.0, normalize: str = "none", popularity_weight: float = 1e-6):
+                 gap_decay: float = 1.0, normalize: str = "none", backward_weight: float = 0.0,
+                 popularity_weight: float = 1e-6):
         if window < 1 or max_history < 1:
             raise ValueError("window and max_history must be >= 1")
         if not 0 < decay <= 1 or not 0 < gap_decay <= 1:
             raise ValueError("decay and gap_decay must be in (0, 1]")
         if normalize not in ("none", "row"):
             raise ValueError(f"normalize must be 'none' or 'row', got {normalize!r}")
+        if backward_weight < 0:
+            raise ValueError("backward_weight must be >= 0")
         self.n_items = n_items
         self.window = window
         self.max_history = max_history
         self.decay = decay
         self.gap_decay = gap_decay
         self.normalize = normalize
+        self.backward_weight = backward_weight
         self.popularity_weight = popularity_weight
         self.transitions: sp.csr_matrix = sp.csr_matrix((n_items, n_items))
         self.popularity = np.zeros(n_items)
+        self._min_transition = 1.0
 
     def fit(self, sequences: Sequence[Sequence[int]], timestamps=None):
         items, seq_ids, _ages = _flatten(sequences, None)
@@ -116,12 +124,15 @@ class CooccurrenceBaseline:
             shape=(self.n_items, self.n_items),
         )
         matrix = coo.tocsr()  # duplicates summed
+        if self.backward_weight > 0:
+            matrix = matrix + self.backward_weight * matrix.T.tocsr()
         matrix.sum_duplicates()
         if self.normalize == "row":
             row_sums = np.asarray(matrix.sum(axis=1)).ravel()
             inv = np.divide(1.0, row_sums, out=np.zeros_like(row_sums), where=row_sums > 0)
             matrix = sp.diags(inv) @ matrix
         self.transitions = matrix.tocsr()
+        self._min_transition = float(self.transitions.data.min()) if self.transitions.nnz else 1.0
         counts = np.bincount(items, minlength=self.n_items).astype(np.float64)
         self.popularity = counts / counts.max() if counts.size and counts.max() > 0 else counts
         logger.info("co-occurrence: %d items, %d non-zero transitions", self.n_items, self.transitions.nnz)
@@ -138,14 +149,11 @@ class CooccurrenceBaseline:
         return sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), self.n_items))
 
     def score(self, histories: Sequence[Sequence]) -> np.ndarray:
+        """``(n_users, n_items)`` float64 co-occurrence scores plus the popularity tie-breaker."""
         scores = (self.user_weights(histories) @ self.transitions).toarray()  # (n_users, n_items)
-        # Back-off: a tiny popularity term orders the ties (most of the catalogue scores 0).
-        scale = self.popularity_weight * self.decay ** (self.max_history - 1)
-        if self.normalize == "none":
-            scale *= self.gap_decay ** (self.window - 1)
-        else:
-            nz = self.transitions.data
-            scale *= float(nz.min()) if nz.size else 1.0
+        # Back-off: a popularity term far below the smallest non-zero score orders the ties
+        # (most of the catalogue scores 0) without letting an unseen item pass a seen one.
+        scale = self.popularity_weight * self.decay ** (self.max_history - 1) * self._min_transition
         return scores + scale * self.popularity[None, :]
 
 
@@ -207,6 +215,7 @@ class TextEmbeddingBaseline:
         return out
 
     def score(self, histories: Sequence[Sequence]) -> np.ndarray:
+        """``(n_users, n_items)`` cosine similarities."""
         return self.user_embeddings(histories) @ self.item_embeddings.T  # (n_users, n_items)
 
 
@@ -224,22 +233,53 @@ def _flatten(sequences: Sequence[Sequence[int]], timestamps: Sequence[Sequence[f
     return items, seq_ids, ages
 
 
+def _user_chunk(n_items: int, chunk: int, max_cells: int) -> int:
+    """Users per block so that a block's dense scores stay under ``max_cells`` values."""
+    return max(1, min(chunk, max_cells // max(n_items, 1)))
+
+
 def evaluate_ranks(model, histories: Sequence[Sequence], target_idx: Sequence[int],
-                   exclude_lists: Sequence[Iterable[int]] | None = None, chunk: int = 1024) -> np.ndarray:
-    """Ranks of each target under ``model.score``, users scored ``chunk`` at a time.
+                   exclude_lists: Sequence[Iterable[int]] | None = None, chunk: int = 1024,
+                   max_cells: int = 2**24) -> np.ndarray:
+    """Ranks of each target under ``model.score``, users scored in blocks of bounded size.
 
     History items are filtered (``exclude_lists`` defaults to each history's item indices).
     """
     target_idx = np.asarray(target_idx, dtype=np.int64)
     if exclude_lists is None:
         exclude_lists = [_item_indices(h) for h in histories]
+    step = _user_chunk(model.n_items, chunk, max_cells)
     ranks = np.empty(len(histories), dtype=np.int64)
-    for start in range(0, len(histories), chunk):
-        stop = min(start + chunk, len(histories))
+    for start in range(0, len(histories), step):
+        stop = min(start + step, len(histories))
         scores = model.score(histories[start:stop])
         mask = exclusion_mask(exclude_lists[start:stop], scores.shape[1], target_idx[start:stop])
         ranks[start:stop] = ranks_from_scores(scores, target_idx[start:stop], mask)
     return ranks
+
+
+def topk_items(model, histories: Sequence[Sequence], k: int, exclude_history: bool = True, chunk: int = 1024,
+               max_cells: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
+    """``(item indices, scores)``, each ``(n_users, k)`` best first, history items filtered.
+
+    >>> pop = PopularityBaseline(n_items=4).fit([[0, 1, 1], [2, 2, 2, 2]])
+    >>> topk_items(pop, [[2], []], k=2)[0].tolist()
+    [[1, 0], [2, 1]]
+    """
+    k = min(k, model.n_items)
+    step = _user_chunk(model.n_items, chunk, max_cells)
+    idx = np.empty((len(histories), k), dtype=np.int64)
+    top = np.empty((len(histories), k), dtype=np.float64)
+    for start in range(0, len(histories), step):
+        stop = min(start + step, len(histories))
+        scores = np.asarray(model.score(histories[start:stop]), dtype=np.float64)
+        if exclude_history:
+            scores[exclusion_mask([_item_indices(h) for h in histories[start:stop]], scores.shape[1])] = -np.inf
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        top[start:stop] = np.take_along_axis(scores, idx[start:stop], axis=1)
+    return idx, top
 
 
 @dataclass

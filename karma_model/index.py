@@ -21,6 +21,7 @@ import numpy as np
 
 from common.paths import MANIFEST, is_published
 from common.publish import atomic_partition, read_manifest
+from karma_model.metrics import DEFAULT_KS, ranks_from_topk
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,13 @@ def build_index(vectors, item_ids: Sequence, params: IndexParams | None = None) 
     metric = faiss.METRIC_INNER_PRODUCT if params.metric == "ip" else faiss.METRIC_L2
     t0 = time.perf_counter()
     index = faiss.index_factory(dim, params.factory, metric)
-    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    concrete = faiss.downcast_index(index)
+    hnsw = getattr(concrete, "hnsw", None)
     if hnsw is not None:
         hnsw.efConstruction = params.ef_construction
+    if hasattr(concrete, "do_polysemous_training"):
+        # On by default for PQ factories; it only serves Hamming-filtered search and costs minutes.
+        concrete.do_polysemous_training = False
     if not index.is_trained:
         rng = np.random.default_rng(params.seed)
         sample = x if n <= params.train_size else x[np.sort(rng.choice(n, params.train_size, replace=False))]
@@ -212,3 +217,22 @@ def load_index(path: str | Path, ef_search: int | None = None, nprobe: int | Non
     params.nprobe = nprobe or params.nprobe
     logger.info("loaded %s (%d items, %s)", path, index.ntotal, manifest.get("factory"))
     return ItemIndex(index, item_ids, params, manifest)
+
+
+def index_ranks(item_index: ItemIndex, user_emb, target_ids: Sequence, exclude_lists: Sequence[Sequence] | None = None,
+                ks: Sequence[int] = DEFAULT_KS, batch: int = 4096) -> np.ndarray:
+    """Ranks of each user's target item id through the index (a target beyond the list is a miss).
+
+    Searches ``max(ks) + longest exclusion list`` neighbours so that filtering the history
+    still leaves ``max(ks)`` candidates; feed the ranks to :func:`karma_model.metrics.retrieval_metrics`.
+    """
+    longest = max((len(e) for e in exclude_lists), default=0) if exclude_lists is not None else 0
+    k = min(max(ks) + longest, len(item_index))
+    user_emb = np.asarray(user_emb, dtype=np.float32)
+    ranks = np.empty(len(user_emb))
+    for start in range(0, len(user_emb), batch):
+        stop = min(start + batch, len(user_emb))
+        _, found = item_index.search(user_emb[start:stop], k)
+        excl = None if exclude_lists is None else exclude_lists[start:stop]
+        ranks[start:stop] = ranks_from_topk(found, target_ids[start:stop], excl, invalid=item_index._missing)
+    return ranks

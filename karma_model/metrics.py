@@ -162,13 +162,14 @@ def exact_topk_and_ranks(
     target_idx,
     exclude_lists: Sequence[Iterable[int]] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    chunk: int = 1024,
-    item_chunk: int = 262_144,
+    chunk: int = 256,
+    item_chunk: int = 65_536,
 ) -> ExactResult:
     """Exact inner-product retrieval over the full catalogue, in user and item blocks.
 
-    Memory stays at ``chunk * item_chunk`` scores, so a 10M catalogue works. Ranks are
-    pessimistic on ties (see :func:`ranks_from_scores`); the top-K list excludes history items.
+    Memory stays near ``chunk * item_chunk`` float32 scores (64 MiB by default), whatever the
+    catalogue size. Ranks are pessimistic on ties (see :func:`ranks_from_scores`); the top-K
+    list excludes history items.
 
     >>> items = np.eye(4, dtype=np.float32)
     >>> users = np.array([[0.1, 0.9, 0.5, 0.0]], dtype=np.float32)
@@ -200,10 +201,10 @@ def exact_topk_and_ranks(
             scores = users @ item_emb[i0:i1].T  # (u, items in block)
             in_block = (ex_cols >= i0) & (ex_cols < i1)
             scores[ex_rows[in_block], ex_cols[in_block] - i0] = -np.inf
-            compare = scores.copy()
+            ranks[u0:u1] += (scores >= target_scores).sum(axis=1)
             has_target = (targets >= i0) & (targets < i1)
-            compare[rows[has_target], targets[has_target] - i0] = -np.inf  # never compared with itself
-            ranks[u0:u1] += (compare >= target_scores).sum(axis=1)
+            own = scores[rows[has_target], targets[has_target] - i0]  # the target is never compared with itself
+            ranks[u0:u1][has_target] -= own >= target_scores[has_target, 0]
             best_idx, best_scores = _merge_topk(best_idx, best_scores, scores, i0, max_k)
         topk_idx[u0:u1, : best_idx.shape[1]] = best_idx
         topk_scores[u0:u1, : best_scores.shape[1]] = best_scores
