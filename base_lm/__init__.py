@@ -1,0 +1,9 @@
+"""Base language model shared by KARMA and AIGQ: a byte-level BPE tokenizer trained on the data's own
+text, a tiny Qwen-architecture causal LM pre-trained on it, and a loader for any local HF checkpoint.
+
+Heavy imports (torch, transformers, tokenizers) happen in the submodules, not here.
+"""
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<INTEREST>", "<ITEM>", "<IMG>", "<REC>")
+#: Task tokens (beyond pad/bos/eos/unk) that every base model must know.
+TASK_TOKENS = SPECIAL_TOKENS[4:]

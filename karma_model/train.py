@@ -1,0 +1,243 @@
+"""Train one KARMA variant on the ``train`` split of the days ending at ``ds`` and publish the model.
+
+Training runs through :func:`base_lm.trainer.train_loop` (checkpoints every ``save_steps`` in a
+hidden sibling ``.ckpt-<version>`` of the output folder, ``--resume`` from the newest one, gradient
+accumulation, DDP under ``torchrun --nproc-per-node N``; each loss term logged per step).
+``transformers.Trainer`` would give the same but needs ``accelerate``, absent from the pinned
+environment; the loop keeps Trainer's checkpoint layout and ``global_step`` semantics.
+
+Output (``--out``, default ``<data_root>/models/karma_<variant slug>/<ds>/``, published atomically):
+``backbone/`` (HF causal LM, safetensors), ``heads.safetensors`` (W_u, W_i, rec/image heads),
+``karma_config.json``, the tokenizer, ``manifest.json`` (data range, code version, base model,
+losses on train and valid). Reload with :func:`load_karma`.
+
+Usage::
+
+    python -m karma_model.train --ds 2026-11-03 [--data-root D] [--variant act+gen+rec] [--images]
+        [--base-model PATH] [--out DIR] [--max-steps N] [--seed S] [--resume]
+    torchrun --nproc-per-node 2 -m karma_model.train --ds ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from base_lm.load import code_version, make_readable, read_manifest, write_manifest
+from karma_model.config import VARIANTS, KarmaConfig
+from karma_model.data import (
+    ItemCatalog,
+    KarmaCollator,
+    KarmaDataset,
+    KarmaEncoder,
+    read_item_corpus,
+    read_samples,
+)
+from karma_model.model import KarmaModel
+
+logger = logging.getLogger(__name__)
+
+
+def loop_args(config: KarmaConfig, checkpoint_dir: str | Path):
+    """The training-loop settings of a KARMA config."""
+    import torch
+
+    from base_lm.trainer import LoopArgs
+
+    return LoopArgs(
+        output_dir=str(checkpoint_dir),
+        max_steps=config.max_steps,
+        per_device_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        bf16=torch.cuda.is_available(),
+    )
+
+
+def train_karma(
+    config: KarmaConfig,
+    base_model: str | Path,
+    train_samples: pa.Table,
+    catalog: ItemCatalog,
+    checkpoint_dir: str | Path,
+    valid_samples: pa.Table | None = None,
+    resume: bool | str | Path = False,
+    attn_implementation: str = "sdpa",
+):
+    """Build KARMA on ``base_model`` and train it; returns ``(model, tokenizer, train_state, metrics)``.
+
+    ``train_state.log_history`` holds every step's loss terms; ``metrics`` summarises them and adds
+    the mean loss terms on ``valid_samples``.
+    """
+    from base_lm.trainer import evaluate_loss, train_loop
+
+    model, tokenizer = KarmaModel.from_base(base_model, config, attn_implementation=attn_implementation)
+    encoder = KarmaEncoder(tokenizer, config, catalog)
+    collator = KarmaCollator(encoder)
+    train_ds = KarmaDataset(train_samples, encoder)
+    logger.info(
+        "training %s on %d samples, %d items (lambda_gen=%.3g, lambda_rec=%.3g, images=%s)",
+        config.variant,
+        len(train_ds),
+        len(catalog),
+        config.lambda_gen,
+        config.lambda_rec,
+        encoder.use_images,
+    )
+    t0 = time.perf_counter()
+    state = train_loop(
+        model, train_ds, collator, loop_args(config, checkpoint_dir), resume_from_checkpoint=resume
+    )
+    seconds = time.perf_counter() - t0
+    last = state.log_history[-10:]
+    train_terms = (
+        {k: sum(e[k] for e in last) / len(last) for k in last[0] if k.startswith("loss")} if last else {}
+    )
+    metrics = {
+        "steps": state.global_step,
+        "train_seconds": round(seconds, 1),
+        "n_train": len(train_ds),
+        "n_items": len(catalog),
+        "train_last10": train_terms,
+        "train_first": {k: v for k, v in state.log_history[0].items() if k.startswith("loss")}
+        if state.log_history
+        else {},
+    }
+    if valid_samples is not None and valid_samples.num_rows and config.eval_batches:
+        valid_ds = KarmaDataset(valid_samples, encoder)
+        metrics["valid"] = evaluate_loss(model, valid_ds, collator, config.batch_size, config.eval_batches)
+        metrics["n_valid"] = len(valid_ds)
+    return model, tokenizer, state, metrics
+
+
+def save_karma(model: KarmaModel, tokenizer, out_dir: str | Path, manifest: dict) -> Path:
+    """Weights, heads, config, tokenizer and ``manifest.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, tokenizer)
+    write_manifest(out_dir, {"format": "karma", **manifest})
+    make_readable(out_dir)
+    return out_dir
+
+
+def load_karma(path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
+    """``(KarmaModel in eval mode, tokenizer)`` from a folder written by :func:`save_karma`.
+
+    ``attn_implementation="eager"`` for attention diagnostics.
+    """
+    return KarmaModel.from_pretrained(
+        path, attn_implementation=attn_implementation, dtype=dtype, device=device
+    )
+
+
+def default_base_model(data_root: str | Path, ds: str) -> Path:
+    """The newest published ``models/base_lm/<version>`` with version <= ds."""
+    from common.paths import is_published
+
+    root = Path(data_root) / "models" / "base_lm"
+    versions = sorted(p for p in root.iterdir() if is_published(p) and p.name <= ds) if root.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(
+            f"no published base LM under {root} at or before {ds}: run base_lm.pretrain or pass --base-model"
+        )
+    return versions[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from base_lm.pretrain import quiet_offline_hf
+    from base_lm.trainer import is_main_process, setup_distributed
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+    from common.paths import check_ds, previous_ds
+    from common.publish import atomic_partition
+
+    setup_logging()
+    quiet_offline_hf()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True, help="last logical date of the training samples (YYYY-MM-DD)")
+    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    parser.add_argument("--variant", choices=VARIANTS, default=None)
+    parser.add_argument(
+        "--images",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use item image vectors (default: karma.use_images)",
+    )
+    parser.add_argument("--base-model", default=None, help="local HF checkpoint (default: newest base_lm)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default <data_root>/models/karma_<slug>/<ds>)"
+    )
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.profile)
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    section = dict(cfg.get("karma") or {})
+    base_model = args.base_model or section.pop("base_model", None)
+    section.pop("base_model", None)
+    overrides = {
+        "variant": args.variant,
+        "use_images": args.images,
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+    }
+    config = dataclasses.replace(
+        KarmaConfig.from_dict(section), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    ds = check_ds(args.ds)
+    ds_list = [*previous_ds(ds, config.days - 1), ds]
+    base_model = Path(base_model) if base_model else default_base_model(data_root, ds)
+    final = Path(args.out) if args.out else Path(data_root) / "models" / f"karma_{config.slug}" / ds
+    checkpoint_dir = final.parent / f".ckpt-{final.name}"
+
+    rank, _world, _device = setup_distributed()
+    if not args.resume and rank == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
+    train = read_samples(data_root, ds_list, "train")
+    if train.num_rows == 0:
+        raise FileNotFoundError(f"no karma_samples train rows for {ds_list[0]}..{ds} under {data_root}")
+    valid = read_samples(data_root, ds_list, "valid")
+    catalog = ItemCatalog.from_table(read_item_corpus(data_root, ds))
+    model, tokenizer, _state, metrics = train_karma(
+        config, base_model, train, catalog, checkpoint_dir, valid, resume=bool(args.resume)
+    )
+    if not is_main_process():
+        return 0
+    manifest = {
+        "name": f"karma_{config.slug}",
+        "version": ds,
+        "ds": ds,
+        "ds_range": [ds_list[0], ds],
+        "variant": config.variant,
+        "use_images": config.use_images,
+        "code_version": code_version(),
+        "base_model": {"path": str(base_model), "manifest": read_manifest(base_model)},
+        "config": config.to_dict(),
+        "metrics": metrics,
+    }
+    with atomic_partition(final, manifest) as tmp:
+        save_karma(model.to("cpu"), tokenizer, tmp, manifest)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    print(json.dumps({"model_dir": str(final), "metrics": metrics}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
