@@ -22,6 +22,7 @@ from common.paths import ds_range, partition_path  # noqa: E402
 from common.publish import read_manifest  # noqa: E402
 
 ETL_AREAS = {
+    "raw": ("behavior_events", "hintq_exposures", "query_impressions"),
     "clean": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
     "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
     "sessions": ("behavior_sessions", "hintq_sessions", "day_sessions"),
@@ -62,7 +63,9 @@ def main() -> int:
     started = time.monotonic()
     airflow = str(Path(sys.executable).parent / "airflow")
     run([airflow, "db", "migrate"], logs / "airflow-db.log")
-    run([sys.executable, "-m", "sources.synthetic", "--days", str(len(days))], logs / "generate.log")
+    # A few corrupted rows (0.2%) so the quarantine has something to show.
+    run([sys.executable, "-m", "sources.synthetic", "--days", str(len(days)), "--bad-row-rate", "0.002"],
+        logs / "generate.log")
     for ds in days:
         run([airflow, "dags", "test", "behavior_etl", ds], logs / f"behavior_etl-{ds}.log")
     table = summary(root, days)

@@ -249,7 +249,40 @@ HOME_CLICK_GAP = (5.0, 40.0)
 GAP_CAP_S = 600.0
 
 # RNG purposes
-_ITEMS, _USERS, _DRIFT, _EVENTS = 1, 2, 3, 4
+_ITEMS, _USERS, _DRIFT, _EVENTS, _BAD_ROWS = 1, 2, 3, 4, 5
+
+#: Defects ``inject_bad_rows`` cycles through, named after the quarantine reason they trigger.
+BAD_ROW_KINDS = (
+    "null_user_id", "search_without_query", "unknown_event_type", "event_time_outside_partition", "duplicate",
+)
+
+
+def inject_bad_rows(events: pa.Table, rate: float, rng: np.random.Generator) -> pa.Table:
+    """Corrupt about ``rate`` of the rows (for demos and quarantine drills; off by default).
+
+    Chosen rows get one defect each, cycling through ``BAD_ROW_KINDS``; a ``duplicate`` keeps the
+    original and adds an exact copy, the other kinds replace the original row.
+    """
+    n = events.num_rows
+    k = int(rng.binomial(n, rate)) if n and rate > 0 else 0
+    if k == 0:
+        return events
+    picked = np.sort(rng.choice(n, size=k, replace=False))
+    rows = events.take(picked).to_pylist()
+    replaced = np.zeros(n, dtype=bool)
+    for j, row in enumerate(rows):
+        kind = BAD_ROW_KINDS[j % len(BAD_ROW_KINDS)]
+        if kind == "null_user_id":
+            row["user_id"] = None
+        elif kind == "search_without_query":
+            row.update(event_type="search", query=None, item_id=None)
+        elif kind == "unknown_event_type":
+            row["event_type"] = "teleport"
+        elif kind == "event_time_outside_partition":
+            row["event_time"] = row["event_time"] + dt.timedelta(days=1)
+        if kind != "duplicate":
+            replaced[picked[j]] = True
+    return pa.concat_tables([events.filter(pa.array(~replaced)), pa.Table.from_pylist(rows, schema=events.schema)])
 
 
 def _rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:
@@ -950,11 +983,13 @@ def generate(
     chunk_rows: int = 500_000,
     *,
     only_ds: list[str] | None = None,
+    bad_row_rate: float = 0.0,
 ) -> dict[str, dict[str, int]]:
     """Write the raw partitions for ``days`` days from ``start_ds``; return rows per table per ds.
 
     ``only_ds`` writes just those dates (and the snapshots), replaying interest drift for the
-    others, so a single day can be regenerated exactly.
+    others, so a single day can be regenerated exactly. ``bad_row_rate`` > 0 corrupts that share
+    of behaviour events (``inject_bad_rows``) so the ETL's quarantine has something to catch.
     """
     check_ds(start_ds)
     if days < 1 or n_users < 1 or n_items < 1 or events_per_user_day < 0 or image_dim < 1:
@@ -966,7 +1001,7 @@ def generate(
     params = {
         "generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "start_ds": start_ds, "days": days,
         "n_users": n_users, "n_items": n_items, "events_per_user_day": events_per_user_day,
-        "image_dim": image_dim,
+        "image_dim": image_dim, "bad_row_rate": bad_row_rate,
     }
     counts: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()
@@ -997,6 +1032,9 @@ def generate(
                 writers[t] = PartitionWriter(tmp, schemas.arrow_schema(t), chunk_rows)
             for shard in shards:
                 tables = generate_shard_day(catalog, shard, ds, seed, events_per_user_day)
+                if bad_row_rate > 0:
+                    rng = _rng(seed, _BAD_ROWS, ordinal, shard.index)
+                    tables["behavior_events"] = inject_bad_rows(tables["behavior_events"], bad_row_rate, rng)
                 for t, tbl in tables.items():
                     writers[t].write(tbl)
                 logger.debug("%s shard %d: %d events", ds, shard.index, tables["behavior_events"].num_rows)
@@ -1040,6 +1078,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
     parser.add_argument("--image-dim", type=int, default=None)
     parser.add_argument("--chunk-rows", type=int, default=None)
     parser.add_argument("--only-ds", action="append", default=None, help="regenerate only this date (repeatable)")
+    parser.add_argument("--bad-row-rate", type=float, default=0.0,
+                        help="share of behaviour events to corrupt for quarantine drills (default 0)")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.profile)
@@ -1059,6 +1099,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
         image_dim=int(pick(args.image_dim, "image_dim")),
         chunk_rows=int(pick(args.chunk_rows, "chunk_rows")),
         only_ds=args.only_ds,
+        bad_row_rate=args.bad_row_rate,
     )
     logger.info("rows per table: %s", {t: sum(v.values()) for t, v in counts.items()})
     return counts

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -267,3 +268,17 @@ def test_session_plan_matches_the_event_target():
         per_session = synthetic.EVENTS_OUTSIDE_SEARCHES + synthetic.EVENTS_PER_SEARCH * (1.0 + extra)
         assert sessions <= synthetic.TARGET_SESSIONS + 1e-9
         assert abs(sessions * per_session - target) < 1e-6 * target
+
+
+def test_injected_bad_rows_are_deterministic_and_typed(tmp_path):
+    from sources.synthetic import BAD_ROW_KINDS, inject_bad_rows
+
+    clean = synthetic.generate(tmp_path / "a", START, 1, 30, 100, 12.0, seed=5)
+    dirty = synthetic.generate(tmp_path / "b", START, 1, 30, 100, 12.0, seed=5, bad_row_rate=0.05)
+    n_clean, n_dirty = clean["behavior_events"][START], dirty["behavior_events"][START]
+    events = pq.read_table(partition_path(tmp_path / "b", "raw", "behavior_events", START)).to_pandas()
+    assert events.user_id.isna().sum() > 0 and (events.event_type == "teleport").sum() > 0
+    assert n_dirty - n_clean == events.duplicated().sum() > 0  # only duplicates add rows
+    again = synthetic.generate(tmp_path / "c", START, 1, 30, 100, 12.0, seed=5, bad_row_rate=0.05)
+    assert again == dirty
+    assert len(BAD_ROW_KINDS) == 5 and inject_bad_rows(pa.table({"x": [1]}), 0.0, np.random.default_rng(0)).num_rows == 1
