@@ -10,7 +10,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk.exceptions import AirflowFailException
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Exit status the jobs use for bad input data: retrying cannot help, so the task fails at once.
+#: Exit status the jobs use for bad input data (jobs.spark.CONTRACT_ERROR_EXIT; not imported so
+#: that parsing this DAG stays free of the jobs' imports): retrying cannot help.
 CONTRACT_ERROR_EXIT = 2
 
 JOB_ARGS = [

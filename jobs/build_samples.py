@@ -35,15 +35,11 @@ Tables
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
-from pathlib import Path
 
 from common import schemas
 from common.arrow_io import parquet_row_count
-from common.config import load_config
-from common.logging_setup import setup_logging
 from common.paths import partition_path, previous_ds
 from common.publish import staged_partitions
 
@@ -425,20 +421,9 @@ def run(spark, cfg: dict, ds: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import build_spark, job_arg_parser
+    from jobs.spark import run_job
 
-    setup_logging()
-    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(args.config, args.profile)
-    if args.data_root:
-        cfg["data_root"] = str(Path(args.data_root).resolve())
-    spark = build_spark(cfg, "build_samples")
-    try:
-        counts = run(spark, cfg, args.ds)
-    finally:
-        spark.stop()
-    print(json.dumps({"ds": args.ds, "samples": counts}, sort_keys=True))
-    return 0
+    return run_job("build_samples", run, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

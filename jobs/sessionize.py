@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from common import schemas
 from common.arrow_io import parquet_row_count
-from common.config import load_config
-from common.logging_setup import setup_logging
 from common.paths import partition_path
 from common.publish import staged_partitions
 
@@ -100,22 +97,9 @@ def run(spark, cfg: dict, ds: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
+    from jobs.spark import run_job
 
-    from jobs.spark import build_spark, job_arg_parser
-
-    setup_logging()
-    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(args.config, args.profile)
-    if args.data_root:
-        cfg["data_root"] = str(Path(args.data_root).resolve())
-    spark = build_spark(cfg, "sessionize")
-    try:
-        counts = run(spark, cfg, args.ds)
-    finally:
-        spark.stop()
-    print(json.dumps({"ds": args.ds, "sessionize": counts}, sort_keys=True))
-    return 0
+    return run_job("sessionize", run, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -9,9 +9,18 @@ import sys
 from pathlib import Path
 
 from common import schemas
+from common.config import load_config
+from common.logging_setup import setup_logging
 from common.paths import is_published, latest_published_ds, partition_path
 
 logger = logging.getLogger(__name__)
+
+#: Exit status of a job that rejects its input data (Airflow fails such a task without retrying).
+CONTRACT_ERROR_EXIT = 2
+
+
+class InputContractError(RuntimeError):
+    """A raw partition cannot be read against the contract (file-level problem)."""
 
 
 def build_spark(cfg: dict, app_name: str):
@@ -44,6 +53,28 @@ def job_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
     parser.add_argument("--data-root", default=None, help="override the profile's data_root")
     return parser
+
+
+def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
+    """The shared ``main``: parse ``--ds/--config/--profile/--data-root``, run, print a JSON line."""
+    import json
+
+    setup_logging()
+    args = job_arg_parser(description).parse_args(argv)
+    cfg = load_config(args.config or None, args.profile or None)
+    if args.data_root:
+        cfg["data_root"] = str(Path(args.data_root).resolve())
+    spark = build_spark(cfg, name)
+    try:
+        result = run(spark, cfg, args.ds)
+    except InputContractError as exc:
+        logger.error("%s ds=%s rejected its input: %s", name, args.ds, exc)
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return CONTRACT_ERROR_EXIT
+    finally:
+        spark.stop()
+    print(json.dumps({"ds": args.ds, name: result}, sort_keys=True))
+    return 0
 
 
 def read_partition(spark, root: str | Path, area: str, table: str, ds: str, schema_name: str | None = None):

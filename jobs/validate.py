@@ -19,7 +19,6 @@ partition at or before ``ds`` and re-published as ``clean/<table>/ds=<ds>``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 from pathlib import Path
@@ -29,18 +28,13 @@ import pyarrow.parquet as pq
 
 from common import schemas
 from common.arrow_io import data_files, parquet_row_count
-from common.config import load_config
-from common.logging_setup import setup_logging
 from common.paths import is_published, latest_published_ds, partition_path
 from common.publish import staged_partitions
+from jobs.spark import InputContractError
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_TABLES = ("behavior_events",)
-
-
-class InputContractError(RuntimeError):
-    """A raw partition cannot be read against the contract (file-level problem)."""
 
 
 def preflight_partition(partition: str | Path, table: str) -> list[Path]:
@@ -298,24 +292,9 @@ def run(spark, cfg: dict, ds: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import build_spark, job_arg_parser
+    from jobs.spark import run_job
 
-    setup_logging()
-    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(args.config, args.profile)
-    if args.data_root:
-        cfg["data_root"] = str(Path(args.data_root).resolve())
-    spark = build_spark(cfg, "validate")
-    try:
-        summary = run(spark, cfg, args.ds)
-    except InputContractError as exc:
-        logger.error("validate ds=%s failed: %s", args.ds, exc)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(json.dumps({"ds": args.ds, "validate": summary}, sort_keys=True))
-    return 0
+    return run_job("validate", run, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
