@@ -1,0 +1,212 @@
+"""Batched AIGQ generation: prompts -> ranked query lists, never failing on bad output.
+
+``generate_lists(model, tok, samples, kind, k, batch_size, decoding)`` encodes each sample's
+prompt exactly as training did (``targets.encode_prompt``), left-pads a batch, and calls
+``model.generate`` with the KV cache on (greedy, sampling with temperature/top-k, or beam
+search). Each output is decoded, parsed (``parse_direct``/``parse_think``, ``complete`` = the
+sequence reached eos), cleaned (``postprocess``: normalisation, dedupe, length limits,
+block-list) and topped up to ``k`` with the fallback (popularity) list. Cold-start users (no
+history) get the fallback list without a model call unless ``cold_start="model"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aigq_model.parsing import Blocklist, parse_direct, parse_think, postprocess, with_fallback
+from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
+from aigq_model.targets import encode_prompt
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("greedy", "sample", "beam")
+#: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
+Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
+
+
+@dataclass
+class Decoding:
+    """Decoding settings (``aigq.generate`` in conf/pipeline.yaml, less batch size and block-list)."""
+
+    strategy: str = "greedy"
+    temperature: float = 1.0
+    top_k: int = 50
+    num_beams: int = 4
+    max_new_tokens: int = 96
+    max_prompt_tokens: int = 384
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.temperature <= 0 or self.top_k < 0 or self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError("temperature must be > 0, top_k >= 0, num_beams >= 1, max_new_tokens >= 1")
+
+    @classmethod
+    def from_dict(cls, section: Mapping | None) -> Decoding:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(section or {}).items() if k in names})
+
+    def generate_kwargs(self) -> dict:
+        """Every decoding argument of ``model.generate`` set explicitly, so a checkpoint's own
+        ``generation_config`` (e.g. Qwen's sampling defaults) cannot change the strategy."""
+        kw = {"do_sample": False, "num_beams": 1, "temperature": None, "top_k": None, "top_p": None}
+        if self.strategy == "sample":
+            kw.update(do_sample=True, temperature=self.temperature, top_k=self.top_k or None, top_p=1.0)
+        elif self.strategy == "beam":
+            kw.update(num_beams=self.num_beams, early_stopping=True, length_penalty=1.0)
+        return kw
+
+
+@dataclass
+class GenResult:
+    """One sample's list: cleaned queries (model first, then fallback), the raw decoded text,
+    whether the output was malformed, how many queries came from the model, and the Think
+    output's trigger sets (one per interest point; ``None`` for Direct)."""
+
+    queries: list[str]
+    raw_text: str = ""
+    malformed: bool = False
+    n_model: int = 0
+    source: str = "model"  # model | model+fallback | fallback
+    model_called: bool = True  # False for cold-start users served the fallback directly
+    triggers: list[tuple[int, ...]] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def blocklist_from_config(section: Mapping | None) -> Blocklist:
+    """The ``aigq.generate.blocklist`` rules (``phrase``, ``substring:x``, ``regex:p``)."""
+    return Blocklist.from_lines((section or {}).get("blocklist") or [])
+
+
+def _fallback_for(fallback: Fallback, sample: Mapping) -> list[str]:
+    if fallback is None:
+        return []
+    try:
+        return list(fallback(sample) if callable(fallback) else fallback)
+    except Exception:  # a broken fallback must not cost the batch
+        logger.exception("fallback failed for sample %s", sample_field(sample, "sample_id"))
+        return []
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
+    """``(input_ids, attention_mask)`` tensors, padded on the left to the longest row."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (batch, width)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def generate_texts(
+    model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding
+) -> list[tuple[str, bool]]:
+    """One batch: ``(decoded continuation, reached eos)`` per prompt (KV-cached ``generate``)."""
+    import torch
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = eos if pad is None else pad
+    ids, mask = left_pad(prompt_ids, pad)
+    device = next(model.parameters()).device
+    if decoding.seed is not None:
+        torch.manual_seed(decoding.seed)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=decoding.max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,
+            num_return_sequences=1,
+            **decoding.generate_kwargs(),
+        )  # (batch, width + new)
+    new = out[:, ids.shape[1] :].tolist()
+    results = []
+    for row in new:
+        done = eos in row
+        row = row[: row.index(eos)] if done else row
+        results.append((tokenizer.decode(row, skip_special_tokens=False), done))
+    return results
+
+
+def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
+    ids = encode_prompt(tokenizer, build_prompt(sample, style=style, max_history=max_history))
+    return ids[-max_prompt_tokens:]  # the oldest behaviours go first, as in training
+
+
+def generate_lists(
+    model,
+    tokenizer,
+    samples: Sequence[Mapping],
+    kind: str = "direct",
+    k: int = 10,
+    batch_size: int = 16,
+    decoding: Decoding | None = None,
+    fallback: Fallback = None,
+    blocklist: Blocklist | None = None,
+    style: str = "compressed",
+    max_history: int = DEFAULT_MAX_HISTORY,
+    cold_start: str = "fallback",
+) -> list[GenResult]:
+    """Ranked lists of at most ``k`` queries for ``samples`` (rows of ``aigq_*_sft`` as dicts).
+
+    Model queries come first (cleaned by ``postprocess``), then the fallback tops the list up
+    to ``k``. Generation errors of a batch are logged and the batch falls back, never raising.
+    """
+    decoding = decoding or Decoding()
+    if kind not in ("direct", "plain", "think"):
+        raise ValueError(f"kind must be direct, plain or think, got {kind!r}")
+    if cold_start not in ("fallback", "model"):
+        raise ValueError("cold_start must be 'fallback' or 'model'")
+    was_training = model.training
+    model.eval()
+    results: list[GenResult | None] = [None] * len(samples)
+    todo = []
+    for i, s in enumerate(samples):
+        if cold_start == "fallback" and not sample_field(s, "history"):
+            results[i] = GenResult(
+                with_fallback([], _fallback_for(fallback, s), k), source="fallback", model_called=False
+            )
+        else:
+            todo.append(i)
+    # Sorting by prompt length keeps batches tight (less padding); results keep the input order.
+    encoded = {
+        i: _encode(tokenizer, samples[i], style, max_history, decoding.max_prompt_tokens) for i in todo
+    }
+    todo.sort(key=lambda i: len(encoded[i]))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        try:
+            texts = generate_texts(model, tokenizer, [encoded[i] for i in chunk], decoding)
+        except Exception:
+            logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
+            texts = [("", False)] * len(chunk)
+        for i, (text, done) in zip(chunk, texts, strict=True):
+            results[i] = _to_result(text, done, kind, k, _fallback_for(fallback, samples[i]), blocklist)
+    model.train(was_training)
+    n_bad = sum(r.malformed for r in results)
+    if n_bad:
+        logger.info("%d of %d generations malformed", n_bad, len(results))
+    return results
+
+
+def _to_result(text: str, done: bool, kind: str, k: int, popular: Sequence[str], blocklist) -> GenResult:
+    triggers = None
+    if kind == "think":
+        parsed = parse_think(text, complete=done)
+        triggers = [p.triggers for p in parsed.points]
+    else:
+        parsed = parse_direct(text, complete=done)
+    own = postprocess(parsed.queries, blocklist, max_queries=k)
+    queries = with_fallback(own, popular, k)
+    source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
+    return GenResult(queries, text, parsed.malformed, n_model=len(own), source=source, triggers=triggers)

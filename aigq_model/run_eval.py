@@ -1,0 +1,347 @@
+"""Offline evaluation of an AIGQ model next to the non-LLM baselines, and the registration gate.
+
+For the ``--split`` (default ``test``) samples of ``ds`` (``aigq_direct_sft`` for direct/plain
+models, ``aigq_think_sft`` for think), the model generates a list of ``max(ks)`` queries
+(``generate.generate_lists``, topped up with popularity before the sample's time; cold-start
+users get the popularity list). The baselines (popularity, co-occurrence, EBR, own history) index
+the clean behaviour log of the ``eval.days`` days ending at ``ds`` and use only events strictly
+before each sample's time. Truth = the sample's target queries; metrics as in
+``aigq_model.evaluate`` (Query/Category HR@K, semantic similarity, unique categories, malformed
+share), per group ``all`` / ``active`` / ``cold_start``.
+
+Writes ``metrics.json`` into the model folder and ``<root>/reports/aigq/<ds>/<name>.md`` with a
+hit-rate plot beside it; prints one JSON line.
+
+Usage::
+
+    python -m aigq_model.run_eval --ds 2026-11-03 --model-dir DIR [--data-root R] [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+SPLITS = ("test", "valid", "train", "all")
+DEFAULT_BASELINES = ("popularity", "cooccurrence", "ebr", "own_history+popularity")
+
+
+def read_events(data_root: str | Path, ds_list: Sequence[str]):
+    """The clean ``behavior_events`` of the published days in ``ds_list`` as one pyarrow Table."""
+    import pyarrow as pa
+
+    from common.arrow_io import read_partition
+    from common.paths import is_published, partition_path
+
+    parts = [
+        read_partition(data_root, "clean", "behavior_events", ds)
+        for ds in ds_list
+        if is_published(partition_path(data_root, "clean", "behavior_events", ds))
+    ]
+    if not parts:
+        raise FileNotFoundError(f"no clean behavior_events for {ds_list[0]}..{ds_list[-1]} under {data_root}")
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def read_items(data_root: str | Path, ds: str):
+    from common.arrow_io import read_partition
+    from common.paths import latest_published_ds
+
+    items_ds = latest_published_ds(data_root, "clean", "items", ds)
+    return None if items_ds is None else read_partition(data_root, "clean", "items", items_ds)
+
+
+def eval_samples(
+    data_root: str | Path, ds: str, kind: str, split: str, max_samples: int | None = None
+) -> list[dict]:
+    """The ``split`` rows of ``ds`` (unexploded: ``plain`` models are evaluated on Direct rows)."""
+    from aigq_model.train_sft import read_sft_rows
+
+    rows = read_sft_rows(
+        data_root, [ds], "direct" if kind == "plain" else kind, None if split == "all" else split
+    )
+    return rows[:max_samples] if max_samples else rows
+
+
+def _records(
+    samples: Sequence[Mapping], lists: Sequence[Sequence[str]], malformed: Sequence[bool] | None = None
+):
+    from aigq_model.evaluate import EvalRecord, truth_queries
+
+    malformed = malformed or [False] * len(samples)
+    return [
+        EvalRecord(list(g), truth_queries(s), len(s.get("history") or []), bool(m), s.get("user_id"))
+        for s, g, m in zip(samples, lists, malformed, strict=True)
+    ]
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    samples: Sequence[Mapping],
+    events,
+    items=None,
+    kind: str = "direct",
+    name: str = "aigq",
+    ks: Sequence[int] = (10, 30),
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    semantic: bool = True,
+    encoder=None,
+    gen_config: Mapping | None = None,
+    style: str = "compressed",
+    max_history: int = 20,
+) -> tuple[dict, dict]:
+    """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model and each baseline,
+    and generation facts (seconds, malformed share, share of slots filled by the model)."""
+    from aigq_model.baselines import BASELINES, PopularityBaseline
+    from aigq_model.evaluate import build_query_category_map, evaluate_records
+    from aigq_model.generate import Decoding, blocklist_from_config, generate_lists
+
+    gen_config = dict(gen_config or {})
+    k = max(ks)
+    popularity = PopularityBaseline().fit(events)
+    category_of = build_query_category_map(events, items) if items is not None else None
+    t0 = time.perf_counter()
+    gens = generate_lists(
+        model,
+        tokenizer,
+        samples,
+        kind=kind,
+        k=k,
+        batch_size=int(gen_config.get("batch_size", 16)),
+        decoding=Decoding.from_dict(gen_config),
+        fallback=lambda s: popularity.ranked(s["event_time"], k),
+        blocklist=blocklist_from_config(gen_config),
+        style=style,
+        max_history=max_history,
+    )
+    gen_seconds = time.perf_counter() - t0
+    lists = {name: [g.queries for g in gens]}
+    malformed = {name: [g.malformed for g in gens]}
+    for b in baselines:
+        rec = popularity if b == "popularity" else BASELINES[b]()
+        if rec is not popularity:
+            rec.fit(events)
+        lists[b] = rec.recommend_many(samples, k=k)
+    results = {
+        method: evaluate_records(
+            _records(samples, ls, malformed.get(method)), ks, category_of, encoder=encoder, semantic=semantic
+        )
+        for method, ls in lists.items()
+    }
+    modelled = [g for g in gens if g.model_called]
+    info = {
+        "n_samples": len(samples),
+        "generation_seconds": round(gen_seconds, 2),
+        "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
+        "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,
+        "cold_start_share": sum(not s.get("history") for s in samples) / len(samples) if samples else None,
+    }
+    return results, info
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(_nan_to_none(payload), indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(
+    report_dir: Path, name: str, ds: str, split: str, results: dict, info: dict, manifest: dict
+) -> Path:
+    """``<name>.md`` (tables per group) and ``<name>_hit_rates.png`` in ``report_dir``."""
+    from aigq_model.evaluate import markdown_table, plot_hit_rates
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_hit_rates(results, report_dir / f"{name}_hit_rates.png")
+    metrics = [m for m in next(iter(results.values()))["all"] if m != "n_users"]
+    cfg = manifest.get("config", {})
+    lines = [
+        f"# AIGQ evaluation: {name} ({ds}, split {split})",
+        "",
+        f"Model: `{manifest.get('name')}/{manifest.get('version')}`, kind {manifest.get('kind')}, style "
+        f"{manifest.get('style')}, {manifest.get('metrics', {}).get('steps')} SFT steps on "
+        f"{manifest.get('ds_range')}; base `{manifest.get('base_model', {}).get('path')}`; "
+        f"lr {cfg.get('learning_rate')}, "
+        f"batch {cfg.get('batch_size')}.",
+        f"Samples: {info['n_samples']} (cold-start share {info.get('cold_start_share')}); generation "
+        f"{info['generation_seconds']} s; malformed share {info.get('malformed_share')}; "
+        "model queries per list "
+        f"{info.get('model_queries_mean')} (the rest: popularity before the sample's time).",
+        "",
+    ]
+    for group in ("all", "active", "cold_start"):
+        sub = {m: {group: r[group]} for m, r in results.items() if group in r}
+        lines += [f"## {group}", "", markdown_table(sub, ["n_users", *metrics]), ""]
+    lines += [f"![hit rates]({plot.name})", ""]
+    path = report_dir / f"{name}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# --- registration gate -------------------------------------------------------------------------
+def read_metrics(model_dir: str | Path) -> dict:
+    file = Path(model_dir) / METRICS_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _metric(metrics: Mapping, method: str | None, metric: str) -> float | None:
+    method = method or metrics.get("model")
+    v = metrics.get("results", {}).get(method, {}).get("all", {}).get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def sft_gate(
+    root: str | Path,
+    metric: str = "query_hr@30",
+    popularity_tolerance: float = 0.02,
+    regression_tolerance: float = 0.02,
+    area: str = "models",
+) -> Callable[[dict, dict | None], list[str]]:
+    """A ``common.registry.register`` gate: the candidate's ``metric`` (from its ``metrics.json``)
+    must be >= the popularity baseline's minus ``popularity_tolerance`` and >= the current
+    version's minus ``regression_tolerance``. Returns the list of failures."""
+    from common.registry import model_dir
+
+    def gate(candidate: dict, current: dict | None) -> list[str]:
+        cand = read_metrics(model_dir(root, candidate["name"], candidate["version"], area))
+        value, pop = _metric(cand, None, metric), _metric(cand, "popularity", metric)
+        if value is None:
+            return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
+        failures = []
+        if pop is not None and value < pop - popularity_tolerance:
+            failures.append(f"{metric} {value:.4f} < popularity {pop:.4f} - {popularity_tolerance}")
+        if current is not None:
+            old = _metric(
+                read_metrics(model_dir(root, current["name"], current["version"], area)), None, metric
+            )
+            if old is not None and value < old - regression_tolerance:
+                failures.append(
+                    f"{metric} {value:.4f} < current {current['version']} {old:.4f} - {regression_tolerance}"
+                )
+        return failures
+
+    return gate
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aigq_model.train_sft import load_aigq
+    from base_lm.pretrain import quiet_offline_hf
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+    from common.paths import check_ds, previous_ds
+    from common.registry import read_manifest
+
+    setup_logging()
+    quiet_offline_hf()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True, help="logical date whose samples are evaluated")
+    parser.add_argument("--model-dir", required=True, help="a version folder written by aigq_model.train_sft")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--baselines", default=None, help="comma-separated (default: aigq.eval.baselines)")
+    parser.add_argument("--no-semantic", action="store_true", help="skip the MiniLM similarity metric")
+    parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: aigq.generate)")
+    parser.add_argument("--report-name", default=None, help="report file name (default: the model's name)")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.profile)
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    aigq = dict(cfg.get("aigq") or {})
+    ev = dict(aigq.get("eval") or {})
+    gen = dict(aigq.get("generate") or {})
+    if args.strategy:
+        gen["strategy"] = args.strategy
+    ds = check_ds(args.ds)
+    model_dir = Path(args.model_dir).resolve()
+    manifest = read_manifest(model_dir)
+    kind, name = manifest.get("kind", "direct"), manifest.get("name", "aigq")
+    ks = tuple(int(k) for k in ev.get("ks", (10, 30)))
+    baselines = (
+        args.baselines.split(",")
+        if args.baselines is not None
+        else list(ev.get("baselines", DEFAULT_BASELINES))
+    )
+    baselines = [b for b in baselines if b]
+    semantic = bool(ev.get("semantic", True)) and not args.no_semantic
+
+    samples = eval_samples(data_root, ds, kind, args.split, args.max_samples)
+    if not samples:
+        raise FileNotFoundError(f"no {args.split} samples of {ds} for a {kind} model under {data_root}")
+    events = read_events(data_root, [*previous_ds(ds, int(ev.get("days", 7)) - 1), ds])
+    model, tokenizer = load_aigq(model_dir)
+    mcfg = manifest.get("config", {})
+    results, info = evaluate_model(
+        model,
+        tokenizer,
+        samples,
+        events,
+        read_items(data_root, ds),
+        kind=kind,
+        name=name,
+        ks=ks,
+        baselines=baselines,
+        semantic=semantic,
+        gen_config=gen,
+        style=manifest.get("style", "compressed"),
+        max_history=int(mcfg.get("max_history", 20)),
+    )
+    payload = {
+        "model": name,
+        "version": manifest.get("version"),
+        "ds": ds,
+        "split": args.split,
+        "ks": list(ks),
+        "decoding": gen,
+        "info": info,
+        "results": results,
+    }
+    metrics_path = write_json_atomic(model_dir / METRICS_FILE, payload)
+    report = write_report(
+        Path(data_root) / "reports" / "aigq" / ds,
+        args.report_name or name,
+        ds,
+        args.split,
+        results,
+        info,
+        manifest,
+    )
+    summary = {m: {k: v for k, v in r["all"].items() if k.startswith("query_hr")} for m, r in results.items()}
+    print(
+        json.dumps(
+            _nan_to_none(
+                {"metrics": str(metrics_path), "report": str(report), "query_hr": summary, "info": info}
+            ),
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

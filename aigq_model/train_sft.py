@@ -1,0 +1,392 @@
+"""AIGQ IL-SFT: next-token loss on the ordered query list given the user context (prompt masked).
+
+Kinds: ``direct`` (``aigq_direct_sft``, the whole ordered list), ``think`` (``aigq_think_sft``,
+interest points with triggers), ``plain`` (the ablation: ``aigq_direct_sft`` exploded to one
+query per sample, so the order is no longer supervised). Prompt style ``compressed`` (special
+tokens) or ``verbose``.
+
+The prompt special tokens and output markers are added to the base model first (each new row =
+mean of its readable name's sub-word embeddings). Training runs through
+:func:`base_lm.trainer.train_loop` (checkpoints every ``save_steps`` in a hidden sibling
+``.ckpt-<version>``, ``--resume``, gradient accumulation, DDP under torchrun).
+
+Output (``--out``, default ``<data_root>/models/aigq_<kind>/<ds>/``, written through
+``common.registry.stage_version``/``commit_version``, not registered): HF causal LM
+(safetensors), tokenizer, ``manifest.json`` (data dates, base model, config, losses).
+Reload with :func:`load_aigq`.
+
+Usage::
+
+    python -m aigq_model.train_sft --ds 2026-11-03 [--data-root D] [--kind direct] [--style compressed]
+        [--base-model PATH] [--max-steps N] [--seed S] [--resume] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigq_model.targets import (
+    IGNORE_INDEX,
+    TARGET_KINDS,
+    explode_plain_sft,
+    sft_text_pair,
+    tokenize_sft_example,
+)
+
+logger = logging.getLogger(__name__)
+
+STYLES = ("compressed", "verbose")
+FORMAT = "aigq"
+SAMPLE_TABLE = {"direct": "aigq_direct_sft", "plain": "aigq_direct_sft", "think": "aigq_think_sft"}
+
+
+@dataclass
+class SFTConfig:
+    """IL-SFT settings (``aigq.sft`` in conf/pipeline.yaml)."""
+
+    kind: str = "direct"
+    style: str = "compressed"
+    max_history: int = 20
+    max_queries: int = 10
+    max_len: int = 384
+    days: int = 7
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    lr_scheduler_type: str = "cosine"
+    max_steps: int = 200
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    eval_batches: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"kind must be one of {TARGET_KINDS}, got {self.kind!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
+        if min(self.max_history, self.max_queries, self.days, self.batch_size, self.max_steps) < 1:
+            raise ValueError("max_history, max_queries, days, batch_size and max_steps must be >= 1")
+        if self.max_len < 8:
+            raise ValueError("max_len must be >= 8")
+
+    @classmethod
+    def from_dict(cls, section: Mapping | None) -> SFTConfig:
+        section = dict(section or {})
+        unknown = set(section) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown aigq.sft settings: {sorted(unknown)}")
+        return cls(**section)
+
+    @property
+    def name(self) -> str:
+        """Registry name of the models this config trains."""
+        return f"aigq_{self.kind}"
+
+
+# --- data -------------------------------------------------------------------------------------
+def read_sft_rows(
+    data_root: str | Path, ds_list: Sequence[str], kind: str, split: str | None = "train"
+) -> list[dict]:
+    """Rows of the kind's sample table over the published partitions of ``ds_list`` (one split,
+    or all with ``split=None``), as dicts; ``plain`` rows are exploded to one query each."""
+    from common.arrow_io import read_partition
+    from common.paths import is_published, partition_path
+
+    table = SAMPLE_TABLE[kind]
+    rows: list[dict] = []
+    for ds in ds_list:
+        if not is_published(partition_path(data_root, "samples", table, ds)):
+            continue
+        part = read_partition(data_root, "samples", table, ds).to_pylist()
+        rows += [r for r in part if split is None or r.get("split") == split]
+    if kind == "plain":
+        rows = [x for r in rows for x in explode_plain_sft(r)]
+    logger.info("%s: %d %s rows from %d days", table, len(rows), split or "all", len(ds_list))
+    return rows
+
+
+class SFTDataset:
+    """Tokenised IL-SFT examples (``input_ids``, ``attention_mask``, ``labels`` with -100 on the prompt)."""
+
+    def __init__(self, rows: Sequence[Mapping], tokenizer, config: SFTConfig):
+        self.examples = []
+        for r in rows:
+            prompt, target = sft_text_pair(
+                r, config.kind, config.style, config.max_history, config.max_queries
+            )
+            if target:
+                self.examples.append(tokenize_sft_example(tokenizer, prompt, target, config.max_len))
+        logger.info(
+            "%d SFT examples (%d rows without target dropped)", len(self.examples), len(rows) - len(self)
+        )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+
+class SFTCollator:
+    """Right-pads a batch: pad id on inputs, 0 on the mask, -100 on labels."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        out = {"input_ids": [], "attention_mask": [], "labels": []}
+        for e in examples:
+            pad = width - len(e["input_ids"])
+            out["input_ids"].append(e["input_ids"] + [self.pad_token_id] * pad)
+            out["attention_mask"].append(e["attention_mask"] + [0] * pad)
+            out["labels"].append(e["labels"] + [IGNORE_INDEX] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}  # (batch, width)
+
+
+# --- model ------------------------------------------------------------------------------------
+def prepare_model(base_model: str | Path, config: SFTConfig, attn_implementation: str = "sdpa"):
+    """``(model, tokenizer)``: the base LM with the prompt special tokens and output markers added."""
+    from aigq_model.prompts import add_prompt_tokens, all_special_tokens, compressed_special_tokens
+    from base_lm.load import load_base_lm
+
+    model, tokenizer = load_base_lm(base_model, attn_implementation=attn_implementation)
+    tokens = all_special_tokens(config.max_history)
+    if config.style == "verbose":  # the verbose prompt uses no prompt tokens; only the output markers
+        tokens = [t for t in tokens if t not in set(compressed_special_tokens(config.max_history))]
+    add_prompt_tokens(tokenizer, model, tokens)
+    return model, tokenizer
+
+
+def load_aigq(path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
+    """``(model in eval mode, tokenizer)`` from a folder written by :func:`save_aigq`."""
+    from transformers import AutoModelForCausalLM
+
+    from base_lm.tokenizer import load_tokenizer
+
+    kwargs = {"attn_implementation": attn_implementation, "local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    tokenizer = load_tokenizer(path)
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def save_aigq(model, tokenizer, out_dir: str | Path) -> Path:
+    from base_lm.load import make_readable
+    from base_lm.tokenizer import save_tokenizer
+
+    out_dir = Path(out_dir)
+    model.config.use_cache = True
+    model.save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, out_dir)
+    make_readable(out_dir)
+    return out_dir
+
+
+def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
+    import torch
+
+    from base_lm.trainer import LoopArgs
+
+    return LoopArgs(
+        output_dir=str(checkpoint_dir),
+        max_steps=config.max_steps,
+        per_device_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0)),
+        lr_scheduler_type=config.lr_scheduler_type,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        bf16=torch.cuda.is_available(),
+    )
+
+
+def train_sft(
+    config: SFTConfig,
+    base_model: str | Path,
+    train_rows: Sequence[Mapping],
+    checkpoint_dir: str | Path,
+    valid_rows: Sequence[Mapping] = (),
+    resume: bool = False,
+):
+    """Add the prompt tokens to ``base_model`` and train; returns ``(model, tokenizer, state, metrics)``.
+
+    ``metrics`` holds the masked (target-token) loss on the training examples and on the valid
+    rows before and after training, the first/last step losses and timing.
+    """
+    import torch
+
+    from base_lm.trainer import evaluate_loss, train_loop
+
+    torch.manual_seed(config.seed)
+    model, tokenizer = prepare_model(base_model, config)
+    train_ds = SFTDataset(train_rows, tokenizer, config)
+    if len(train_ds) == 0:
+        raise ValueError("no IL-SFT training examples")
+    valid_ds = SFTDataset(valid_rows, tokenizer, config) if valid_rows else None
+    collate = SFTCollator(tokenizer.pad_token_id)
+
+    def losses(ds) -> float | None:
+        if ds is None or len(ds) == 0 or not config.eval_batches:
+            return None
+        return evaluate_loss(model, ds, collate, config.batch_size, config.eval_batches, config.seed).get(
+            "loss"
+        )
+
+    train_before, valid_before = losses(train_ds), losses(valid_ds)
+    t0 = time.perf_counter()
+    state = train_loop(
+        model, train_ds, collate, loop_args(config, checkpoint_dir), resume_from_checkpoint=resume or None
+    )
+    seconds = time.perf_counter() - t0
+    model.to("cpu")
+    hist = state.log_history
+    metrics = {
+        "steps": state.global_step,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(len(hist), 1), 4),
+        "n_train": len(train_ds),
+        "n_valid": len(valid_ds) if valid_ds is not None else 0,
+        "train_loss_first": hist[0]["loss"] if hist else None,
+        "train_loss_last": hist[-1]["loss"] if hist else None,
+        "train_eval_loss_before": train_before,
+        "train_eval_loss": losses(train_ds),
+        "valid_loss_before": valid_before,
+        "valid_loss": losses(valid_ds),
+    }
+    return model, tokenizer, state, metrics
+
+
+def default_base_model(data_root: str | Path, ds: str) -> Path:
+    """The newest published ``models/base_lm/<version>`` with version <= ds."""
+    from common.paths import is_published
+
+    root = Path(data_root) / "models" / "base_lm"
+    versions = sorted(p for p in root.iterdir() if is_published(p) and p.name <= ds) if root.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(
+            f"no published base LM under {root} at or before {ds}: run base_lm.pretrain or pass --base-model"
+        )
+    return versions[-1]
+
+
+def _registry_target(data_root: str, name: str, ds: str, out: str | None) -> tuple[str, str, str, str]:
+    """``(root, area, name, version)`` for ``common.registry`` so the version lands at ``out``."""
+    if out is None:
+        return data_root, "models", name, ds
+    out_path = Path(out).resolve()
+    return str(out_path.parent.parent), "", out_path.parent.name, out_path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    from base_lm.load import code_version, read_manifest
+    from base_lm.pretrain import quiet_offline_hf
+    from base_lm.trainer import is_main_process, setup_distributed
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+    from common.paths import check_ds, previous_ds
+    from common.registry import commit_version, stage_version
+
+    setup_logging()
+    quiet_offline_hf()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True, help="last logical date of the training samples (YYYY-MM-DD)")
+    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    parser.add_argument("--kind", choices=TARGET_KINDS, default=None)
+    parser.add_argument("--style", choices=STYLES, default=None)
+    parser.add_argument(
+        "--base-model", default=None, help="local HF checkpoint (default: newest base_lm <= ds)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default <data_root>/models/aigq_<kind>/<ds>)"
+    )
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.profile)
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    aigq = dict(cfg.get("aigq") or {})
+    overrides = {"kind": args.kind, "style": args.style, "max_steps": args.max_steps, "seed": args.seed}
+    config = dataclasses.replace(
+        SFTConfig.from_dict(aigq.get("sft")), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    ds = check_ds(args.ds)
+    ds_list = [*previous_ds(ds, config.days - 1), ds]
+    base = args.base_model or aigq.get("base_model")
+    base_model = Path(base) if base else default_base_model(data_root, ds)
+    root, area, name, version = _registry_target(data_root, config.name, ds, args.out)
+    checkpoint_dir = Path(root) / area / name / f".ckpt-{version}"
+
+    rank, _world, _device = setup_distributed()
+    if not args.resume and rank == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
+    train_rows = read_sft_rows(data_root, ds_list, config.kind, "train")
+    if not train_rows:
+        raise FileNotFoundError(
+            f"no {SAMPLE_TABLE[config.kind]} train rows for {ds_list[0]}..{ds} under {data_root}"
+        )
+    valid_rows = read_sft_rows(data_root, ds_list, config.kind, "valid")
+    model, tokenizer, _state, metrics = train_sft(
+        config, base_model, train_rows, checkpoint_dir, valid_rows, resume=args.resume
+    )
+    if not is_main_process():
+        return 0
+    manifest = {
+        "format": FORMAT,
+        "name": config.name,
+        "kind": config.kind,
+        "style": config.style,
+        "ds": ds,
+        "ds_range": [ds_list[0], ds],
+        "data_dates": sorted({str(r["event_time"].date()) for r in train_rows if r.get("event_time")}),
+        "sample_table": SAMPLE_TABLE[config.kind],
+        "code_version": code_version(),
+        "base_model": {"path": str(base_model), "manifest": read_manifest(base_model)},
+        "config": dataclasses.asdict(config),
+        "metrics": metrics,
+    }
+    tmp = stage_version(root, name, version, area)
+    try:
+        save_aigq(model, tokenizer, tmp)
+        final = commit_version(tmp, root, name, version, manifest, area)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    print(
+        json.dumps(
+            {"model_dir": str(final), "name": config.name, "version": version, "metrics": metrics},
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""
+### aigq_training
+
+Daily AIGQ policy training for the logical date `ds` (SFT part; the daily CTR model and
+IL-GRPO update come later):
+
+`base_lm` (pre-train the tiny base LM only when no `models/base_lm/<v>` with v <= ds exists)
+→ `train_sft` (IL-SFT of the `kind` Param on the train split of the configured days)
+→ `evaluate` (test-split generation next to the popularity / co-occurrence / EBR / own-history
+baselines; `metrics.json` in the model folder, a report under `reports/aigq/<ds>/`)
+→ `register` (`models/aigq_<kind>/CURRENT` moves only if Query HR@30 is not below the
+popularity baseline's minus a tolerance and not below the current version's minus a tolerance).
+
+Each step is a `python -m ...` subprocess with `OMP_NUM_THREADS` from the Params; XCom carries
+folder paths only. A gate rejection fails `register` at once (no retry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from airflow.sdk import Param, dag, task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
+
+PARAMS = {
+    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
+    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
+    "data_root": Param("", type="string", description="data root; empty = the profile's"),
+    "kind": Param(
+        "direct", type="string", enum=["direct", "think", "plain"], description="IL-SFT target kind"
+    ),
+    "max_steps": Param(
+        0, type="integer", minimum=0, maximum=1_000_000, description="SFT steps; 0 = aigq.sft"
+    ),
+    "base_lm_max_steps": Param(
+        0, type="integer", minimum=0, maximum=1_000_000, description="0 = base_lm config"
+    ),
+    "omp_num_threads": Param(
+        1, type="integer", minimum=1, maximum=256, description="OMP_NUM_THREADS of each step"
+    ),
+    "eval_split": Param("test", type="string", enum=["test", "valid", "train", "all"]),
+    "eval_baselines": Param("", type="string", description="comma-separated; empty = aigq.eval.baselines"),
+    "semantic": Param(True, type="boolean", description="compute the MiniLM similarity metric"),
+    "gate_popularity_tolerance": Param(
+        -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
+    ),
+    "gate_regression_tolerance": Param(
+        -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
+    ),
+}
+
+
+def _common_args(params: dict) -> list[str]:
+    out = []
+    for name in ("config", "profile", "data_root"):
+        if params.get(name):
+            out += [f"--{name.replace('_', '-')}", str(params[name])]
+    return out
+
+
+def _run_module(module: str, args: list[str], params: dict) -> dict:
+    """Run ``python -m module args``, stream its output to the task log, return its last JSON line."""
+    import json
+    import subprocess
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(params.get("omp_num_threads") or 1),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, "-m", module, *args]
+    logger.info("running %s", " ".join(cmd))
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    last_json = None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        logger.info("%s", line)
+        if line.startswith("{"):
+            try:
+                last_json = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+    if proc.wait() != 0:
+        raise RuntimeError(f"{module} exited with status {proc.returncode}")
+    if last_json is None:
+        raise RuntimeError(f"{module} printed no JSON result line")
+    return last_json
+
+
+def _data_root(params: dict) -> str:
+    from common.config import load_config
+
+    if params.get("data_root"):
+        return str(Path(params["data_root"]).resolve())
+    return load_config(params.get("config") or None, params.get("profile") or None)["data_root"]
+
+
+@dag(
+    dag_id="aigq_training",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    tags=["aigq", "training", "llm"],
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=2)},
+    doc_md=__doc__,
+)
+def aigq_training():
+    @task
+    def base_lm(params=None, ds=None) -> str:
+        """Path of the newest base LM at or before ds; pre-trains one when there is none."""
+        from aigq_model.train_sft import default_base_model
+
+        try:
+            return str(default_base_model(_data_root(params), ds))
+        except FileNotFoundError:
+            logger.info("no base LM at or before %s: pre-training one", ds)
+        args = ["--ds", ds, *_common_args(params)]
+        if params.get("base_lm_max_steps"):
+            args += ["--max-steps", str(params["base_lm_max_steps"])]
+        return _run_module("base_lm.pretrain", args, params)["model_dir"]
+
+    @task
+    def train_sft(base_model: str, params=None, ds=None) -> str:
+        """IL-SFT on the base model; returns the new version's folder (not registered)."""
+        args = ["--ds", ds, "--kind", params["kind"], "--base-model", base_model, *_common_args(params)]
+        if params.get("max_steps"):
+            args += ["--max-steps", str(params["max_steps"])]
+        return _run_module("aigq_model.train_sft", args, params)["model_dir"]
+
+    @task
+    def evaluate(model_dir: str, params=None, ds=None) -> str:
+        """Offline metrics next to the baselines; returns the ``metrics.json`` path."""
+        args = ["--ds", ds, "--model-dir", model_dir, "--split", params["eval_split"], *_common_args(params)]
+        if params.get("eval_baselines"):
+            args += ["--baselines", params["eval_baselines"]]
+        if not params.get("semantic", True):
+            args.append("--no-semantic")
+        return _run_module("aigq_model.run_eval", args, params)["metrics"]
+
+    @task
+    def register(metrics_path: str, params=None) -> str:
+        """Move ``models/aigq_<kind>/CURRENT`` through the gate; returns the registered folder."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from aigq_model.run_eval import sft_gate
+        from common.config import load_config
+        from common.registry import GateRejected
+        from common.registry import register as registry_register
+
+        cfg = load_config(params.get("config") or None, params.get("profile") or None)
+        gate_cfg = dict((cfg.get("aigq") or {}).get("gate") or {})
+        pop_tol = params.get("gate_popularity_tolerance", -1.0)
+        reg_tol = params.get("gate_regression_tolerance", -1.0)
+        version_dir = Path(metrics_path).parent
+        root = version_dir.parent.parent.parent  # <root>/models/<name>/<version>
+        gate = sft_gate(
+            root,
+            metric=gate_cfg.get("metric", "query_hr@30"),
+            popularity_tolerance=pop_tol
+            if pop_tol >= 0
+            else float(gate_cfg.get("popularity_tolerance", 0.02)),
+            regression_tolerance=reg_tol
+            if reg_tol >= 0
+            else float(gate_cfg.get("regression_tolerance", 0.02)),
+        )
+        try:
+            registry_register(root, version_dir.parent.name, version_dir.name, gate=gate)
+        except GateRejected as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return str(version_dir)
+
+    register(evaluate(train_sft(base_lm())))
+
+
+aigq_training()

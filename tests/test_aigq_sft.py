@@ -1,0 +1,221 @@
+"""AIGQ IL-SFT and generation on a tiny model: loss drops, batched = one-at-a-time, never crashes,
+the entry point publishes a reloadable version, and the registration gate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+
+import pytest
+import torch
+
+from aigq_model.generate import Decoding, GenResult, generate_lists, left_pad
+from aigq_model.parsing import Blocklist
+from aigq_model.prompts import all_special_tokens
+from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset, load_aigq, save_aigq, train_sft
+from tests.test_base_lm import ADJ, BRANDS, NOUNS, make_tiny_base
+
+T0 = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
+BUCKETS = ["lt_1h", "lt_1d", "1d_ago", "2_3d_ago"]
+
+
+def make_rows(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """Direct-SFT rows whose targets are queries about the user's last searched noun."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        noun = rng.choice(NOUNS)
+        hist = []
+        for j in range(rng.randint(1, 5)):
+            adj, brand = rng.choice(ADJ), rng.choice(BRANDS)
+            search = j % 2 == 0
+            hist.append(
+                {
+                    "event_time": T0 - dt.timedelta(hours=5 - j),
+                    "event_type": "search" if search else "click",
+                    "time_bucket": rng.choice(BUCKETS),
+                    "text": f"{adj} {noun}" if search else f"{brand} {adj} {noun}",
+                    "item_id": None if search else f"i{j}",
+                    "category": None,
+                }
+            )
+        rows.append(
+            {
+                "sample_id": f"s{seed}-{i}",
+                "user_id": f"u{i % 7}",
+                "request_id": f"r{i}",
+                "event_time": T0 + dt.timedelta(minutes=i),
+                "gender": rng.choice(["female", "male"]),
+                "age_bucket": "25-29",
+                "city": "Shanghai",
+                "purchase_level": "high",
+                "history": hist,
+                "target_queries": [noun, f"{rng.choice(ADJ)} {noun}", f"{rng.choice(BRANDS)} {noun}"],
+                "label_source": "hintq",
+                "split": split,
+            }
+        )
+    return rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return make_tiny_base(tmp_path_factory.mktemp("aigq") / "base", max_position_embeddings=512)
+
+
+TINY_SFT = dict(batch_size=8, learning_rate=3e-3, warmup_steps=0, save_steps=0, eval_batches=4, max_len=256)
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir, tmp_path_factory):
+    """A tiny model after 150 IL-SFT steps (~3 s), saved and reloaded."""
+    config = SFTConfig(max_steps=150, **TINY_SFT)
+    out = tmp_path_factory.mktemp("sft")
+    model, tok, state, metrics = train_sft(
+        config, base_dir, make_rows(32), out / "ckpt", make_rows(8, seed=1)
+    )
+    save_aigq(model, tok, out / "model")
+    model, tok = load_aigq(out / "model")
+    return model, tok, metrics
+
+
+def test_prompt_tokens_are_masked_and_sft_lowers_the_target_loss(base_dir, trained):
+    from aigq_model.train_sft import prepare_model
+
+    model, tok, metrics = trained
+    _, base_tok = prepare_model(base_dir, SFTConfig())
+    ex = SFTDataset(make_rows(1), base_tok, SFTConfig())[0]
+    n_prompt = sum(label == -100 for label in ex["labels"])
+    assert 0 < n_prompt < len(ex["labels"]) and ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    batch = SFTCollator(base_tok.pad_token_id)(
+        [ex, SFTDataset(make_rows(2, seed=5), base_tok, SFTConfig())[1]]
+    )
+    assert batch["labels"].shape == batch["input_ids"].shape  # right-padded with -100 labels
+    assert metrics["train_eval_loss"] < metrics["train_eval_loss_before"] - 0.5
+    assert metrics["valid_loss"] < metrics["valid_loss_before"]
+    # Every prompt token survives save/reload as one atomic token.
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in all_special_tokens())
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(trained):
+    model, tok, _ = trained
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    rows = make_rows(6, seed=3)
+    dec = Decoding(max_new_tokens=24)
+    batched = generate_lists(model, tok, rows, k=10, batch_size=6, decoding=dec, cold_start="model")
+    single = generate_lists(model, tok, rows, k=10, batch_size=1, decoding=dec, cold_start="model")
+    assert [r.raw_text for r in batched] == [r.raw_text for r in single]
+    assert [r.queries for r in batched] == [r.queries for r in single]
+    assert any(r.n_model > 0 for r in batched)  # the trained model emits <q> lists
+    for strategy in ("sample", "beam"):
+        out = generate_lists(
+            model,
+            tok,
+            rows[:2],
+            batch_size=2,
+            decoding=Decoding(strategy=strategy, seed=0, max_new_tokens=16),
+        )
+        assert len(out) == 2 and all(isinstance(r, GenResult) for r in out)
+
+
+def test_generation_never_crashes_and_falls_back_to_popularity(trained):
+    model, tok, _ = trained
+    popular = ["pop one", "pop two", "pop three"]
+    cold = dict(make_rows(1, seed=9)[0], history=[])
+    out = generate_lists(model, tok, [cold], k=3, fallback=popular)
+    assert out[0].queries == popular and out[0].source == "fallback" and not out[0].model_called
+
+    class Broken:
+        training = False
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+        def generate(self, **kwargs):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    rows = make_rows(3, seed=4)
+    out = generate_lists(Broken(), tok, rows, k=2, fallback=lambda s: popular)
+    assert [r.queries for r in out] == [popular[:2]] * 3 and all(r.malformed for r in out)
+    # Garbage text: think parser on a direct model, blocked queries, no fallback at all.
+    out = generate_lists(
+        model,
+        tok,
+        rows,
+        kind="think",
+        k=5,
+        fallback=None,
+        blocklist=Blocklist(["phone"]),
+        decoding=Decoding(max_new_tokens=8),
+    )
+    assert all(isinstance(r.queries, list) and "phone" not in r.queries for r in out)
+
+
+def test_entry_point_publishes_a_version_through_the_registry(tmp_path, base_dir, monkeypatch):
+    from aigq_model.train_sft import main
+    from common.arrow_io import write_partition
+    from common.registry import current_version, read_manifest
+
+    root = tmp_path / "data"
+    write_partition(
+        root, "samples", "aigq_direct_sft", "2026-11-01", make_rows(12) + make_rows(4, 1, "valid")
+    )
+    monkeypatch.setenv("PIPELINE__AIGQ__SFT__BATCH_SIZE", "4")
+    monkeypatch.setenv("PIPELINE__AIGQ__SFT__SAVE_STEPS", "2")
+    args = ["--ds", "2026-11-02", "--data-root", str(root), "--base-model", str(base_dir), "--max-steps", "3"]
+    assert main([*args, "--kind", "plain", "--style", "verbose"]) == 0
+    out = root / "models" / "aigq_plain" / "2026-11-02"
+    manifest = read_manifest(out)
+    assert (
+        manifest["kind"] == "plain"
+        and manifest["metrics"]["steps"] == 3
+        and manifest["metrics"]["n_train"] == 36
+    )
+    assert manifest["data_dates"] == ["2026-11-01"] and manifest["base_model"]["path"] == str(base_dir)
+    assert current_version(root, "aigq_plain") is None  # staged and committed, not registered
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # checkpoints cleaned up
+    model, tok = load_aigq(out)
+    assert "<q>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] >= len(tok)
+
+
+def test_gate_compares_with_popularity_and_the_current_version(tmp_path):
+    from aigq_model.run_eval import sft_gate
+    from common.registry import GateRejected, commit_version, current_version, register, stage_version
+
+    root = tmp_path / "data"
+
+    def version(v: str, hr: float, pop: float) -> None:
+        path = commit_version(
+            stage_version(root, "aigq_direct", v), root, "aigq_direct", v, {"kind": "direct"}
+        )
+        results = {"aigq_direct": {"all": {"query_hr@30": hr}}, "popularity": {"all": {"query_hr@30": pop}}}
+        (path / "metrics.json").write_text(json.dumps({"model": "aigq_direct", "results": results}))
+
+    gate = sft_gate(root, popularity_tolerance=0.02, regression_tolerance=0.02)
+    version("2026-11-01", 0.30, 0.31)
+    register(root, "aigq_direct", "2026-11-01", gate=gate)
+    version("2026-11-02", 0.20, 0.25)  # below popularity - tol and below current - tol
+    with pytest.raises(GateRejected, match="popularity.*current"):
+        register(root, "aigq_direct", "2026-11-02", gate=gate)
+    version("2026-11-03", 0.29, 0.29)
+    register(root, "aigq_direct", "2026-11-03", gate=gate)
+    assert current_version(root, "aigq_direct") == "2026-11-03"
+    commit_version(stage_version(root, "aigq_direct", "2026-11-04"), root, "aigq_direct", "2026-11-04", {})
+    with pytest.raises(GateRejected, match="no query_hr@30"):
+        register(root, "aigq_direct", "2026-11-04", gate=gate)
