@@ -1,0 +1,134 @@
+"""Benchmark KARMA's cost: training step time of each variant relative to ``act``, and inference
+throughput of KARMA vs ``act`` (histories/s; the regularisers are train-only, so it should be equal).
+
+All variants are built on the same base model from the same seed and trained on the same batch
+(the first ``--batch-size`` train samples of ``--ds``); steps are interleaved across variants
+(round-robin) so that load changes on a shared machine hit every variant alike; the ratio uses the
+fastest step of each variant after ``--warmup`` rounds (the least disturbed; medians reported too). Inference embeds ``--n-histories`` test/valid/train
+histories with the ``act`` and the ``act+gen+rec`` model, interleaved, best of ``--repeats``.
+Prints one JSON object. Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/karma_train.py --data-root /tmp/karma_dev --ds 2026-11-03 \\
+        [--base-model PATH] [--batch-size 16] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+logger = logging.getLogger("bench.karma_train")
+
+VARIANTS = ("act", "act+gen", "act+rec", "act+gen+rec")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import dataclasses
+
+    import torch
+
+    from base_lm.pretrain import quiet_offline_hf
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+    from karma_model.config import KarmaConfig
+    from karma_model.data import (
+        ItemCatalog,
+        KarmaCollator,
+        KarmaDataset,
+        KarmaEncoder,
+        read_item_corpus,
+        read_samples,
+    )
+    from karma_model.model import KarmaModel, embed_histories
+    from karma_model.release import published_base_model
+
+    setup_logging()
+    quiet_offline_hf()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--ds", required=True)
+    parser.add_argument("--base-model", default=None, help="default: newest published base_lm at or before ds")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every variant each)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--n-histories", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    root = Path(args.data_root)
+    base = Path(args.base_model) if args.base_model else published_base_model(root, args.ds)
+    if base is None:
+        raise SystemExit(f"no base LM under {root}/models/base_lm: pass --base-model")
+    section = dict(load_config().get("karma") or {})
+    section.pop("base_model", None)
+    config = dataclasses.replace(KarmaConfig.from_dict(section), batch_size=args.batch_size)
+    catalog = ItemCatalog.from_table(read_item_corpus(root, args.ds))
+    samples = read_samples(root, [args.ds])
+
+    models, batches, optims = {}, {}, {}
+    for variant in VARIANTS:
+        cfg = config.with_variant(variant)
+        model, tok = KarmaModel.from_base(base, cfg)  # seeded by cfg.seed: identical starting weights
+        encoder = KarmaEncoder(tok, cfg, catalog)
+        dataset = KarmaDataset(samples, encoder)
+        batches[variant] = KarmaCollator(encoder)([dataset[i] for i in range(min(args.batch_size, len(dataset)))])
+        models[variant] = model.train()
+        optims[variant] = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for step in range(args.warmup + args.steps):
+        for variant in VARIANTS:
+            model, opt = models[variant], optims[variant]
+            t0 = time.perf_counter()
+            out = model(**batches[variant])
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= args.warmup:
+                times[variant].append(time.perf_counter() - t0)
+    median = {v: statistics.median(t) for v, t in times.items()}
+    best_step = {v: min(t) for v, t in times.items()}  # least disturbed by other load on a shared machine
+
+    histories = [h for h in samples.column("history").to_pylist() if h][: args.n_histories]
+    for variant in ("act", "act+gen+rec"):
+        models[variant].eval()
+    encoder = KarmaEncoder(tok, config, catalog)
+    embed_histories(models["act"], encoder, histories[:8])  # warm-up
+    best = {"act": 0.0, "act+gen+rec": 0.0}
+    for _ in range(args.repeats):
+        for variant in best:
+            t0 = time.perf_counter()
+            embed_histories(models[variant], encoder, histories)
+            best[variant] = max(best[variant], len(histories) / (time.perf_counter() - t0))
+    throughput = {v: round(x, 1) for v, x in best.items()}
+    result = {
+        "base_model": str(base),
+        "batch_size": args.batch_size,
+        "timed_steps": args.steps,
+        "step_seconds_median": {v: round(s, 4) for v, s in median.items()},
+        "step_seconds_min": {v: round(s, 4) for v, s in best_step.items()},
+        "step_time_ratio_to_act": {v: round(s / best_step["act"], 3) for v, s in best_step.items()},
+        "step_time_ratio_to_act_median": {v: round(s / median["act"], 3) for v, s in median.items()},
+        "inference_histories_per_s": throughput,
+        "inference_ratio_karma_to_act": round(throughput["act+gen+rec"] / throughput["act"], 3),
+        "n_histories": len(histories),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "machine": platform.machine(),
+    }
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

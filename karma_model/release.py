@@ -1,0 +1,123 @@
+"""Release steps of the ``karma_training`` DAG: base-model resolution, the gate, registration.
+
+Nothing here imports torch: these run inside Airflow tasks, around the subprocesses that train.
+
+Registration copies (hard links when possible) the trained folder to ``<root>/models/karma/<version>``
+with a manifest recording data dates, base model, config, headline metrics and the index folder,
+then moves ``models/karma/CURRENT`` through :func:`karma_gate` (:func:`common.registry.register`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_NAME = "karma"
+GATE_METRIC = "hr@200"
+MIN_RATIO_TO_CURRENT = 0.9
+
+
+def published_base_model(data_root: str | Path, ds: str) -> Path | None:
+    """The newest published ``models/base_lm/<version>`` with version <= ds, or None."""
+    from common.paths import is_published
+
+    root = Path(data_root) / "models" / "base_lm"
+    if not root.is_dir():
+        return None
+    versions = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.name <= ds and is_published(p))
+    return versions[-1] if versions else None
+
+
+def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_METRIC,
+               min_ratio: float = MIN_RATIO_TO_CURRENT) -> list[str]:
+    """Failures (empty = pass) of a candidate manifest against the registered one.
+
+    Reads ``manifest["metrics"]`` (the flat test summary of :mod:`karma_model.evaluate`): the model's
+    test ``metric`` must be >= the popularity baseline's and >= ``min_ratio`` x the current version's.
+
+    >>> karma_gate({"metrics": {"hr@200": 0.3, "popularity_hr@200": 0.4}}, None)
+    ['test hr@200 0.3000 < popularity baseline 0.4000']
+    >>> karma_gate({"metrics": {"hr@200": 0.5, "popularity_hr@200": 0.4}}, {"version": "v", "metrics": {"hr@200": 0.6}})
+    ['test hr@200 0.5000 < 0.9 x current v (0.6000)']
+    >>> karma_gate({"metrics": {"hr@200": 0.6, "popularity_hr@200": 0.4}}, {"metrics": {"hr@200": 0.6}})
+    []
+    """
+    metrics = candidate.get("metrics") or {}
+    value = metrics.get(metric)
+    popularity = metrics.get(f"popularity_{metric}")
+    if value is None or popularity is None:
+        return [f"candidate metrics lack {metric} or popularity_{metric} (evaluate with the popularity baseline)"]
+    failures = []
+    if value < popularity:
+        failures.append(f"test {metric} {value:.4f} < popularity baseline {popularity:.4f}")
+    if current is not None:
+        previous = (current.get("metrics") or {}).get(metric)
+        if previous is None:
+            logger.warning("current version %s has no %s; skipping the regression check", current.get("version"),
+                           metric)
+        elif value < min_ratio * previous:
+            failures.append(f"test {metric} {value:.4f} < {min_ratio:g} x current {current.get('version')} "
+                            f"({previous:.4f})")
+    return failures
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy ``src`` into the existing ``dst`` with hard links (plain copies across devices)."""
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+
+
+def register_karma(data_root: str | Path, model_dir: str | Path, version: str, index_dir: str | Path | None = None,
+                   metrics_path: str | Path | None = None, min_ratio: float = MIN_RATIO_TO_CURRENT,
+                   name: str = REGISTRY_NAME) -> dict:
+    """Stage ``model_dir`` as ``models/<name>/<version>`` and register it through the gate.
+
+    Raises :class:`common.registry.GateRejected` when the gate refuses (the version stays on disk,
+    ``CURRENT`` does not move). Returns the registered manifest.
+    """
+    from base_lm.load import read_manifest as read_model_manifest
+    from common.registry import commit_version, register, stage_version
+
+    model_dir = Path(model_dir)
+    trained = read_model_manifest(model_dir)
+    metrics_path = Path(metrics_path) if metrics_path else model_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    manifest = {
+        "ds": trained.get("ds", version),
+        "ds_range": trained.get("ds_range"),
+        "variant": trained.get("variant"),
+        "use_images": trained.get("use_images"),
+        "base_model": trained.get("base_model"),
+        "config": trained.get("config"),
+        "code_version": trained.get("code_version"),
+        "train_metrics": trained.get("metrics"),
+        "metrics": metrics.get("summary", {}),
+        "baseline_params": {k: v.get("params") for k, v in (metrics.get("baselines") or {}).items()},
+        "report_dir": metrics.get("report_dir"),
+        "source_model_dir": str(model_dir),
+        "index_dir": str(index_dir) if index_dir else None,
+    }
+    tmp = stage_version(data_root, name, version)
+    try:
+        _link_tree(model_dir, tmp)
+        for stale in ("_SUCCESS", "_manifest.json", "manifest.json"):
+            (tmp / stale).unlink(missing_ok=True)
+        commit_version(tmp, data_root, name, version, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    gate = functools.partial(karma_gate, min_ratio=min_ratio)
+    return register(data_root, name, version, gate=gate)
