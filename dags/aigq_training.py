@@ -38,10 +38,10 @@ PARAMS = {
     "max_steps": Param(
         0, type="integer", minimum=0, maximum=1_000_000, description="SFT steps; 0 = aigq.sft"
     ),
-    "base_lm_max_steps": Param(
+    "base_max_steps": Param(
         0, type="integer", minimum=0, maximum=1_000_000, description="0 = base_lm config"
     ),
-    "omp_num_threads": Param(
+    "omp_threads": Param(
         1, type="integer", minimum=1, maximum=256, description="OMP_NUM_THREADS of each step"
     ),
     "eval_split": Param("test", type="string", enum=["test", "valid", "train", "all"]),
@@ -71,7 +71,7 @@ def _run_module(module: str, args: list[str], params: dict) -> dict:
 
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(params.get("omp_num_threads") or 1),
+        "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -127,8 +127,8 @@ def aigq_training():
         except FileNotFoundError:
             logger.info("no base LM at or before %s: pre-training one", ds)
         args = ["--ds", ds, *_common_args(params)]
-        if params.get("base_lm_max_steps"):
-            args += ["--max-steps", str(params["base_lm_max_steps"])]
+        if params.get("base_max_steps"):
+            args += ["--max-steps", str(params["base_max_steps"])]
         return _run_module("base_lm.pretrain", args, params)["model_dir"]
 
     @task

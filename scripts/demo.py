@@ -2,7 +2,9 @@
 
 Steps: migrate Airflow's SQLite DB under ``.airflow/`` → ``python -m sources.synthetic`` for
 ``synthetic.days`` days → ``airflow dags test behavior_etl <ds>`` for each day, in order →
-a summary of rows per table, quarantine counts and output paths.
+``karma_training`` and ``aigq_training`` for the last day (short training runs, sized for a
+2-core machine: ``DEMO_STEPS`` steps each) → a summary of rows per table, quarantine counts,
+registered model versions, metrics and output paths.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ def summary(root: str, days: list[str]) -> dict:
     return out
 
 
+def registered(root: str, name: str) -> str:
+    """``version  key metrics`` of a registered model, or why there is none."""
+    from common.registry import RegistryError, current_path, current_version
+
+    try:
+        path = current_path(root, name)
+    except RegistryError as exc:
+        versions = sorted(p.name for p in (Path(root) / "models" / name).glob("20*"))
+        return f"(none registered; versions on disk: {versions}) {exc}" if versions else "(none)"
+    metrics_file = path / "metrics.json"
+    summary = {}
+    if metrics_file.is_file():
+        data = json.loads(metrics_file.read_text())
+        flat = data.get("summary", data)
+        summary = {k: round(v, 4) for k, v in flat.items() if isinstance(v, int | float) and "@" in k}
+    return f"{current_version(root, name)} {json.dumps(dict(list(summary.items())[:8]))} ({path})"
+
+
 def main() -> int:
     cfg = load_config()
     root = cfg["data_root"]
@@ -68,6 +88,14 @@ def main() -> int:
         logs / "generate.log")
     for ds in days:
         run([airflow, "dags", "test", "behavior_etl", ds], logs / f"behavior_etl-{ds}.log")
+    last = days[-1]
+    steps = int(os.environ.get("DEMO_STEPS", "150"))
+    training = {
+        "karma_training": {"max_steps": steps, "base_max_steps": 2 * steps},
+        "aigq_training": {"max_steps": 2 * steps, "base_max_steps": 2 * steps, "eval_split": "all"},
+    }
+    for dag_id, conf in training.items():
+        run([airflow, "dags", "test", dag_id, last, "--conf", json.dumps(conf)], logs / f"{dag_id}-{last}.log")
     table = summary(root, days)
     print("\nrows per table and ds (" + ", ".join(days) + "):")
     for name, rows in table.items():
@@ -78,8 +106,11 @@ def main() -> int:
             for reason, n in read_manifest(partition_path(root, "quarantine", t, ds)).get("reasons", {}).items():
                 reasons[f"{t}:{reason}"] = reasons.get(f"{t}:{reason}", 0) + n
     print("quarantined rows by reason:", json.dumps(reasons, sort_keys=True) if reasons else "none")
+    print("\nregistered models:")
+    for name in ("base_lm", "karma", "aigq_direct"):
+        print(f"  {name:12s} {registered(root, name)}")
     print(f"\noutputs under {root}:")
-    for area in ("raw", "clean", "quarantine", "sessions", "samples"):
+    for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "reports"):
         print(f"  {Path(root) / area}")
     print(f"demo finished in {time.monotonic() - started:.0f}s")
     return 0

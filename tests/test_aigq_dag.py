@@ -32,7 +32,7 @@ def test_aigq_training_structure(dag):
         "register": [],
     }
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
-    assert {"data_root", "kind", "max_steps", "omp_num_threads", "eval_split"} <= set(dag.params.keys())
+    assert {"data_root", "kind", "max_steps", "omp_threads", "eval_split"} <= set(dag.params.keys())
     assert dag.params.get_param("kind").schema["enum"] == ["direct", "think", "plain"]
     assert dag.params.get_param("max_steps").schema["minimum"] == 0
 
@@ -55,7 +55,7 @@ def test_dag_test_trains_evaluates_and_registers_a_policy(dag, spark, tmp_path):
         run_conf={
             "data_root": str(root),
             "max_steps": 4,
-            "base_lm_max_steps": 4,
+            "base_max_steps": 4,
             "eval_split": "all",
             "eval_baselines": "popularity,cooccurrence",
             "semantic": False,
