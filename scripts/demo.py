@@ -55,22 +55,35 @@ def summary(root: str, days: list[str]) -> dict:
     return out
 
 
+KARMA_KEYS = ("hr@10", "hr@200", "index_hr@200", "popularity_hr@200", "cooccurrence_hr@200", "text_hr@200",
+              "sink_ratio")
+AIGQ_KEYS = ("query_hr@10", "query_hr@30", "cate_hr@30")
+
+
+def key_metrics(name: str, metrics: dict) -> dict:
+    """The few figures worth a glance, from a model's metrics.json."""
+    if name == "karma":
+        summary = metrics.get("summary", {})
+        return {k: round(summary[k], 4) for k in KARMA_KEYS if isinstance(summary.get(k), int | float)}
+    out = {"split": metrics.get("split")}
+    for method, groups in metrics.get("results", {}).items():
+        overall = groups.get("all", {})
+        out[method] = {k: round(overall[k], 4) for k in AIGQ_KEYS if isinstance(overall.get(k), int | float)}
+    return out
+
+
 def registered(root: str, name: str) -> str:
-    """``version  key metrics`` of a registered model, or why there is none."""
+    """``version  key metrics`` of a registered model, or what is on disk."""
     from common.registry import RegistryError, current_path, current_version
 
     try:
         path = current_path(root, name)
-    except RegistryError as exc:
+    except RegistryError:
         versions = sorted(p.name for p in (Path(root) / "models" / name).glob("20*"))
-        return f"(none registered; versions on disk: {versions}) {exc}" if versions else "(none)"
+        return f"versions on disk: {versions} (none registered)" if versions else "(none)"
     metrics_file = path / "metrics.json"
-    summary = {}
-    if metrics_file.is_file():
-        data = json.loads(metrics_file.read_text())
-        flat = data.get("summary", data)
-        summary = {k: round(v, 4) for k, v in flat.items() if isinstance(v, int | float) and "@" in k}
-    return f"{current_version(root, name)} {json.dumps(dict(list(summary.items())[:8]))} ({path})"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return f"{current_version(root, name)} at {path}\n      {json.dumps(key_metrics(name, metrics))}"
 
 
 def main() -> int:
