@@ -18,7 +18,6 @@ Usage: ``python -m base_lm.pretrain --ds 2026-11-03 [--data-root D] [--out DIR] 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -260,16 +259,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     quiet_offline_hf()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ds", required=True, help="last logical date of the training text (YYYY-MM-DD)")
-    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
-    parser.add_argument("--out", default=None, help="output folder (default <data_root>/models/base_lm/<ds>)")
+    from base_lm.trainer import training_arg_parser
+
+    parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/base_lm/<ds>")
     parser.add_argument("--days", type=int, default=None, help="days of samples ending at ds")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.profile)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]

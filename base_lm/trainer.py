@@ -344,3 +344,19 @@ def evaluate_loss(
             sums[k] = sums.get(k, 0.0) + v / len(batches)
     model.train(was_training)
     return sums
+
+
+def training_arg_parser(description: str, out_default: str):
+    """The flags every training entry point shares; callers add their own before parsing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--ds", required=True, help="last logical date of the training data (YYYY-MM-DD)")
+    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    return parser

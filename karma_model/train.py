@@ -166,11 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     quiet_offline_hf()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ds", required=True, help="last logical date of the training samples (YYYY-MM-DD)")
-    parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--data-root", default=None, help="override the profile's data_root")
+    from base_lm.trainer import training_arg_parser
+
+    parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/karma_<slug>/<ds>")
     parser.add_argument("--variant", choices=VARIANTS, default=None)
     parser.add_argument(
         "--images",
@@ -179,12 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         help="use item image vectors (default: karma.use_images)",
     )
     parser.add_argument("--base-model", default=None, help="local HF checkpoint (default: newest base_lm)")
-    parser.add_argument(
-        "--out", default=None, help="output folder (default <data_root>/models/karma_<slug>/<ds>)"
-    )
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.profile)
