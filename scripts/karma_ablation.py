@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"data_root": str(root), "ds": args.ds, "seeds": args.seeds, "max_steps": args.max_steps,
             "base_model": args.base_model or "newest base_lm", "timing": {}}
     first = True
+    model_dirs: dict[tuple[str, int], Path] = {}
     for variant in args.variants:
         label = variant + ("+img" if args.images else "")
         for seed in args.seeds:
@@ -156,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             eval_args = ["--model-dir", str(model_dir), "--data-root", str(root), "--ds", args.ds,
                          "--n-attention", str(args.n_attention), "--report-dir", str(out / "runs" / model_dir.name),
                          "--baselines", *(args.baselines if first else [])]
-            if not first:
+            act_dir = model_dirs.get(("act", seed))
+            if variant == "act+gen+rec" and act_dir is not None:
+                # KARMA's report shows base LM / act-only / KARMA attention heatmaps side by side.
+                eval_args += ["--compare", str(act_dir)]
+            elif not first:
                 eval_args.append("--no-base")
             result = run_module("karma_model.evaluate", eval_args, args.omp_threads)
+            model_dirs[(variant, seed)] = model_dir
             metrics = json.loads(Path(result["metrics_path"]).read_text())
             if first:
                 baselines = {name: b["metrics"].get("test", {}) for name, b in metrics["baselines"].items()}
