@@ -224,10 +224,13 @@ def index_ranks(item_index: ItemIndex, user_emb, target_ids: Sequence, exclude_l
     """Ranks of each user's target item id through the index (a target beyond the list is a miss).
 
     Searches ``max(ks) + longest exclusion list`` neighbours so that filtering the history
-    still leaves ``max(ks)`` candidates; feed the ranks to :func:`karma_model.metrics.retrieval_metrics`.
+    still leaves ``max(ks)`` candidates, with ``efSearch`` raised to at least twice that (a lasting
+    change to ``item_index``); feed the ranks to :func:`karma_model.metrics.retrieval_metrics`.
     """
     longest = max((len(e) for e in exclude_lists), default=0) if exclude_lists is not None else 0
     k = min(max(ks) + longest, len(item_index))
+    if item_index.params.ef_search < 2 * k:  # an HNSW beam narrower than k loses deep neighbours
+        item_index.set_search_params(ef_search=2 * k)
     user_emb = np.asarray(user_emb, dtype=np.float32)
     ranks = np.empty(len(user_emb))
     for start in range(0, len(user_emb), batch):
