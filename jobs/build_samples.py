@@ -39,9 +39,7 @@ import logging
 import sys
 
 from common import schemas
-from common.arrow_io import parquet_row_count
-from common.paths import partition_path, previous_ds
-from common.publish import staged_partitions
+from common.paths import previous_ds
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +383,7 @@ def build_item_corpus(spark, items):
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
-    from jobs.spark import read_partition, read_published_range
+    from jobs.spark import publish_tables, read_partition, read_published_range
 
     root = cfg["data_root"]
     scfg = cfg["samples"]
@@ -406,16 +404,7 @@ def run(spark, cfg: dict, ds: str) -> dict:
         "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg),
         "item_corpus": build_item_corpus(spark, items),
     }
-    counts = {}
-    with staged_partitions() as batch:
-        for table, df in outputs.items():
-            schema = schemas.spark_schema(table)
-            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
-            manifest = {"table": table, "ds": ds, "history_ds": lookback}
-            tmp = batch.stage(partition_path(root, "samples", table, ds), manifest)
-            df.write.mode("overwrite").parquet(str(tmp))
-            manifest["rows"] = counts[table] = parquet_row_count(tmp)
-            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
+    counts = publish_tables(root, "samples", ds, outputs, {"history_ds": lookback})
     indexed.unpersist()
     return counts
 

@@ -14,11 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from common import schemas
-from common.arrow_io import parquet_row_count
-from common.paths import partition_path
-from common.publish import staged_partitions
-
 logger = logging.getLogger(__name__)
 
 EVENT_ORDER = {name: i for i, name in enumerate(("search", "view", "click", "cart", "buy", "exit"))}
@@ -72,7 +67,7 @@ def build_day_sessions(spark, events, ds: str):
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
-    from jobs.spark import read_partition
+    from jobs.spark import publish_tables, read_partition
 
     root = cfg["data_root"]
     gap = int(cfg.get("sessionize", {}).get("gap_minutes", 30))
@@ -83,17 +78,7 @@ def run(spark, cfg: dict, ds: str) -> dict:
         "hintq_sessions": filter_clicked_exposures(exposures),
         "day_sessions": build_day_sessions(spark, events, ds),
     }
-    counts = {}
-    with staged_partitions() as batch:
-        for table, df in outputs.items():
-            schema = schemas.spark_schema(table)
-            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
-            manifest = {"table": table, "ds": ds, "gap_minutes": gap}
-            tmp = batch.stage(partition_path(root, "sessions", table, ds), manifest)
-            df.write.mode("overwrite").parquet(str(tmp))
-            manifest["rows"] = counts[table] = parquet_row_count(tmp)
-            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
-    return counts
+    return publish_tables(root, "sessions", ds, outputs, {"gap_minutes": gap})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,25 @@ def read_snapshot(spark, root, area: str, table: str, ds: str):
     return read_partition(spark, root, area, table, snap_ds), snap_ds
 
 
+def publish_tables(root, area: str, ds: str, outputs: dict, manifest_extra: dict | None = None) -> dict[str, int]:
+    """Cast each DataFrame of ``outputs`` ({table: df}) to its contract schema, stage it as
+    ``<area>/<table>/ds=<ds>`` and publish them all together; returns rows per table."""
+    from common.arrow_io import parquet_row_count
+    from common.publish import staged_partitions
+
+    counts: dict[str, int] = {}
+    with staged_partitions() as batch:
+        for table, df in outputs.items():
+            schema = schemas.spark_schema(table)
+            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
+            manifest = {"table": table, "ds": ds, **(manifest_extra or {})}
+            tmp = batch.stage(partition_path(root, area, table, ds), manifest)
+            df.write.mode("overwrite").parquet(str(tmp))
+            manifest["rows"] = counts[table] = parquet_row_count(tmp)
+            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
+    return counts
+
+
 def write_parquet(df, path: str | Path) -> None:
     df.write.mode("overwrite").parquet(str(path))
 
