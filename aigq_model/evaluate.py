@@ -2,10 +2,12 @@
 
 Definitions (one record = one sample/user: its generated list, best first, and its truth):
 
-- **Truth**: by default the sample's target queries (``truth_queries``: ``target_queries`` of a
-  Direct row, ``targets[].query`` of a Think row); an explicit set can be passed instead, e.g.
-  the queries each user searched in the test window (``issued_queries``). Records with an empty
-  truth are left out of the hit-rate and similarity denominators.
+- **Truth**: the queries the user really issued in the test window (``window_truth``: every
+  search from the sample's time to the end of its day, which includes the clicked HintQ queries,
+  since a click on a hint logs a search). ``truth_queries`` gives the training target instead
+  (``target_queries`` of a Direct row, ``targets[].query`` of a Think row), which also holds the
+  ranker's shown-but-unclicked queries. Records with an empty truth are left out of the
+  hit-rate and similarity denominators.
 - **Query HR@K**: share of records where one of the first K generated queries equals a truth
   query after ``normalize_query`` (lists are not re-deduplicated: a duplicate wastes a slot).
 - **Category HR@K**: queries map to a leaf category (``build_query_category_map``: the most
@@ -70,6 +72,32 @@ def issued_queries(events, start_time, end_time) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for user, g in s.groupby("user_id", sort=True):
         out[str(user)] = list(dict.fromkeys(g["query"]))
+    return out
+
+
+def window_truth(samples: Sequence[Mapping], events) -> list[list[str]]:
+    """Per sample, the normalised distinct queries its user searched in ``[event_time, end of
+    the event_time's UTC day)``, in time order (typed searches and clicked hints alike).
+
+    >>> import datetime as dt
+    >>> t = lambda h: dt.datetime(2026, 11, 3, h, tzinfo=dt.UTC)
+    >>> log = [{"user_id": "u", "event_type": "search", "query": q, "event_time": t(h)}
+    ...        for q, h in [("a", 1), ("B", 5), ("c", 9), ("b", 10)]]
+    >>> window_truth([{"user_id": "u", "event_time": t(5)}, {"user_id": "v", "event_time": t(1)}], log)
+    [['b', 'c'], []]
+    """
+    from aigq_model.baselines import events_frame, to_micros
+
+    df = events_frame(events)
+    s = df[(df["event_type"] == "search") & (df["query"] != "")]
+    by_user = {str(u): (g["t"].to_numpy(), g["query"].tolist()) for u, g in s.groupby("user_id", sort=False)}
+    day = 86_400_000_000
+    out = []
+    for sample in samples:
+        times, queries = by_user.get(str(sample.get("user_id")), (np.empty(0, np.int64), []))
+        t = to_micros(sample["event_time"])
+        lo, hi = np.searchsorted(times, t, "left"), np.searchsorted(times, (t // day + 1) * day, "left")
+        out.append(list(dict.fromkeys(queries[lo:hi])))
     return out
 
 

@@ -38,12 +38,21 @@ class Decoding:
     max_new_tokens: int = 96
     max_prompt_tokens: int = 384
     seed: int | None = None
+    #: Lists decoded per prompt (beams best first, or samples) and merged by ``merge_lists``:
+    #: a model trained on short lists still fills K slots with its own queries.
+    num_return_sequences: int = 1
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.temperature <= 0 or self.top_k < 0 or self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("temperature must be > 0, top_k >= 0, num_beams >= 1, max_new_tokens >= 1")
+        if self.num_return_sequences < 1:
+            raise ValueError("num_return_sequences must be >= 1")
+        if self.strategy == "greedy" and self.num_return_sequences > 1:
+            raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences {self.num_return_sequences} > num_beams {self.num_beams}")
 
     @classmethod
     def from_dict(cls, section: Mapping | None) -> Decoding:
@@ -108,8 +117,9 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
 
 def generate_texts(
     model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding
-) -> list[tuple[str, bool]]:
-    """One batch: ``(decoded continuation, reached eos)`` per prompt (KV-cached ``generate``)."""
+) -> list[list[tuple[str, bool]]]:
+    """One batch: per prompt, ``num_return_sequences`` pairs ``(decoded continuation, reached
+    eos)`` (beams best first), from one KV-cached ``generate`` call."""
     import torch
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -126,16 +136,33 @@ def generate_texts(
             eos_token_id=eos,
             pad_token_id=pad,
             use_cache=True,
-            num_return_sequences=1,
+            num_return_sequences=decoding.num_return_sequences,
             **decoding.generate_kwargs(),
-        )  # (batch, width + new)
+        )  # (batch * n, width + new), the n sequences of a prompt adjacent
     new = out[:, ids.shape[1] :].tolist()
-    results = []
+    texts = []
     for row in new:
         done = eos in row
         row = row[: row.index(eos)] if done else row
-        results.append((tokenizer.decode(row, skip_special_tokens=False), done))
-    return results
+        texts.append((tokenizer.decode(row, skip_special_tokens=False), done))
+    n = decoding.num_return_sequences
+    return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+
+def merge_lists(lists: Sequence[Sequence[str]]) -> list[str]:
+    """Interleave ranked lists by position (rank 1 of every list in list order, then rank 2, ...),
+    keeping the first occurrence of each query: the head of every decoded list outranks any
+    list's tail, so the strongest interests of all sequences come first.
+
+    >>> merge_lists([["a", "b", "c"], ["a", "d"], ["e"]])
+    ['a', 'e', 'b', 'd', 'c']
+    """
+    out: dict[str, None] = {}
+    for pos in range(max((len(x) for x in lists), default=0)):
+        for lst in lists:
+            if pos < len(lst):
+                out.setdefault(lst[pos], None)
+    return list(out)
 
 
 def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
@@ -189,9 +216,9 @@ def generate_lists(
             texts = generate_texts(model, tokenizer, [encoded[i] for i in chunk], decoding)
         except Exception:
             logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
-            texts = [("", False)] * len(chunk)
-        for i, (text, done) in zip(chunk, texts, strict=True):
-            results[i] = _to_result(text, done, kind, k, _fallback_for(fallback, samples[i]), blocklist)
+            texts = [[("", False)]] * len(chunk)
+        for i, outs in zip(chunk, texts, strict=True):
+            results[i] = _to_result(outs, kind, k, _fallback_for(fallback, samples[i]), blocklist)
     model.train(was_training)
     n_bad = sum(r.malformed for r in results)
     if n_bad:
@@ -199,14 +226,22 @@ def generate_lists(
     return results
 
 
-def _to_result(text: str, done: bool, kind: str, k: int, popular: Sequence[str], blocklist) -> GenResult:
-    triggers = None
-    if kind == "think":
-        parsed = parse_think(text, complete=done)
-        triggers = [p.triggers for p in parsed.points]
-    else:
-        parsed = parse_direct(text, complete=done)
-    own = postprocess(parsed.queries, blocklist, max_queries=k)
+def _to_result(
+    outs: Sequence[tuple[str, bool]], kind: str, k: int, popular: Sequence[str], blocklist
+) -> GenResult:
+    """Parse every decoded sequence of one prompt; the first (best) one decides ``malformed``,
+    ``raw_text`` and the Think triggers; the queries of all are merged by ``merge_lists``."""
+    parsed_all = []
+    for text, done in outs:
+        parsed = parse_think(text, complete=done) if kind == "think" else parse_direct(text, complete=done)
+        parsed_all.append(parsed)
+    best = parsed_all[0]
+    triggers = [p.triggers for p in best.points] if kind == "think" else None
+    merged = merge_lists([postprocess(p.queries, blocklist, max_queries=k) for p in parsed_all])
+    own = postprocess(merged, blocklist, max_queries=k)
     queries = with_fallback(own, popular, k)
     source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
-    return GenResult(queries, text, parsed.malformed, n_model=len(own), source=source, triggers=triggers)
+    extra = {"n_sequences": len(outs)} if len(outs) > 1 else {}
+    return GenResult(
+        queries, outs[0][0], best.malformed, n_model=len(own), source=source, triggers=triggers, extra=extra
+    )

@@ -75,15 +75,33 @@ def eval_samples(
 
 
 def _records(
-    samples: Sequence[Mapping], lists: Sequence[Sequence[str]], malformed: Sequence[bool] | None = None
+    samples: Sequence[Mapping],
+    lists: Sequence[Sequence[str]],
+    truth: Sequence[Sequence[str]],
+    malformed: Sequence[bool] | None = None,
 ):
-    from aigq_model.evaluate import EvalRecord, truth_queries
+    from aigq_model.evaluate import EvalRecord
 
     malformed = malformed or [False] * len(samples)
     return [
-        EvalRecord(list(g), truth_queries(s), len(s.get("history") or []), bool(m), s.get("user_id"))
-        for s, g, m in zip(samples, lists, malformed, strict=True)
+        EvalRecord(list(g), list(t), len(s.get("history") or []), bool(m), s.get("user_id"))
+        for s, g, t, m in zip(samples, lists, truth, malformed, strict=True)
     ]
+
+
+TRUTHS = ("issued", "target")
+
+
+def sample_truth(samples: Sequence[Mapping], events, truth: str = "issued") -> list[list[str]]:
+    """``issued``: the queries each user searched from the sample's time to the end of its day
+    (``evaluate.window_truth``); ``target``: the sample's training target list."""
+    from aigq_model.evaluate import truth_queries, window_truth
+
+    if truth == "issued":
+        return window_truth(samples, events)
+    if truth == "target":
+        return [truth_queries(s) for s in samples]
+    raise ValueError(f"truth must be one of {TRUTHS}, got {truth!r}")
 
 
 def evaluate_model(
@@ -101,6 +119,7 @@ def evaluate_model(
     gen_config: Mapping | None = None,
     style: str = "compressed",
     max_history: int = 20,
+    truth: str = "issued",
 ) -> tuple[dict, dict]:
     """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model and each baseline,
     and generation facts (seconds, malformed share, share of slots filled by the model)."""
@@ -134,9 +153,10 @@ def evaluate_model(
         if rec is not popularity:
             rec.fit(events)
         lists[b] = rec.recommend_many(samples, k=k)
+    truths = sample_truth(samples, events, truth)
     results = {
         method: evaluate_records(
-            _records(samples, ls, malformed.get(method)), ks, category_of, encoder=encoder, semantic=semantic
+            _records(samples, ls, truths, malformed.get(method)), ks, category_of, encoder=encoder, semantic=semantic
         )
         for method, ls in lists.items()
     }
@@ -147,6 +167,8 @@ def evaluate_model(
         "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
         "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,
         "cold_start_share": sum(not s.get("history") for s in samples) / len(samples) if samples else None,
+        "truth": truth,
+        "samples_with_truth": sum(bool(t) for t in truths),
     }
     return results, info
 
@@ -267,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default=None, help="comma-separated (default: aigq.eval.baselines)")
     parser.add_argument("--no-semantic", action="store_true", help="skip the MiniLM similarity metric")
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: aigq.generate)")
+    parser.add_argument("--num-return-sequences", type=int, default=None,
+                        help="lists decoded per prompt and merged (default: aigq.generate)")
+    parser.add_argument("--truth", choices=TRUTHS, default=None,
+                        help="issued: queries searched from the sample's time to the end of its day "
+                        "(default: aigq.eval.truth); target: the training target list")
     parser.add_argument("--report-name", default=None, help="report file name (default: the model's name)")
     args = parser.parse_args(argv)
 
@@ -277,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     gen = dict(aigq.get("generate") or {})
     if args.strategy:
         gen["strategy"] = args.strategy
+    if args.num_return_sequences:
+        gen["num_return_sequences"] = args.num_return_sequences
     ds = check_ds(args.ds)
     model_dir = Path(args.model_dir).resolve()
     manifest = read_manifest(model_dir)
@@ -310,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         gen_config=gen,
         style=manifest.get("style", "compressed"),
         max_history=int(mcfg.get("max_history", 20)),
+        truth=args.truth or str(ev.get("truth", "issued")),
     )
     payload = {
         "model": name,

@@ -176,3 +176,20 @@ def test_baselines_on_an_empty_log():
     for rec in (PopularityBaseline(), CooccurrenceBaseline(), EmbeddingBaseline(encoder=bag_of_words)):
         assert rec.fit([]).recommend(history, CUTOFF, k=5, user_id="u1") == []
     assert OwnHistoryBaseline().fit([]).recommend(history, CUTOFF, k=5) == ["a"]
+
+
+def test_issued_truth_is_the_rest_of_the_day_from_the_sample_time():
+    from aigq_model.run_eval import sample_truth
+
+    day = dt.datetime(2026, 11, 3, tzinfo=dt.UTC)
+    log = [_ev("u1", 0, "search", "old"), _ev("u1", 0, "click", item="i1"), _ev("u2", 0, "search", "other user")]
+    for ev, h in zip(log, (8, 9, 9), strict=True):
+        ev["event_time"] = day + dt.timedelta(hours=h)
+    log += [{**_ev("u1", 0, "search", q), "event_time": day + dt.timedelta(hours=h)}
+            for q, h in [("Next One", 10), ("next one", 11), ("later", 23.9), ("tomorrow", 24.5)]]
+    samples = [{"user_id": "u1", "event_time": day + dt.timedelta(hours=10), "target_queries": ["shown", "later"]},
+               {"user_id": "u3", "event_time": day + dt.timedelta(hours=1), "target_queries": ["x"]}]
+    assert sample_truth(samples, log, "issued") == [["next one", "later"], []]
+    assert sample_truth(samples, log, "target") == [["shown", "later"], ["x"]]
+    with pytest.raises(ValueError, match="truth"):
+        sample_truth(samples, log, "future")

@@ -128,6 +128,26 @@ def test_batched_left_padded_generation_equals_one_at_a_time(trained):
         assert len(out) == 2 and all(isinstance(r, GenResult) for r in out)
 
 
+def test_several_beams_merge_into_one_longer_list(trained):
+    """The best beam's first query leads; the merged list holds at least the best beam's queries
+    and never repeats one; malformed/raw text come from the best beam alone."""
+    model, tok, _ = trained
+    rows = make_rows(4, seed=5)
+    one = generate_lists(model, tok, rows, k=10, decoding=Decoding(strategy="beam", num_beams=4, max_new_tokens=24),
+                         cold_start="model")
+    four = generate_lists(model, tok, rows, k=10, cold_start="model", decoding=Decoding(
+        strategy="beam", num_beams=4, num_return_sequences=4, max_new_tokens=24))
+    for a, b in zip(one, four, strict=True):
+        assert a.raw_text == b.raw_text and b.extra["n_sequences"] == 4
+        assert b.queries[:1] == a.queries[:1] and set(a.queries[: a.n_model]) <= set(b.queries)
+        assert b.n_model >= a.n_model and len(b.queries) == len(set(b.queries))
+    assert sum(b.n_model for b in four) > sum(a.n_model for a in one)
+    with pytest.raises(ValueError, match="greedy"):
+        Decoding(num_return_sequences=2)
+    with pytest.raises(ValueError, match="num_beams"):
+        Decoding(strategy="beam", num_beams=2, num_return_sequences=3)
+
+
 def test_generation_never_crashes_and_falls_back_to_popularity(trained):
     model, tok, _ = trained
     popular = ["pop one", "pop two", "pop three"]
