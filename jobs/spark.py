@@ -11,7 +11,7 @@ from pathlib import Path
 from common import schemas
 from common.config import load_config
 from common.logging_setup import setup_logging
-from common.paths import is_published, latest_published_ds, partition_path
+from common.paths import check_ds, is_published, latest_published_ds, partition_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ def build_spark(cfg: dict, app_name: str):
 def job_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (the partition to build)")
+    parser.add_argument(
+        "--through",
+        default=None,
+        help="backfill: build every date from --ds through this one (inclusive), in order, in one "
+        "Spark session; stops at the first failing date (earlier dates stay published)",
+    )
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
     parser.add_argument("--data-root", default=None, help="override the profile's data_root")
@@ -56,24 +62,34 @@ def job_arg_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
-    """The shared ``main``: parse ``--ds/--config/--profile/--data-root``, run, print a JSON line."""
+    """The shared ``main``: parse ``--ds [--through]/--config/--profile/--data-root``, run each
+    date, print one JSON line per date."""
+    import datetime as dt
     import json
 
     setup_logging()
-    args = job_arg_parser(description).parse_args(argv)
+    parser = job_arg_parser(description)
+    args = parser.parse_args(argv)
+    first = dt.date.fromisoformat(check_ds(args.ds))
+    last = dt.date.fromisoformat(check_ds(args.through)) if args.through else first
+    if last < first:
+        parser.error(f"--through {args.through} is before --ds {args.ds}")
+    dates = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     cfg = load_config(args.config or None, args.profile or None)
     if args.data_root:
         cfg["data_root"] = str(Path(args.data_root).resolve())
     spark = build_spark(cfg, name)
     try:
-        result = run(spark, cfg, args.ds)
-    except InputContractError as exc:
-        logger.error("%s ds=%s rejected its input: %s", name, args.ds, exc)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return CONTRACT_ERROR_EXIT
+        for ds in dates:
+            try:
+                result = run(spark, cfg, ds)
+            except InputContractError as exc:
+                logger.error("%s ds=%s rejected its input: %s", name, ds, exc)
+                print(f"ERROR: {exc}", file=sys.stderr)
+                return CONTRACT_ERROR_EXIT
+            print(json.dumps({"ds": ds, name: result}, sort_keys=True), flush=True)
     finally:
         spark.stop()
-    print(json.dumps({"ds": args.ds, name: result}, sort_keys=True))
     return 0
 
 
