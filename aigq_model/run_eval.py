@@ -62,15 +62,29 @@ def read_items(data_root: str | Path, ds: str):
     return None if items_ds is None else read_partition(data_root, "clean", "items", items_ds)
 
 
+def history_queries(sample: Mapping) -> int:
+    """How many searches the sample's history holds."""
+    return sum(1 for h in sample.get("history") or [] if h.get("event_type") == "search")
+
+
 def eval_samples(
-    data_root: str | Path, ds: str, kind: str, split: str, max_samples: int | None = None
+    data_root: str | Path,
+    ds: str,
+    kind: str,
+    split: str,
+    max_samples: int | None = None,
+    min_history_queries: int = 0,
 ) -> list[dict]:
-    """The ``split`` rows of ``ds`` (unexploded: ``plain`` models are evaluated on Direct rows)."""
+    """The ``split`` rows of ``ds`` from the ``kind``'s sample table (``direct`` or ``think``;
+    ``plain`` reads the Direct rows unexploded), keeping those whose history holds at least
+    ``min_history_queries`` searches (1 = "users with at least 2 queries": one before, one after)."""
     from aigq_model.train_sft import read_sft_rows
 
     rows = read_sft_rows(
         data_root, [ds], "direct" if kind == "plain" else kind, None if split == "all" else split
     )
+    if min_history_queries:
+        rows = [r for r in rows if history_queries(r) >= min_history_queries]
     return rows[:max_samples] if max_samples else rows
 
 
@@ -291,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: aigq.generate)")
     parser.add_argument("--num-return-sequences", type=int, default=None,
                         help="lists decoded per prompt and merged (default: aigq.generate)")
+    parser.add_argument("--samples", choices=("direct", "think"), default=None,
+                        help="sample table to evaluate on (default: the model's kind; plain -> direct), "
+                        "so every model and baseline can be scored on the same samples")
+    parser.add_argument("--min-history-queries", type=int, default=0,
+                        help="keep samples whose history holds at least this many searches")
     parser.add_argument("--truth", choices=TRUTHS, default=None,
                         help="issued: queries searched from the sample's time to the end of its day "
                         "(default: aigq.eval.truth); target: the training target list")
@@ -319,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     baselines = [b for b in baselines if b]
     semantic = bool(ev.get("semantic", True)) and not args.no_semantic
 
-    samples = eval_samples(data_root, ds, kind, args.split, args.max_samples)
+    sample_kind = args.samples or kind
+    samples = eval_samples(data_root, ds, sample_kind, args.split, args.max_samples, args.min_history_queries)
     if not samples:
-        raise FileNotFoundError(f"no {args.split} samples of {ds} for a {kind} model under {data_root}")
+        raise FileNotFoundError(f"no {args.split} {sample_kind} samples of {ds} under {data_root}")
     events = read_events(data_root, [*previous_ds(ds, int(ev.get("days", 7)) - 1), ds])
     model, tokenizer = load_aigq(model_dir)
     mcfg = manifest.get("config", {})
@@ -346,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         "version": manifest.get("version"),
         "ds": ds,
         "split": args.split,
+        "samples": sample_kind,
+        "min_history_queries": args.min_history_queries,
         "ks": list(ks),
         "decoding": gen,
         "info": info,

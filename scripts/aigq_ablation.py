@@ -1,0 +1,181 @@
+"""AIGQ IL-SFT ablation: Direct / Think IL-SFT and plain SFT x seeds, next to the baselines, one table.
+
+For each kind (``direct``, ``think``, ``plain``) and seed, ``python -m aigq_model.train_sft`` trains
+on the days ending at ``--train-ds`` (train split), then ``python -m aigq_model.run_eval`` scores
+the model on the samples of ``--eval-ds`` (a later day, all splits by default). Every model is
+scored on the *same* samples (``--samples``, default the Direct table) against the same truth (the
+queries the user searched from the sample's time to the end of its day), so the rows compare.
+The baselines (popularity, co-occurrence, EBR, own history + popularity) are computed once, with
+the first run. The table gives Query HR@10/30, Category HR@10/30, semantic similarity@10, unique
+categories@10 and the malformed share, mean ± sample std over seeds.
+
+Output (``--out``, default ``<root>/reports/aigq_ablation/ds=<eval-ds>/``): ``ablation.md``,
+``ablation.json``, ``hit_rates.png``, the per-run reports. Models go to
+``<root>/models/aigq_ablation/<train-ds>/<kind>-seed<s>/`` (``--reuse`` skips trained runs).
+
+Usage::
+
+    .venv/bin/python scripts/aigq_ablation.py --data-root /tmp/aigq_big --train-ds 2026-11-04 \\
+        --eval-ds 2026-11-05 [--kinds direct think plain] [--seeds 0 1] [--max-steps 1500] \\
+        [--strategy beam --num-return-sequences 4] [--min-history-queries 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.karma_ablation import fmt, mean_std, run_module  # noqa: E402
+
+logger = logging.getLogger("scripts.aigq_ablation")
+
+KINDS = ("direct", "think", "plain")
+LABELS = {"direct": "AIGQ-Direct IL-SFT", "think": "AIGQ-Think IL-SFT", "plain": "plain SFT"}
+COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@10", "cate_hr@30", "semantic_sim@10", "unique_cates@10",
+           "malformed_rate")
+HEADERS = ("Query HR@10", "Query HR@30", "Cate HR@10", "Cate HR@30", "sem. sim@10", "unique cates@10",
+           "malformed")
+
+
+def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: dict, group: str) -> list[str]:
+    lines = [f"## {group} users", "", "| method | " + " | ".join(HEADERS) + " | seeds |",
+             "|---" * (len(HEADERS) + 2) + "|"]
+    for label, results in runs.items():
+        cells = [fmt(*mean_std([r[group].get(c) for r in results])) for c in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(results)} |")
+    for name, res in baselines.items():
+        cells = [fmt(res[group][c]) if res[group].get(c) is not None else "–" for c in COLUMNS]
+        lines.append(f"| {name} (baseline) | " + " | ".join(cells) + " | – |")
+    first = next(iter(baselines.values()), None) or next(iter(runs.values()), [{}])[0]
+    users = first.get(group, {}).get("n_users")
+    lines += ["", f"{int(users) if users is not None else '?'} samples in this group.", ""]
+    return lines
+
+
+def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*runs, *baselines]
+    metrics = ("query_hr@10", "query_hr@30", "cate_hr@30")
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 4))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(names))
+    for j, m in enumerate(metrics):
+        vals, errs = [], []
+        for name in names:
+            if name in runs:
+                mu, sd = mean_std([r["all"].get(m) for r in runs[name]])
+            else:
+                mu, sd = baselines[name]["all"].get(m, np.nan), 0.0
+            vals.append(np.nan_to_num(mu if mu is not None else np.nan))
+            errs.append(np.nan_to_num(sd))
+        ax.bar(x + (j - 1) * width, vals, width, yerr=errs, capsize=2, label=m)
+    ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("all users")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.logging_setup import setup_logging
+
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--train-ds", required=True, help="last training date")
+    parser.add_argument("--eval-ds", required=True, help="the (later) date whose samples are scored")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--samples", choices=("direct", "think"), default="direct")
+    parser.add_argument("--split", default="all")
+    parser.add_argument("--min-history-queries", type=int, default=0)
+    parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: config)")
+    parser.add_argument("--num-return-sequences", type=int, default=None)
+    parser.add_argument("--omp-threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published")
+    args = parser.parse_args(argv)
+
+    root = Path(args.data_root).resolve()
+    out = Path(args.out) if args.out else root / "reports" / "aigq_ablation" / f"ds={args.eval_ds}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+    baselines: dict[str, dict] = {}
+    meta = {"data_root": str(root), "train_ds": args.train_ds, "eval_ds": args.eval_ds, "seeds": args.seeds,
+            "max_steps": args.max_steps, "samples": args.samples, "split": args.split,
+            "min_history_queries": args.min_history_queries, "strategy": args.strategy,
+            "num_return_sequences": args.num_return_sequences, "timing": {}}
+    first = True
+    for kind in args.kinds:
+        for seed in args.seeds:
+            model_dir = root / "models" / "aigq_ablation" / args.train_ds / f"{kind}-seed{seed}"
+            t0 = time.perf_counter()
+            if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
+                train_args = ["--ds", args.train_ds, "--data-root", str(root), "--kind", kind, "--seed", str(seed),
+                              "--out", str(model_dir)]
+                if args.max_steps:
+                    train_args += ["--max-steps", str(args.max_steps)]
+                if args.base_model:
+                    train_args += ["--base-model", args.base_model]
+                run_module("aigq_model.train_sft", train_args, args.omp_threads)
+            t1 = time.perf_counter()
+            eval_args = ["--ds", args.eval_ds, "--model-dir", str(model_dir), "--data-root", str(root),
+                         "--split", args.split, "--samples", args.samples,
+                         "--min-history-queries", str(args.min_history_queries),
+                         "--report-name", f"ablation_{kind}_seed{seed}"]
+            if args.strategy:
+                eval_args += ["--strategy", args.strategy]
+            if args.num_return_sequences:
+                eval_args += ["--num-return-sequences", str(args.num_return_sequences)]
+            if not first:
+                eval_args += ["--baselines", ""]
+            run_module("aigq_model.run_eval", eval_args, args.omp_threads)
+            metrics = json.loads((model_dir / "metrics.json").read_text())
+            results = metrics["results"]
+            model_name = metrics["model"]
+            if first:
+                baselines = {k: v for k, v in results.items() if k != model_name}
+                meta["info"] = metrics["info"]
+                first = False
+            runs.setdefault(LABELS[kind], []).append(results[model_name])
+            meta["timing"][f"{kind}-seed{seed}"] = {"train_s": round(t1 - t0, 1),
+                                                    "eval_s": round(time.perf_counter() - t1, 1)}
+            logger.info("%s seed %d: query_hr@10 %.4f", kind, seed, results[model_name]["all"]["query_hr@10"])
+    lines = [f"# AIGQ IL-SFT ablation on {root}", "",
+             f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
+             f"{args.samples} samples of {args.eval_ds}"
+             + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
+             + "; truth = the queries the user searched from the sample's time to the end of its day. "
+             f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
+             f"max_steps {args.max_steps or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
+             "baselines are deterministic.", ""]
+    for group in ("all", "active", "cold_start"):
+        lines += render_table(runs, baselines, meta, group)
+    lines += ["![hit rates](hit_rates.png)", ""]
+    (out / "ablation.md").write_text("\n".join(lines))
+    plot(runs, baselines, out / "hit_rates.png")
+    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines}, indent=2,
+                                                  sort_keys=True, default=str))
+    print(json.dumps({"table": str(out / "ablation.md"), "runs": sum(len(v) for v in runs.values())}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
