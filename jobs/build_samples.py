@@ -27,7 +27,8 @@ Tables
   searches typed that day (time order), then the day's exposures' ranker top-K. Each target
   query carries ``triggers``: indices into the history of behaviours sharing a word (two or
   more characters) with it.
-- ``ctr_samples``: one per query impression with profile and the user's recent queries (the
+- ``ctr_samples``: one per query impression (on a day without impressions: one per search, label =
+  its request got a click) with profile and the user's recent queries (the
   searches among the last ``history_len`` behaviours before the impression).
 - ``item_corpus``: ``sql/item_corpus.sql``.
 """
@@ -359,14 +360,22 @@ def build_think_samples(indexed, day_events, exposures, day_sessions, users, ds:
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
-def build_ctr_samples(spark, indexed, impressions, users, ds: str, scfg: dict):
+def build_ctr_samples(spark, indexed, impressions, users, ds: str, scfg: dict, day_events=None):
+    """One row per query impression (label = clicked); on a day without impressions (a plain
+    search log such as Best Buy's), one row per search instead (label = the search's request
+    got a click, position 0), so the CTR reward model can train on any log."""
     from pyspark.sql import functions as F
 
     from jobs.spark import load_sql
 
-    impressions.createOrReplaceTempView("impressions")
     users.createOrReplaceTempView("users")
-    base = spark.sql(load_sql("ctr_samples")).withColumn(
+    if day_events is not None and impressions.limit(1).count() == 0:
+        day_events.createOrReplaceTempView("day_events")
+        query = load_sql("ctr_samples_from_searches")
+    else:
+        impressions.createOrReplaceTempView("impressions")
+        query = load_sql("ctr_samples")
+    base = spark.sql(query).withColumn(
         "sample_id", _sample_id("user_id", "event_time", "query", "position")
     )
     out = attach_history(indexed, base)
@@ -401,7 +410,7 @@ def run(spark, cfg: dict, ds: str) -> dict:
         "karma_samples": build_karma_samples(indexed, day_events, ds, scfg),
         "aigq_direct_sft": build_direct_samples(indexed, exposures, sessions, users, ds, scfg),
         "aigq_think_sft": build_think_samples(indexed, day_events, exposures, day_sessions, users, ds, scfg),
-        "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg),
+        "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg, day_events),
         "item_corpus": build_item_corpus(spark, items),
     }
     counts = publish_tables(root, "samples", ds, outputs, {"history_ds": lookback})

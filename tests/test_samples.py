@@ -109,6 +109,10 @@ def test_ctr_samples_and_item_corpus(tiny_run):
     ctr = _rows(cfg, "ctr_samples")
     assert [(r["query"], r["position"], r["label"]) for r in ctr] == [("Blue shoe", 0, 0), ("hat", 2, 0), ("red hat", 1, 1)]
     assert all(r["recent_queries"] == ["red shoe", "Blue  Hat"] for r in ctr)
+    # DS1 has no impressions (a plain search log): one row per search, label = its request got a click.
+    ((q, pos, label, recent),) = [(r["query"], r["position"], r["label"], r["recent_queries"])
+                                  for r in _rows(cfg, "ctr_samples", DS1)]
+    assert (q, pos, label, recent) == ("red shoe", 0, 1, [])
     corpus = {r["item_id"]: r["text"] for r in _rows(cfg, "item_corpus")}
     assert corpus["i1"] == "red running shoe | wear > shoe | acme | red"
     assert corpus["i2"] == "blue shoe | wear > shoe | acme"
