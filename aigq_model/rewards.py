@@ -77,7 +77,7 @@ def length_reward(
         excess += (min_chars - chars) / min_chars
     if chars > max_chars:
         excess += (chars - max_chars) / max_chars
-    return -min(1.0, excess)
+    return -min(1.0, excess) if excess > 0 else 0.0
 
 
 def format_reward(malformed: bool, n_queries: int, expected: int | None = None) -> float:

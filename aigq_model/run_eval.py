@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="issued: queries searched from the sample's time to the end of its day "
                         "(default: aigq.eval.truth); target: the training target list")
     parser.add_argument("--report-name", default=None, help="report file name (default: the model's name)")
+    parser.add_argument("--metrics-out", default=None,
+                        help="write metrics.json here instead of into the model folder (to score a "
+                        "registered model again without touching its own metrics)")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.profile)
@@ -373,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "info": info,
         "results": results,
     }
-    metrics_path = write_json_atomic(model_dir / METRICS_FILE, payload)
+    metrics_file = Path(args.metrics_out).resolve() if args.metrics_out else model_dir / METRICS_FILE
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path = write_json_atomic(metrics_file, payload)
     report = write_report(
         Path(data_root) / "reports" / "aigq" / ds,
         args.report_name or name,
