@@ -282,6 +282,32 @@ def sft_gate(
     return gate
 
 
+def policy_gate(
+    reference_metrics: str | Path, metric: str = "query_hr@30", tolerance: float = 0.02, area: str = "models"
+) -> Callable[[dict, dict | None], list[str]]:
+    """A ``register`` gate for a policy update (IL-GRPO): the candidate's ``metric`` must be >=
+    the reference policy's (the SFT policy scored on the same samples, ``reference_metrics``)
+    minus ``tolerance``. Returns the list of failures."""
+
+    def gate(candidate: dict, current: dict | None) -> list[str]:
+        from common.registry import model_dir
+
+        root = Path(reference_metrics).resolve().parents[3]  # <root>/models/<name>/<version>/<file>
+        cand = read_metrics(model_dir(root, candidate["name"], candidate["version"], area))
+        ref_file = Path(reference_metrics)
+        ref = json.loads(ref_file.read_text()) if ref_file.is_file() else {}
+        value, base = _metric(cand, None, metric), _metric(ref, None, metric)
+        if value is None:
+            return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
+        if base is None:
+            return [f"reference policy metrics {ref_file} have no {metric}"]
+        if value < base - tolerance:
+            return [f"{metric} {value:.4f} < SFT policy {base:.4f} - {tolerance}"]
+        return []
+
+    return gate
+
+
 def main(argv: list[str] | None = None) -> int:
     from aigq_model.train_sft import load_aigq
     from base_lm.pretrain import quiet_offline_hf

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "sample_table": SAMPLE_TABLE[sample_kind],
         "n_samples": len(samples),
         "code_version": code_version(),
-        "base_policy": {"path": str(policy.resolve()), "manifest": pman},
+        # name/version only (a daily chain of updates must not nest every ancestor's manifest)
+        "base_policy": {"path": str(policy.resolve()), "name": pman.get("name"), "version": pman.get("version"),
+                        "mode": pman.get("mode", "sft")},
         "ctr_model": {"path": str(Path(args.ctr).resolve()), "manifest": read_manifest_lenient(args.ctr)}
         if ctr else None,
         "mode": config.mode,

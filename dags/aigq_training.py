@@ -1,18 +1,27 @@
 """
 ### aigq_training
 
-Daily AIGQ policy training for the logical date `ds` (SFT part; the daily CTR model and
-IL-GRPO update come later):
+Daily AIGQ training for the logical date `ds`: the IL-SFT policy, then the daily cycle of
+METHOD.md ("Continuous CTR adaptation"): a new CTR reward model on day T's logs and an IL-GRPO
+update of day T-1's policy against it.
 
-`base_lm` (pre-train the tiny base LM only when no `models/base_lm/<v>` with v <= ds exists)
-→ `train_sft` (IL-SFT of the `kind` Param on the train split of the configured days)
-→ `evaluate` (test-split generation next to the popularity / co-occurrence / EBR / own-history
-baselines; `metrics.json` in the model folder, a report under `reports/aigq/<ds>/`)
-→ `register` (`models/aigq_<kind>/CURRENT` moves only if Query HR@30 is not below the
-popularity baseline's minus a tolerance and not below the current version's minus a tolerance).
+SFT part: `base_lm` (pre-train the tiny base LM only when no `models/base_lm/<v>` with v <= ds
+exists) → `train_sft` (IL-SFT of the `kind` Param on the train split of the configured days;
+with `sft="if_missing"` only when no `aigq_<kind>` version is registered yet) → `evaluate`
+(test-split generation next to the popularity / co-occurrence / EBR / own-history baselines) →
+`register` (`models/aigq_<kind>/CURRENT` moves only if Query HR@30 is not below the popularity
+baseline's minus a tolerance and not below the current version's minus a tolerance).
+
+Daily cycle (`grpo=true`): `train_ctr` (`aigq_model.ctr` on day T's `ctr_samples`, next-day AUC
+when available, registered as `aigq_ctr/<ds>`) → `grpo_update` (`aigq_model.train_grpo` on day
+T's prompts, starting from the newest registered policy update before T — day T-1's — or from
+the SFT policy on the first day) → `evaluate_grpo` (the candidate and the SFT policy scored on
+the same samples) → `register_grpo` (`aigq_<kind>_grpo` moves only if Query HR@30 is not below
+the SFT policy's minus `aigq.gate.grpo_tolerance`). Backfilling several days runs the cycle in
+date order (`max_active_runs=1`).
 
 Each step is a `python -m ...` subprocess with `OMP_NUM_THREADS` from the Params; XCom carries
-folder paths only. A gate rejection fails `register` at once (no retry).
+folder paths only. A gate rejection fails its `register` task at once (no retry).
 """
 
 from __future__ import annotations
@@ -51,6 +60,22 @@ PARAMS = {
         -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
     ),
     "gate_regression_tolerance": Param(
+        -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
+    ),
+    "sft": Param(
+        "if_missing",
+        type="string",
+        enum=["if_missing", "always"],
+        description="train the SFT policy only when none is registered, or every day",
+    ),
+    "grpo": Param(True, type="boolean", description="run the daily CTR + policy-update cycle"),
+    "grpo_mode": Param(
+        "il", type="string", enum=["il", "sequence"], description="IL-GRPO, or plain GRPO (ablation)"
+    ),
+    "grpo_max_steps": Param(
+        0, type="integer", minimum=0, maximum=1_000_000, description="policy-update steps; 0 = aigq.grpo"
+    ),
+    "gate_grpo_tolerance": Param(
         -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
     ),
 }
@@ -133,7 +158,14 @@ def aigq_training():
 
     @task
     def train_sft(base_model: str, params=None, ds=None) -> str:
-        """IL-SFT on the base model; returns the new version's folder (not registered)."""
+        """IL-SFT on the base model; returns the new version's folder (not registered), or "" when
+        ``sft=if_missing`` and a policy is already registered."""
+        from common.registry import current_version
+
+        name = f"aigq_{params['kind']}"
+        if params.get("sft") == "if_missing" and current_version(_data_root(params), name):
+            logger.info("%s is registered and sft=if_missing: no SFT today", name)
+            return ""
         args = ["--ds", ds, "--kind", params["kind"], "--base-model", base_model, *_common_args(params)]
         if params.get("max_steps"):
             args += ["--max-steps", str(params["max_steps"])]
@@ -142,6 +174,8 @@ def aigq_training():
     @task
     def evaluate(model_dir: str, params=None, ds=None) -> str:
         """Offline metrics next to the baselines; returns the ``metrics.json`` path."""
+        if not model_dir:
+            return ""
         args = ["--ds", ds, "--model-dir", model_dir, "--split", params["eval_split"], *_common_args(params)]
         if params.get("eval_baselines"):
             args += ["--baselines", params["eval_baselines"]]
@@ -151,13 +185,17 @@ def aigq_training():
 
     @task
     def register(metrics_path: str, params=None) -> str:
-        """Move ``models/aigq_<kind>/CURRENT`` through the gate; returns the registered folder."""
+        """Move ``models/aigq_<kind>/CURRENT`` through the gate; returns the registered folder
+        (the current one when no SFT ran today)."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from aigq_model.run_eval import sft_gate
         from common.config import load_config
-        from common.registry import GateRejected
+        from common.registry import GateRejected, current_path
         from common.registry import register as registry_register
+
+        if not metrics_path:
+            return str(current_path(_data_root(params), f"aigq_{params['kind']}"))
 
         cfg = load_config(params.get("config") or None, params.get("profile") or None)
         gate_cfg = dict((cfg.get("aigq") or {}).get("gate") or {})
@@ -181,7 +219,84 @@ def aigq_training():
             raise AirflowFailException(str(exc)) from exc
         return str(version_dir)
 
-    register(evaluate(train_sft(base_lm())))
+    @task
+    def train_ctr(params=None, ds=None) -> str:
+        """Day T's CTR reward model (registered as ``aigq_ctr/<ds>``); "" when grpo is off."""
+        if not params.get("grpo", True):
+            return ""
+        return _run_module("aigq_model.ctr", ["--ds", ds, *_common_args(params)], params)["model_dir"]
+
+    @task
+    def grpo_update(sft_dir: str, ctr_dir: str, params=None, ds=None) -> str:
+        """IL-GRPO (or plain GRPO) on day T's prompts against day T's CTR model, starting from the
+        newest registered update before T, else from the SFT policy; returns the candidate."""
+        from aigq_model.train_grpo import model_name
+        from common.registry import current_version, model_dir
+
+        if not params.get("grpo", True):
+            return ""
+        root = _data_root(params)
+        name = model_name(params["kind"], params["grpo_mode"])
+        previous = current_version(root, name)
+        start = str(model_dir(root, name, previous)) if previous and previous < ds else sft_dir
+        logger.info("policy update of %s starts from %s", ds, start)
+        args = ["--ds", ds, "--policy", start, "--ctr", ctr_dir, "--mode", params["grpo_mode"],
+                *_common_args(params)]
+        if params.get("grpo_max_steps"):
+            args += ["--max-steps", str(params["grpo_max_steps"])]
+        return _run_module("aigq_model.train_grpo", args, params)["model_dir"]
+
+    @task
+    def evaluate_grpo(candidate: str, sft_dir: str, params=None, ds=None) -> str:
+        """The candidate and the SFT policy scored on the same samples; the SFT policy's metrics
+        go beside the candidate (``sft_reference_metrics.json``), its own stay untouched."""
+        if not candidate:
+            return ""
+        common = ["--ds", ds, "--split", params["eval_split"], *_common_args(params)]
+        if not params.get("semantic", True):
+            common.append("--no-semantic")
+        args = [*common, "--model-dir", candidate]
+        if params.get("eval_baselines"):
+            args += ["--baselines", params["eval_baselines"]]
+        metrics = _run_module("aigq_model.run_eval", args, params)["metrics"]
+        reference = [*common, "--model-dir", sft_dir, "--baselines", "", "--report-name",
+                     f"aigq_{params['kind']}_sft_reference",
+                     "--metrics-out", str(Path(candidate) / "sft_reference_metrics.json")]
+        _run_module("aigq_model.run_eval", reference, params)
+        return metrics
+
+    @task
+    def register_grpo(metrics_path: str, params=None) -> str:
+        """Move ``models/aigq_<kind>_grpo/CURRENT`` if Query HR@30 is not below the SFT policy's
+        minus the tolerance; returns the registered folder ("" when grpo is off)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from aigq_model.run_eval import policy_gate
+        from common.config import load_config
+        from common.registry import GateRejected
+        from common.registry import register as registry_register
+
+        if not metrics_path:
+            return ""
+        cfg = load_config(params.get("config") or None, params.get("profile") or None)
+        gate_cfg = dict((cfg.get("aigq") or {}).get("gate") or {})
+        tol = params.get("gate_grpo_tolerance", -1.0)
+        version_dir = Path(metrics_path).parent
+        root = version_dir.parent.parent.parent
+        gate = policy_gate(
+            version_dir / "sft_reference_metrics.json",
+            metric=gate_cfg.get("metric", "query_hr@30"),
+            tolerance=tol if tol >= 0 else float(gate_cfg.get("grpo_tolerance", 0.02)),
+        )
+        try:
+            registry_register(root, version_dir.parent.name, version_dir.name, gate=gate)
+        except GateRejected as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return str(version_dir)
+
+    sft_dir = register(evaluate(train_sft(base_lm())))
+    candidate = grpo_update(sft_dir, train_ctr())
+    register_grpo(evaluate_grpo(candidate, sft_dir))
 
 
 aigq_training()

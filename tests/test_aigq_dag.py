@@ -29,46 +29,79 @@ def test_aigq_training_structure(dag):
         "base_lm": ["train_sft"],
         "train_sft": ["evaluate"],
         "evaluate": ["register"],
-        "register": [],
+        "register": ["evaluate_grpo", "grpo_update"],
+        "train_ctr": ["grpo_update"],
+        "grpo_update": ["evaluate_grpo"],
+        "evaluate_grpo": ["register_grpo"],
+        "register_grpo": [],
     }
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
-    assert {"data_root", "kind", "max_steps", "omp_threads", "eval_split"} <= set(dag.params.keys())
+    assert {"data_root", "kind", "max_steps", "omp_threads", "eval_split", "sft", "grpo", "grpo_mode"} <= set(
+        dag.params.keys()
+    )
     assert dag.params.get_param("kind").schema["enum"] == ["direct", "think", "plain"]
     assert dag.params.get_param("max_steps").schema["minimum"] == 0
+    assert dag.params.get_param("grpo_mode").schema["enum"] == ["il", "sequence"]
+
+
+def _succeeded(run) -> bool:
+    return str(run.state) in ("success", "DagRunState.SUCCESS")
 
 
 @pytest.mark.slow
-def test_dag_test_trains_evaluates_and_registers_a_policy(dag, spark, tmp_path):
+def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, spark, tmp_path):
+    """Day 1: base LM, SFT registered, CTR model, IL-GRPO update from the SFT policy. Day 2: no new
+    SFT (``sft=if_missing``), the CTR model retrained on day 2, and the policy update starts from
+    day 1's updated policy."""
     from common.config import load_config
+    from common.registry import model_dir, read_manifest
     from jobs import build_samples, sessionize, validate
     from sources.synthetic import generate
 
     root = tmp_path / "data"
-    ds = "2026-11-01"
-    generate(root, ds, 1, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
+    d1, d2 = "2026-11-01", "2026-11-02"
+    generate(root, d1, 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
     cfg = load_config(environ={})
     cfg["data_root"] = str(root)
-    for job in (validate, sessionize, build_samples):
-        job.run(spark, cfg, ds)
-    run = dag.test(
-        logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-        run_conf={
-            "data_root": str(root),
-            "max_steps": 4,
-            "base_max_steps": 4,
-            "eval_split": "all",
-            "eval_baselines": "popularity,cooccurrence",
-            "semantic": False,
-            "gate_popularity_tolerance": 1.0,
-            "gate_regression_tolerance": 1.0,
-        },
-    )
-    assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
-    assert (root / "models" / "base_lm" / ds / "_SUCCESS").is_file()
-    version = root / "models" / "aigq_direct" / ds
-    assert current_version(root, "aigq_direct") == ds
-    metrics = json.loads((version / "metrics.json").read_text())
+    for ds in (d1, d2):
+        for job in (validate, sessionize, build_samples):
+            job.run(spark, cfg, ds)
+    conf = {
+        "data_root": str(root),
+        "max_steps": 4,
+        "base_max_steps": 4,
+        "grpo_max_steps": 2,
+        "eval_split": "all",
+        "eval_baselines": "popularity,cooccurrence",
+        "semantic": False,
+        "gate_popularity_tolerance": 1.0,
+        "gate_regression_tolerance": 1.0,
+        "gate_grpo_tolerance": 1.0,
+    }
+    run = dag.test(logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), run_conf=conf)
+    assert _succeeded(run), run.state
+    assert (root / "models" / "base_lm" / d1 / "_SUCCESS").is_file()
+    sft = root / "models" / "aigq_direct" / d1
+    assert current_version(root, "aigq_direct") == d1
+    metrics = json.loads((sft / "metrics.json").read_text())
     assert set(metrics["results"]) == {"aigq_direct", "popularity", "cooccurrence"}
     assert metrics["results"]["aigq_direct"]["all"]["n_users"] > 0
-    assert (root / "reports" / "aigq" / ds / "aigq_direct.md").is_file()
-    assert (root / "reports" / "aigq" / ds / "aigq_direct_hit_rates.png").is_file()
+    assert (root / "reports" / "aigq" / d1 / "aigq_direct.md").is_file()
+    assert (root / "reports" / "aigq" / d1 / "aigq_direct_hit_rates.png").is_file()
+    assert current_version(root, "aigq_ctr") == d1
+    assert current_version(root, "aigq_direct_grpo") == d1
+    grpo1 = model_dir(root, "aigq_direct_grpo", d1)
+    man1 = read_manifest(grpo1)
+    assert man1["base_policy"]["path"] == str(sft.resolve()) and man1["mode"] == "il"
+    assert man1["ctr_model"]["path"] == str(model_dir(root, "aigq_ctr", d1).resolve())
+    assert (grpo1 / "metrics.json").is_file() and (grpo1 / "sft_reference_metrics.json").is_file()
+
+    run = dag.test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf=conf)
+    assert _succeeded(run), run.state
+    assert current_version(root, "aigq_direct") == d1 and not (root / "models" / "aigq_direct" / d2).exists()
+    assert current_version(root, "aigq_ctr") == d2  # retrained on day 2's logs
+    assert read_manifest(model_dir(root, "aigq_ctr", d2))["version"] == d2
+    man2 = read_manifest(model_dir(root, "aigq_direct_grpo", d2))
+    assert man2["base_policy"]["path"] == str(grpo1.resolve())  # day 2 starts from day 1's policy
+    assert man2["ctr_model"]["path"] == str(model_dir(root, "aigq_ctr", d2).resolve())
+    assert current_version(root, "aigq_direct_grpo") == d2
