@@ -40,6 +40,7 @@ logger = logging.getLogger("scripts.aigq_ablation")
 
 KINDS = ("direct", "think", "plain")
 LABELS = {"direct": "AIGQ-Direct IL-SFT", "think": "AIGQ-Think IL-SFT", "plain": "plain SFT"}
+GRPO_LABELS = {"sequence": "IL-SFT + GRPO", "il": "IL-SFT + IL-GRPO"}
 COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@10", "cate_hr@30", "semantic_sim@10", "unique_cates@10",
            "malformed_rate")
 HEADERS = ("Query HR@10", "Query HR@30", "Cate HR@10", "Cate HR@30", "sem. sim@10", "unique cates@10",
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-history-queries", type=int, default=0)
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: config)")
     parser.add_argument("--num-return-sequences", type=int, default=None)
+    parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
+                        help="policy optimisation of each seed's SFT policy (Direct and Think kinds): "
+                        "a CTR model is trained on --train-ds, then train_grpo per mode")
+    parser.add_argument("--grpo-steps", type=int, default=None)
+    parser.add_argument("--grpo-lr", type=float, default=None)
     parser.add_argument("--omp-threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published")
@@ -123,41 +129,62 @@ def main(argv: list[str] | None = None) -> int:
             "min_history_queries": args.min_history_queries, "strategy": args.strategy,
             "num_return_sequences": args.num_return_sequences, "timing": {}}
     first = True
+    models = root / "models" / "aigq_ablation" / args.train_ds
+    ctr_dir = models / "ctr"
+    if args.grpo_modes:
+        if not (args.reuse and (ctr_dir / "_SUCCESS").is_file()):
+            run_module("aigq_model.ctr", ["--ds", args.train_ds, "--data-root", str(root), "--out", str(ctr_dir)],
+                       args.omp_threads)
+        ctr_metrics = json.loads((ctr_dir / "metrics.json").read_text())
+        meta["ctr"] = ctr_metrics
+    jobs = []  # (label, kind, seed, model_dir, train command or None)
     for kind in args.kinds:
         for seed in args.seeds:
-            model_dir = root / "models" / "aigq_ablation" / args.train_ds / f"{kind}-seed{seed}"
-            t0 = time.perf_counter()
-            if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
-                train_args = ["--ds", args.train_ds, "--data-root", str(root), "--kind", kind, "--seed", str(seed),
-                              "--out", str(model_dir)]
-                if args.max_steps:
-                    train_args += ["--max-steps", str(args.max_steps)]
-                if args.base_model:
-                    train_args += ["--base-model", args.base_model]
-                run_module("aigq_model.train_sft", train_args, args.omp_threads)
-            t1 = time.perf_counter()
-            eval_args = ["--ds", args.eval_ds, "--model-dir", str(model_dir), "--data-root", str(root),
-                         "--split", args.split, "--samples", args.samples,
-                         "--min-history-queries", str(args.min_history_queries),
-                         "--report-name", f"ablation_{kind}_seed{seed}"]
-            if args.strategy:
-                eval_args += ["--strategy", args.strategy]
-            if args.num_return_sequences:
-                eval_args += ["--num-return-sequences", str(args.num_return_sequences)]
-            if not first:
-                eval_args += ["--baselines", ""]
-            run_module("aigq_model.run_eval", eval_args, args.omp_threads)
-            metrics = json.loads((model_dir / "metrics.json").read_text())
-            results = metrics["results"]
-            model_name = metrics["model"]
-            if first:
-                baselines = {k: v for k, v in results.items() if k != model_name}
-                meta["info"] = metrics["info"]
-                first = False
-            runs.setdefault(LABELS[kind], []).append(results[model_name])
-            meta["timing"][f"{kind}-seed{seed}"] = {"train_s": round(t1 - t0, 1),
-                                                    "eval_s": round(time.perf_counter() - t1, 1)}
-            logger.info("%s seed %d: query_hr@10 %.4f", kind, seed, results[model_name]["all"]["query_hr@10"])
+            sft_dir = models / f"{kind}-seed{seed}"
+            train_args = ["--ds", args.train_ds, "--data-root", str(root), "--kind", kind, "--seed", str(seed),
+                          "--out", str(sft_dir)]
+            if args.max_steps:
+                train_args += ["--max-steps", str(args.max_steps)]
+            if args.base_model:
+                train_args += ["--base-model", args.base_model]
+            jobs.append((LABELS[kind], f"{kind}-seed{seed}", seed, sft_dir, ("aigq_model.train_sft", train_args)))
+            if kind == "plain":
+                continue
+            for mode in args.grpo_modes:
+                out_dir = models / f"{kind}-{mode}grpo-seed{seed}"
+                grpo_args = ["--ds", args.train_ds, "--data-root", str(root), "--policy", str(sft_dir),
+                             "--ctr", str(ctr_dir), "--mode", mode, "--seed", str(seed), "--out", str(out_dir)]
+                if args.grpo_steps:
+                    grpo_args += ["--max-steps", str(args.grpo_steps)]
+                label = GRPO_LABELS[mode] + ("" if kind == "direct" else f" ({kind})")
+                jobs.append((label, f"{kind}-{mode}grpo-seed{seed}", seed, out_dir, ("aigq_model.train_grpo", grpo_args)))
+    env_extra = {"PIPELINE__AIGQ__GRPO__LEARNING_RATE": f"{args.grpo_lr:.10f}"} if args.grpo_lr else {}
+    for label, slug, _seed, model_dir, (module, train_args) in jobs:
+        t0 = time.perf_counter()
+        if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
+            run_module(module, train_args, args.omp_threads, env_extra)
+        t1 = time.perf_counter()
+        eval_args = ["--ds", args.eval_ds, "--model-dir", str(model_dir), "--data-root", str(root),
+                     "--split", args.split, "--samples", args.samples,
+                     "--min-history-queries", str(args.min_history_queries),
+                     "--report-name", f"ablation_{slug}"]
+        if args.strategy:
+            eval_args += ["--strategy", args.strategy]
+        if args.num_return_sequences:
+            eval_args += ["--num-return-sequences", str(args.num_return_sequences)]
+        if not first:
+            eval_args += ["--baselines", ""]
+        run_module("aigq_model.run_eval", eval_args, args.omp_threads)
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+        results = metrics["results"]
+        model_name = metrics["model"]
+        if first:
+            baselines = {k: v for k, v in results.items() if k != model_name}
+            meta["info"] = metrics["info"]
+            first = False
+        runs.setdefault(label, []).append(results[model_name])
+        meta["timing"][slug] = {"train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1)}
+        logger.info("%s: query_hr@10 %.4f", slug, results[model_name]["all"]["query_hr@10"])
     lines = [f"# AIGQ IL-SFT ablation on {root}", "",
              f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
              f"{args.samples} samples of {args.eval_ds}"
@@ -165,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
              + "; truth = the queries the user searched from the sample's time to the end of its day. "
              f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
              f"max_steps {args.max_steps or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
-             "baselines are deterministic.", ""]
+             "baselines are deterministic."
+             + (f" Policy optimisation: {args.grpo_steps or 'config'} steps, lr {args.grpo_lr or 'config'}, "
+                f"against a CTR model trained on {args.train_ds} (next-day AUC "
+                f"{meta['ctr'].get('model', {}).get('auc', meta['ctr'].get('auc'))})." if args.grpo_modes else ""),
+             ""]
     for group in ("all", "active", "cold_start"):
         lines += render_table(runs, baselines, meta, group)
     lines += ["![hit rates](hit_rates.png)", ""]

@@ -42,10 +42,10 @@ HEADERS = ("HR@10", "HR@50", "HR@200", "NDCG@10", "sink ratio", "info. abundance
 BASELINES = ("popularity", "cooccurrence", "text")
 
 
-def run_module(module: str, args: list[str], threads: int) -> dict:
+def run_module(module: str, args: list[str], threads: int, env_extra: dict | None = None) -> dict:
     """``python -m module args``; returns its last JSON stdout line (raises on failure)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **(env_extra or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                           text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
