@@ -92,6 +92,34 @@ def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], path: Path) ->
     plt.close(fig)
 
 
+def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> None:
+    """The table, plot and JSON so far (rewritten after every run, so a cut-short ablation keeps
+    what it measured)."""
+    text = (
+        f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
+        f"{args.samples} samples of {args.eval_ds}"
+        + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
+        + "; truth = the queries the user searched from the sample's time to the end of its day. "
+        f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
+        f"max_steps {args.max_steps or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
+        "baselines are deterministic."
+    )
+    if args.grpo_modes:
+        ctr = meta.get("ctr", {})
+        text += (f" Policy optimisation: {args.grpo_steps or 'config'} steps, lr {args.grpo_lr or 'config'}, "
+                 f"against a CTR model trained on {args.train_ds} (AUC on {ctr.get('eval_ds')} "
+                 f"{ctr.get('model', {}).get('auc')}, query-CTR baseline "
+                 f"{ctr.get('baseline_query_ctr', {}).get('auc')}).")
+    lines = [f"# AIGQ ablation on {meta['data_root']}", "", text, ""]
+    for group in ("all", "active", "cold_start"):
+        lines += render_table(runs, baselines, meta, group)
+    lines += ["![hit rates](hit_rates.png)", ""]
+    (out / "ablation.md").write_text("\n".join(lines))
+    plot(runs, baselines, out / "hit_rates.png")
+    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines}, indent=2,
+                                                  sort_keys=True, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     from common.logging_setup import setup_logging
 
@@ -112,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
                         help="policy optimisation of each seed's SFT policy (Direct and Think kinds): "
                         "a CTR model is trained on --train-ds, then train_grpo per mode")
+    parser.add_argument("--grpo-kinds", nargs="*", choices=("direct", "think"), default=["direct"])
     parser.add_argument("--grpo-steps", type=int, default=None)
     parser.add_argument("--grpo-lr", type=float, default=None)
     parser.add_argument("--omp-threads", type=int, default=1)
@@ -148,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.base_model:
                 train_args += ["--base-model", args.base_model]
             jobs.append((LABELS[kind], f"{kind}-seed{seed}", seed, sft_dir, ("aigq_model.train_sft", train_args)))
-            if kind == "plain":
+            if kind not in args.grpo_kinds:
                 continue
             for mode in args.grpo_modes:
                 out_dir = models / f"{kind}-{mode}grpo-seed{seed}"
@@ -185,25 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.setdefault(label, []).append(results[model_name])
         meta["timing"][slug] = {"train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1)}
         logger.info("%s: query_hr@10 %.4f", slug, results[model_name]["all"]["query_hr@10"])
-    lines = [f"# AIGQ IL-SFT ablation on {root}", "",
-             f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
-             f"{args.samples} samples of {args.eval_ds}"
-             + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
-             + "; truth = the queries the user searched from the sample's time to the end of its day. "
-             f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
-             f"max_steps {args.max_steps or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
-             "baselines are deterministic."
-             + (f" Policy optimisation: {args.grpo_steps or 'config'} steps, lr {args.grpo_lr or 'config'}, "
-                f"against a CTR model trained on {args.train_ds} (next-day AUC "
-                f"{meta['ctr'].get('model', {}).get('auc', meta['ctr'].get('auc'))})." if args.grpo_modes else ""),
-             ""]
-    for group in ("all", "active", "cold_start"):
-        lines += render_table(runs, baselines, meta, group)
-    lines += ["![hit rates](hit_rates.png)", ""]
-    (out / "ablation.md").write_text("\n".join(lines))
-    plot(runs, baselines, out / "hit_rates.png")
-    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines}, indent=2,
-                                                  sort_keys=True, default=str))
+        write_outputs(out, runs, baselines, meta, args)
     print(json.dumps({"table": str(out / "ablation.md"), "runs": sum(len(v) for v in runs.values())}))
     return 0
 
