@@ -74,14 +74,18 @@ def eval_samples(
     split: str,
     max_samples: int | None = None,
     min_history_queries: int = 0,
+    days: int = 1,
 ) -> list[dict]:
-    """The ``split`` rows of ``ds`` from the ``kind``'s sample table (``direct`` or ``think``;
-    ``plain`` reads the Direct rows unexploded), keeping those whose history holds at least
-    ``min_history_queries`` searches (1 = "users with at least 2 queries": one before, one after)."""
+    """The ``split`` rows of the ``days`` days ending at ``ds`` from the ``kind``'s sample table
+    (``direct`` or ``think``; ``plain`` reads the Direct rows unexploded), keeping those whose
+    history holds at least ``min_history_queries`` searches (1 = "users with at least 2 queries":
+    one before, one after)."""
     from aigq_model.train_sft import read_sft_rows
+    from common.paths import previous_ds
 
+    ds_list = [*previous_ds(ds, days - 1), ds] if days > 1 else [ds]
     rows = read_sft_rows(
-        data_root, [ds], "direct" if kind == "plain" else kind, None if split == "all" else split
+        data_root, ds_list, "direct" if kind == "plain" else kind, None if split == "all" else split
     )
     if min_history_queries:
         rows = [r for r in rows if history_queries(r) >= min_history_queries]
@@ -334,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", choices=("direct", "think"), default=None,
                         help="sample table to evaluate on (default: the model's kind; plain -> direct), "
                         "so every model and baseline can be scored on the same samples")
+    parser.add_argument("--sample-days", type=int, default=1,
+                        help="score the samples of this many days ending at --ds (sparse logs); the "
+                        "baselines' log window (aigq.eval.days) must cover them")
     parser.add_argument("--min-history-queries", type=int, default=0,
                         help="keep samples whose history holds at least this many searches")
     parser.add_argument("--truth", choices=TRUTHS, default=None,
@@ -368,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     semantic = bool(ev.get("semantic", True)) and not args.no_semantic
 
     sample_kind = args.samples or kind
-    samples = eval_samples(data_root, ds, sample_kind, args.split, args.max_samples, args.min_history_queries)
+    samples = eval_samples(
+        data_root, ds, sample_kind, args.split, args.max_samples, args.min_history_queries, args.sample_days
+    )
     if not samples:
         raise FileNotFoundError(f"no {args.split} {sample_kind} samples of {ds} under {data_root}")
     events = read_events(data_root, [*previous_ds(ds, int(ev.get("days", 7)) - 1), ds])
@@ -397,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "samples": sample_kind,
         "min_history_queries": args.min_history_queries,
+        "sample_days": args.sample_days,
         "ks": list(ks),
         "decoding": gen,
         "info": info,

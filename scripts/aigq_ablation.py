@@ -98,6 +98,7 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
     text = (
         f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
         f"{args.samples} samples of {args.eval_ds}"
+        + (f" and the {args.sample_days - 1} days before" if args.sample_days > 1 else "")
         + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
         + "; truth = the queries the user searched from the sample's time to the end of its day. "
         f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", choices=("direct", "think"), default="direct")
     parser.add_argument("--split", default="all")
     parser.add_argument("--min-history-queries", type=int, default=0)
+    parser.add_argument("--sample-days", type=int, default=1, help="score the samples of this many days ending "
+                        "at --eval-ds (set aigq.eval.days to cover them)")
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: config)")
     parser.add_argument("--num-return-sequences", type=int, default=None)
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         eval_args = ["--ds", args.eval_ds, "--model-dir", str(model_dir), "--data-root", str(root),
                      "--split", args.split, "--samples", args.samples,
-                     "--min-history-queries", str(args.min_history_queries),
+                     "--min-history-queries", str(args.min_history_queries), "--sample-days", str(args.sample_days),
                      "--report-name", f"ablation_{slug}"]
         if args.strategy:
             eval_args += ["--strategy", args.strategy]
