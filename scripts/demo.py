@@ -2,8 +2,9 @@
 
 Steps: migrate Airflow's SQLite DB under ``.airflow/`` → ``python -m sources.synthetic`` for
 ``synthetic.days`` days → ``airflow dags test behavior_etl <ds>`` for each day, in order →
-``karma_training`` and ``aigq_training`` for the last day (short training runs, sized for a
-2-core machine: ``DEMO_STEPS`` steps each) → a summary of rows per table, quarantine counts,
+``karma_training`` and ``aigq_training`` (IL-SFT, then the daily CTR model and IL-GRPO update)
+for the last day (short training runs, sized for a 2-core machine: ``DEMO_STEPS`` steps each) →
+a summary of rows per table, quarantine counts,
 registered model versions, metrics and output paths.
 """
 
@@ -105,7 +106,8 @@ def main() -> int:
     steps = int(os.environ.get("DEMO_STEPS", "150"))
     training = {
         "karma_training": {"max_steps": steps, "base_max_steps": 2 * steps},
-        "aigq_training": {"max_steps": 2 * steps, "base_max_steps": 2 * steps, "eval_split": "all"},
+        "aigq_training": {"max_steps": 2 * steps, "base_max_steps": 2 * steps, "eval_split": "all",
+                          "grpo_max_steps": max(steps // 5, 1)},
     }
     for dag_id, conf in training.items():
         run([airflow, "dags", "test", dag_id, last, "--conf", json.dumps(conf)], logs / f"{dag_id}-{last}.log")
@@ -120,7 +122,7 @@ def main() -> int:
                 reasons[f"{t}:{reason}"] = reasons.get(f"{t}:{reason}", 0) + n
     print("quarantined rows by reason:", json.dumps(reasons, sort_keys=True) if reasons else "none")
     print("\nregistered models:")
-    for name in ("base_lm", "karma", "aigq_direct"):
+    for name in ("base_lm", "karma", "aigq_direct", "aigq_ctr", "aigq_direct_grpo"):
         print(f"  {name:12s} {registered(root, name)}")
     print(f"\noutputs under {root}:")
     for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "reports"):
