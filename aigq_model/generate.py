@@ -41,6 +41,9 @@ class Decoding:
     #: Lists decoded per prompt (beams best first, or samples) and merged by ``merge_lists``:
     #: a model trained on short lists still fills K slots with its own queries.
     num_return_sequences: int = 1
+    #: Forbid closing a query (``<q>`` or eos) that repeats an earlier query of the same sequence:
+    #: small policies otherwise loop on their first query (``<q> a<q> a<q> a``).
+    no_repeat_query: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -115,6 +118,39 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
+class NoRepeatQueryProcessor:
+    """A ``LogitsProcessor``: where the query being generated (the tokens since the last ``<q>``)
+    already equals an earlier complete query of the same sequence, the tokens that would close it
+    (``<q>``, eos) are forbidden, so a list never repeats a query exactly; the model must extend
+    or change it. Rows are the generated part only (``prompt_width`` tokens are skipped)."""
+
+    def __init__(self, q_id: int, close_ids: Sequence[int], prompt_width: int):
+        self.q_id, self.close_ids, self.prompt_width = q_id, list(close_ids), prompt_width
+
+    def banned(self, generated: Sequence[int]) -> bool:
+        """Whether closing now would repeat an earlier query of ``generated``.
+
+        >>> p = NoRepeatQueryProcessor(q_id=1, close_ids=[1, 0], prompt_width=0)
+        >>> p.banned([1, 5, 6, 1, 5, 6]), p.banned([1, 5, 6, 1, 5]), p.banned([1, 5, 6])
+        (True, False, False)
+        """
+        marks = [i for i, t in enumerate(generated) if t == self.q_id]
+        if len(marks) < 2:
+            return False
+        current = tuple(generated[marks[-1] + 1 :])
+        if not current:
+            return False
+        bounds = [*marks, len(generated)]
+        return any(tuple(generated[a + 1 : b]) == current for a, b in zip(bounds[:-2], bounds[1:-1], strict=True))
+
+    def __call__(self, input_ids, scores):
+        rows = input_ids[:, self.prompt_width :].tolist()
+        for b, row in enumerate(rows):
+            if self.banned(row):
+                scores[b, self.close_ids] = float("-inf")
+        return scores
+
+
 def generate_texts(
     model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding
 ) -> list[list[tuple[str, bool]]]:
@@ -128,6 +164,17 @@ def generate_texts(
     device = next(model.parameters()).device
     if decoding.seed is not None:
         torch.manual_seed(decoding.seed)
+    extra = {}
+    if decoding.no_repeat_query:
+        from transformers import LogitsProcessorList
+
+        from aigq_model.parsing import Q_MARK
+
+        q_id = tokenizer.convert_tokens_to_ids(Q_MARK)
+        if q_id is not None and q_id != tokenizer.unk_token_id:
+            extra["logits_processor"] = LogitsProcessorList(
+                [NoRepeatQueryProcessor(q_id, sorted({q_id, eos}), ids.shape[1])]
+            )
     with torch.no_grad():
         out = model.generate(
             input_ids=ids.to(device),
@@ -138,6 +185,7 @@ def generate_texts(
             use_cache=True,
             num_return_sequences=decoding.num_return_sequences,
             **decoding.generate_kwargs(),
+            **extra,
         )  # (batch * n, width + new), the n sequences of a prompt adjacent
     new = out[:, ids.shape[1] :].tolist()
     texts = []

@@ -148,6 +148,27 @@ def test_several_beams_merge_into_one_longer_list(trained):
         Decoding(strategy="beam", num_beams=2, num_return_sequences=3)
 
 
+def test_no_repeat_query_decoding_never_repeats_a_query(trained):
+    """Greedy decoding of the tiny model repeats queries within a list; with ``no_repeat_query``
+    no raw output holds the same query twice (before any post-processing)."""
+    from aigq_model.parsing import parse_direct
+
+    model, tok, _ = trained
+    rows = make_rows(12, seed=11)
+
+    def repeats(results):
+        return sum(len(q) - len(set(q)) for q in (parse_direct(r.raw_text).queries for r in results))
+
+    kw = dict(k=10, cold_start="model", batch_size=6)
+    plain = generate_lists(model, tok, rows, decoding=Decoding(max_new_tokens=40), **kw)
+    guarded = generate_lists(model, tok, rows, decoding=Decoding(max_new_tokens=40, no_repeat_query=True), **kw)
+    assert repeats(plain) > 0  # the failure mode exists on this model
+    assert repeats(guarded) == 0
+    beams = generate_lists(model, tok, rows[:4], **kw, decoding=Decoding(
+        strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=40, no_repeat_query=True))
+    assert all(len(r.queries) == len(set(r.queries)) for r in beams)
+
+
 def test_generation_never_crashes_and_falls_back_to_popularity(trained):
     model, tok, _ = trained
     popular = ["pop one", "pop two", "pop three"]
