@@ -205,11 +205,80 @@ SAMPLE_TABLES = {
 }
 QUARANTINE_REASON = pa.field("reason", pa.string())
 
+# --- nightly exports (export/; what serving reads) ---------------------------------------------
+#: u2q (AIGQ-Direct): user -> ranked queries; each user's most recent runs (``ds`` = the run's date).
+U2Q = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("ds", pa.string()),
+        ("run_id", pa.string()),
+        ("rank", pa.int32()),
+        ("query", pa.string()),
+        ("source", pa.string()),  # model | fallback
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("generated_at", TS),
+    ]
+)
+#: x2q (AIGQ-Think): trigger (an item id or a query) -> ranked queries.
+X2Q = pa.schema(
+    [
+        ("trigger_key", pa.string()),  # "item:<item_id>" | "query:<normalised query>"
+        ("trigger_type", pa.string()),  # item | query
+        ("trigger_value", pa.string()),
+        ("rank", pa.int32()),
+        ("query", pa.string()),
+        ("score", pa.float64()),  # alpha * s_rel + (1 - alpha) * s_eff
+        ("s_rel", pa.float64()),
+        ("s_eff", pa.float64()),
+        ("popularity", pa.float64()),
+        ("ctr", pa.float64()),  # mean predicted CTR; null without a CTR model
+        ("support", pa.int32()),  # users whose Think output linked the trigger to the query
+        ("attribution", pa.string()),  # model | overlap
+        ("ds", pa.string()),
+        ("run_id", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("ctr_model_version", pa.string()),
+        ("generated_at", TS),
+    ]
+)
+#: u2i (KARMA): user -> top-K items from the faiss index, history items filtered.
+U2I = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("ds", pa.string()),
+        ("run_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float32()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("index_version", pa.string()),
+        ("generated_at", TS),
+    ]
+)
+USER_INTEREST_EMBEDDING = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("ds", pa.string()),
+        ("model_version", pa.string()),
+        ("embedding", FLOAT_LIST),
+    ]
+)
+EXPORT_TABLES = {
+    "u2q": U2Q,
+    "x2q": X2Q,
+    "u2i": U2I,
+    "user_interest_embedding": USER_INTEREST_EMBEDDING,
+}
+
 ALL_TABLES: dict[str, pa.Schema] = {
     **RAW_TABLES,
     "true_interests": TRUE_INTERESTS,
     **SESSION_TABLES,
     **SAMPLE_TABLES,
+    **EXPORT_TABLES,
 }
 
 

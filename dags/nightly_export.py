@@ -1,0 +1,142 @@
+"""
+### nightly_export
+
+What search serving reads every morning, for the logical date `ds` (`export/`):
+
+- `u2q`: AIGQ-Direct query lists of every user active in the window (registered
+  `aigq_direct_grpo`, else `aigq_direct`; cold-start users get the popularity list); the table
+  keeps each user's most recent `export.u2q_keep_runs` runs.
+- `x2q`: AIGQ-Think trigger → ranked queries (`S = α·S_rel + (1−α)·S_eff`); **skipped** when no
+  Think policy is registered (`aigq_think_grpo` / `aigq_think`).
+- `u2i`: KARMA top-K items per active user from the registered model's faiss index (history
+  items filtered), published together with `user_interest_embedding`.
+
+Each task runs `python -m export.<table>` as a subprocess (no torch in the scheduler), which
+generates in batches, runs the validation gates on the staged files and publishes
+`exports/<table>/ds=<ds>/` atomically (`_SUCCESS` + `_manifest.json` with model versions,
+counts, gate results, run id). A failed gate or a missing/corrupt model or index publishes
+nothing and fails the task without retrying; other failures retry once. Reruns of a ds
+replace its partitions (same content: greedy decoding, fixed seeds); XCom carries paths only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from airflow.sdk import Param, dag, task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
+
+#: export.publish.EXIT_GATE / EXIT_INPUT, and argparse's 2 (not imported: parsing stays light).
+NO_RETRY_EXITS = {2: "bad arguments", 3: "validation gate failed", 4: "model, index or input missing or corrupt"}
+
+PARAMS = {
+    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
+    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
+    "data_root": Param("", type="string", description="data root; empty = the profile's"),
+    "batch_users": Param(0, type="integer", minimum=0, maximum=10_000_000,
+                         description="users per generation/retrieval batch; 0 = export.batch_users"),
+    "min_coverage": Param(-1.0, type="number", minimum=-1.0, maximum=1.0,
+                          description="gate: share of active users with a list; -1 = export.min_coverage"),
+    "max_new_tokens": Param(0, type="integer", minimum=0, maximum=4096,
+                            description="AIGQ decoding budget; 0 = aigq.generate.max_new_tokens"),
+    "omp_threads": Param(1, type="integer", minimum=1, maximum=256, description="OMP_NUM_THREADS of each step"),
+}
+
+
+def _args(params: dict, ds: str, run_id: str, table: str) -> list[str]:
+    args = ["--ds", ds, "--run-id", run_id]
+    for name in ("config", "profile", "data_root"):
+        if params.get(name):
+            args += [f"--{name.replace('_', '-')}", str(params[name])]
+    if params.get("batch_users"):
+        args += ["--batch-users", str(params["batch_users"])]
+    if table != "x2q" and params.get("min_coverage", -1.0) >= 0:
+        args += ["--min-coverage", str(params["min_coverage"])]
+    if table in ("u2q", "x2q") and params.get("max_new_tokens"):
+        args += ["--max-new-tokens", str(params["max_new_tokens"])]
+    return args
+
+
+def _run_export(table: str, params: dict, ds: str, run_id: str) -> dict:
+    """``python -m export.<table>`` with the step environment; its output goes to the task log;
+    returns its last JSON line. Gate and model failures raise ``AirflowFailException`` (no retry)."""
+    import json
+    import subprocess
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, "-m", f"export.{table}", *_args(params, ds, run_id, table)]
+    logger.info("running %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    last = None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        logger.info("%s", line)
+        if line.startswith("{"):
+            try:
+                last = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+    code = proc.wait()
+    if code in NO_RETRY_EXITS:
+        raise AirflowFailException(f"export.{table}: {NO_RETRY_EXITS[code]} (exit {code}): {last}")
+    if code != 0:
+        raise RuntimeError(f"export.{table} exited with status {code}")
+    if last is None:
+        raise RuntimeError(f"export.{table} printed no JSON result line")
+    return last
+
+
+@dag(
+    dag_id="nightly_export",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    tags=["export", "serving", "nightly"],
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=5)},
+    doc_md=__doc__,
+)
+def nightly_export():
+    @task
+    def u2q(params=None, ds=None, run_id=None) -> str:
+        """AIGQ-Direct lists → gates → ``exports/u2q/ds=<ds>``; returns the partition path."""
+        return _run_export("u2q", params, ds, run_id)["path"]
+
+    @task
+    def x2q(params=None, ds=None, run_id=None) -> str:
+        """AIGQ-Think trigger → queries → gates → ``exports/x2q/ds=<ds>``; skipped without a Think policy."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        result = _run_export("x2q", params, ds, run_id)
+        if result.get("skipped"):
+            raise AirflowSkipException(result.get("reason", "no Think policy registered"))
+        return result["path"]
+
+    @task
+    def u2i(params=None, ds=None, run_id=None) -> dict:
+        """KARMA retrieval + embeddings → gates → ``exports/u2i`` and ``exports/user_interest_embedding``."""
+        result = _run_export("u2i", params, ds, run_id)
+        return {"u2i": result["path"], "user_interest_embedding": result["embedding_path"]}
+
+    u2q()
+    x2q()
+    u2i()
+
+
+nightly_export()

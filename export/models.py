@@ -1,0 +1,106 @@
+"""Registered models for the export: resolution with fallbacks, loading with clear errors,
+decoding settings, the block-list and the popularity fallback list."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.data import ExportInputError, anchor_time
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Registered:
+    """A registered model version: which name of the preference list was used, and where."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: dict
+    preferred: str  # the first name of the preference list
+    fallback_used: bool
+
+
+def resolve_registered(root: str | Path, names: Sequence[str]) -> Registered | None:
+    """The first of ``names`` with a registered version (``models/<name>/CURRENT``), or None
+    when none is registered. A registered but broken version raises :class:`ExportInputError`
+    (the export never silently falls back past a broken model)."""
+    from common.registry import RegistryError, current_path, current_version, model_dir, read_manifest
+
+    for name in names:
+        try:
+            version = current_version(root, name)
+        except (json.JSONDecodeError, KeyError, OSError) as exc:
+            raise ExportInputError(f"unreadable registry pointer {model_dir(root, name)}/CURRENT: {exc}") from exc
+        if version is None:
+            logger.info("no registered %s under %s", name, model_dir(root, name))
+            continue
+        try:
+            path = current_path(root, name)
+            manifest = read_manifest(path)
+        except RegistryError as exc:
+            raise ExportInputError(f"registered {name} is broken: {exc}") from exc
+        return Registered(name, version, path, manifest, names[0], name != names[0])
+    return None
+
+
+def require_registered(root: str | Path, names: Sequence[str], what: str) -> Registered:
+    found = resolve_registered(root, names)
+    if found is None:
+        from common.registry import model_dir
+
+        where = ", ".join(str(model_dir(root, n)) for n in names)
+        raise ExportInputError(f"no registered {what}: none of {list(names)} has a CURRENT version ({where})")
+    return found
+
+
+def load_policy(reg: Registered):
+    """``(model, tokenizer)`` of an AIGQ policy; :class:`ExportInputError` naming the path on failure."""
+    from aigq_model.train_sft import load_aigq
+
+    try:
+        return load_aigq(reg.path)
+    except Exception as exc:  # corrupt weights, missing tokenizer, bad config ...
+        raise ExportInputError(f"cannot load AIGQ policy {reg.name}/{reg.version} at {reg.path}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def policy_settings(reg: Registered) -> tuple[str, int]:
+    """``(prompt style, max_history)`` the policy was trained with."""
+    cfg = reg.manifest.get("config") or {}
+    return reg.manifest.get("style", "compressed"), int(cfg.get("max_history", 20))
+
+
+def decoding(cfg: Mapping, export_section: Mapping | None, max_new_tokens: int | None = None):
+    """``(Decoding, batch_size)``: ``aigq.generate`` overridden by ``export.generate``."""
+    from aigq_model.generate import Decoding
+
+    section = {**((cfg.get("aigq") or {}).get("generate") or {}), **dict(export_section or {})}
+    if max_new_tokens:
+        section["max_new_tokens"] = int(max_new_tokens)
+    return Decoding.from_dict(section), int(section.get("batch_size", 16))
+
+
+def blocklist(cfg: Mapping, extra: Sequence[str] = ()):
+    """``aigq.generate.blocklist`` plus ``export.blocklist``."""
+    from aigq_model.parsing import Blocklist
+
+    rules = list(((cfg.get("aigq") or {}).get("generate") or {}).get("blocklist") or []) + list(extra or [])
+    return Blocklist.from_lines(rules)
+
+
+def popular_queries(events, ds: str, k: int, blocked=None) -> list[str]:
+    """The ``k`` most searched queries of the 7 days before the end of ``ds``, block-list applied
+    (the fallback list of cold-start users and the top-up of short model lists)."""
+    from aigq_model.baselines import PopularityBaseline
+    from aigq_model.parsing import postprocess
+
+    if events is None or events.num_rows == 0:
+        return []
+    popularity = PopularityBaseline().fit(events)
+    return postprocess(popularity.ranked(anchor_time(ds), 3 * k + 20), blocked, max_queries=k)

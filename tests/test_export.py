@@ -1,0 +1,366 @@
+"""Nightly export: histories, gates, publishing (atomic under SIGKILL, idempotent reruns), u2q
+retention, clear errors for missing or corrupt models, on tiny untrained models (no Spark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from aigq_model.parsing import Blocklist
+from common.arrow_io import read_partition
+from common.config import load_config
+from common.paths import partition_path, published_ds
+from common.publish import read_manifest
+from common.registry import set_current
+from export import gates
+from export.data import BehaviourLog, ExportInputError, anchor_time, time_bucket
+from export.gates import GateFailed
+from export.publish import content_hash
+from tests.export_fixtures import (
+    D1,
+    make_clean_root,
+    register_tiny_karma,
+    register_tiny_policy,
+    tiny_base,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+D3 = "2026-11-03"
+EXPORTS = ("u2q", "x2q", "u2i", "user_interest_embedding")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def ts(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC)
+
+
+def ev(user, t, etype, query=None, item=None, request=None) -> dict:
+    return dict(user_id=user, event_time=t, event_type=etype, query=query, item_id=item, scene="search",
+                request_id=request)
+
+
+# --- histories -------------------------------------------------------------------------------------
+def test_history_is_strictly_before_the_anchor_ordered_capped_and_bucketed():
+    items = [dict(item_id="i1", title="red shoe", leaf_category="shoe"), dict(item_id="i2", title=None,
+                                                                               leaf_category=None)]
+    events = [
+        ev("u1", ts(1, 1), "search", query="Red Shoe"),
+        ev("u1", ts(1, 2), "click", item="i1"),
+        ev("u1", ts(2, 9), "buy", item="i2"),  # same instant: search < view < click < cart < buy
+        ev("u1", ts(2, 9), "search", query="b"),
+        ev("u1", ts(2, 9), "search", query="a"),
+        ev("u1", ts(2, 10), "view", item="i1"),  # not a behaviour
+        ev("u1", ts(2, 11), "exit"),  # not a behaviour
+        ev("u1", ts(3, 0), "click", item="i1"),  # at the anchor: excluded
+        ev("u2", ts(2, 8), "cart", item="i9"),  # unknown item: text = id, no category
+    ]
+    log = BehaviourLog(events, pa.Table.from_pylist(items))
+    hist = log.history("u1", anchor_time("2026-11-02"), 4)
+    assert [(h["event_type"], h["text"], h["time_bucket"]) for h in hist] == [
+        ("click", "red shoe", "1d_ago"), ("search", "a", "lt_1d"), ("search", "b", "lt_1d"), ("buy", "i2", "lt_1d")]
+    assert hist[0]["category"] == "shoe" and hist[0]["item_id"] == "i1" and hist[0]["event_time"] == ts(1, 2)
+    assert hist[3]["category"] is None
+    assert log.history("u1", ts(1, 1, 30), 20)[0]["time_bucket"] == "lt_1h"
+    assert log.history("u1", ts(1, 1), 20) == []  # nothing strictly before
+    assert log.history("u2", anchor_time("2026-11-02"), 20)[0]["text"] == "i9"
+    assert log.history("nobody", anchor_time("2026-11-02"), 20) == []
+    assert [time_bucket(s) for s in (3599.9, 86400 * 7.9, 86400 * 8)] == ["lt_1h", "4_7d_ago", "gt_7d_ago"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_history_matches_the_spark_samples(spark, tmp_path):
+    """Every history of the three sample tables, rebuilt in pandas at the same anchors."""
+    from common.paths import previous_ds
+    from export.data import read_days, read_snapshot
+    from jobs import build_samples, sessionize, validate
+    from sources.synthetic import generate
+
+    root = tmp_path / "data"
+    generate(root, D1, 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
+    cfg = load_config(environ={})
+    cfg["data_root"] = str(root)
+    ds = "2026-11-02"
+    for day in (D1, ds):
+        for job in (validate, sessionize, build_samples):
+            job.run(spark, cfg, day)
+    days = [*previous_ds(ds, int(cfg["samples"]["lookback_days"])), ds]
+    log = BehaviourLog(read_days(root, "clean", "behavior_events", days), read_snapshot(root, "items", ds)[0])
+    n = int(cfg["samples"]["history_len"])
+    checked = 0
+    for table in ("aigq_direct_sft", "aigq_think_sft", "karma_samples"):
+        for row in read_partition(root, "samples", table, ds).to_pylist():
+            assert log.history(row["user_id"], row["event_time"], n) == row["history"], (table, row["sample_id"])
+            checked += 1
+    assert checked > 100
+
+
+# --- gates -----------------------------------------------------------------------------------------
+def test_each_gate_reports_a_violation_with_numbers():
+    t = pa.table({"user_id": ["a", "a", "b", None], "rank": [1, 1, 1, 2], "query": ["x", "y", "bad", "z"],
+                  "score": [0.1, 2.0, float("nan"), 0.5], "emb": [[1.0, 2.0], [1.0], [float("inf"), 0.0], [1.0, 2.0]]})
+    assert gates.check_coverage(t, ["a", "b", "c", "d"], 0.9) == [
+        "coverage 0.5000 (2 of 4 expected users) < min 0.9000"]
+    assert gates.check_coverage(t, ["a", "b"], 1.0) == []
+    assert gates.check_null_rates(t, 0.0) == ["user_id: null rate 0.2500 (1 of 4 rows) > max 0.0000"]
+    assert gates.check_null_rates(t, {"*": 0.0, "user_id": 0.5}) == []
+    assert gates.check_duplicates(t, ["user_id", "rank"]) == [
+        "duplicate keys (user_id, rank): 1 extra rows over 1 keys, e.g. (a, 1)"]
+    assert gates.check_duplicates(t, ["user_id", "query"]) == []
+    assert gates.check_range(t, "score", 0.0, 1.0) == [
+        "score: 2 of 4 values outside [0, 1] or not finite (min 0.1, max 2)"]
+    assert gates.check_blocklist(t, Blocklist(["bad"])) == ["query: 1 block-listed values of 4, e.g. 'bad'"]
+    assert gates.check_blocklist(t, Blocklist(["nothing"])) == []
+    assert gates.check_list_lengths(t, ["user_id"], 1, 1) == [
+        "lists per (user_id): 1 of 3 outside [1, 1] (shortest 1, longest 2)"]
+    assert gates.check_value_lengths(t, "emb", 2, 2) == [
+        "emb: 1 of 4 lists with length outside [2, 2] (shortest 1, longest 2)"]
+    assert gates.check_finite_lists(t, "emb") == ["emb: 1 non-finite values in 1 of 4 rows"]
+    assert gates.check_min_rows(t.slice(0, 0), 1) == ["0 rows < min 1"]
+
+    results = gates.run_gates({"coverage": gates.check_coverage(t, ["a", "c"], 1.0), "nulls": []})
+    assert results["nulls"] == {"passed": True, "failures": []}
+    with pytest.raises(GateFailed, match=r"u2q: validation gate failed \(coverage: coverage 0.5000 \(1 of 2") as e:
+        gates.enforce("u2q", results)
+    assert list(e.value.failures) == ["coverage"]
+
+
+# --- the exports on tiny models ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_root(tmp_path_factory):
+    """Three days of clean data, untrained tiny Direct/Think policies and KARMA model + index."""
+    work = tmp_path_factory.mktemp("export")
+    root = make_clean_root(work / "data", D1, 3)
+    base = tiny_base(work / "base")
+    register_tiny_policy(root, base, work, "aigq_direct", "direct", D1)
+    register_tiny_policy(root, base, work, "aigq_think", "think", D1)
+    register_tiny_karma(root, base, work, D1)
+    return root
+
+
+@pytest.fixture()
+def root(base_root, tmp_path):
+    """A private copy of the base root (tests may break models or publish)."""
+    dst = tmp_path / "data"
+    shutil.copytree(base_root, dst)
+    manifest = dst / "models" / "karma" / D1 / "manifest.json"  # the release records an absolute path
+    manifest.write_text(manifest.read_text().replace(str(base_root), str(dst)))
+    return dst
+
+
+def _cfg(root: Path, **export) -> dict:
+    cfg = load_config(environ={})
+    cfg["data_root"] = str(root)
+    cfg["export"] = {**cfg["export"], "batch_users": 16, **export}
+    cfg["export"]["generate"] = {**cfg["export"]["generate"], "max_new_tokens": 16}
+    return cfg
+
+
+def _table(root, table, ds):
+    return read_partition(root, "exports", table, ds)
+
+
+def test_all_tables_publish_with_manifests_and_rerun_identically(root):
+    from export.u2i import export_u2i
+    from export.u2q import export_u2q
+    from export.x2q import export_x2q
+
+    cfg = _cfg(root)
+    first = {"u2q": export_u2q(cfg, str(root), D3, "run-1"), "x2q": export_x2q(cfg, str(root), D3, "run-1"),
+             "u2i": export_u2i(cfg, str(root), D3, "run-1")}
+    for t in EXPORTS:
+        path = partition_path(root, "exports", t, D3)
+        assert (path / "_SUCCESS").is_file(), t
+        manifest = read_manifest(path)
+        assert manifest["run_id"] == "run-1" and manifest["rows"] > 0
+        assert all(g["passed"] for g in manifest["gates"].values()), manifest["gates"]
+    u2q = _table(root, "u2q", D3)
+    man = read_manifest(partition_path(root, "exports", "u2q", D3))
+    assert man["model"] == {"name": "aigq_direct", "version": D1, "path": str(root / "models/aigq_direct" / D1),
+                            "preferred": "aigq_direct_grpo", "fallback_used": True}
+    active = man["counts"]["active_users"]
+    assert u2q.num_rows == 10 * active and set(u2q["source"].to_pylist()) <= {"model", "fallback"}
+    assert set(u2q["generated_at"].to_pylist()) == {anchor_time(D3)}
+    u2i = _table(root, "u2i", D3)
+    emb = _table(root, "user_interest_embedding", D3)
+    assert u2i.num_rows == 50 * active and emb.num_rows == active
+    assert {len(e) for e in emb["embedding"].to_pylist()} == {16}
+    x2q = _table(root, "x2q", D3)
+    assert x2q.num_rows > 0 and set(x2q["trigger_type"].to_pylist()) <= {"item", "query"}
+    assert min(x2q["score"].to_pylist()) >= 0 and max(x2q["score"].to_pylist()) <= 1
+
+    # Rerun with another run id: the same content (run_id is not content), fresh manifests.
+    second = {"u2q": export_u2q(cfg, str(root), D3, "run-2"), "x2q": export_x2q(cfg, str(root), D3, "run-2"),
+              "u2i": export_u2i(cfg, str(root), D3, "run-2")}
+    for t in ("u2q", "x2q", "u2i"):
+        assert second[t]["content_hash"] == first[t]["content_hash"], t
+    assert content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"]) == first["u2q"]["content_hash"]
+    assert set(_table(root, "u2q", D3)["run_id"].to_pylist()) == {"run-2"}
+    assert not [p for p in (root / "exports" / "u2q").iterdir() if p.name.startswith(".")]
+
+
+def test_u2q_keeps_each_users_most_recent_m_runs(root):
+    from export.u2q import export_u2q
+
+    cfg = _cfg(root, u2q_keep_runs=2, keep_partitions=2)
+    active = {}
+    for ds in (D1, "2026-11-02", D3):
+        out = export_u2q(cfg, str(root), ds, f"run-{ds}")
+        snap = _table(root, "u2q", ds)
+        active[ds] = set(snap.filter(pc.equal(snap["ds"], ds))["user_id"].to_pylist())
+        assert len(active[ds]) == out["counts"]["active_users"]
+    assert published_ds(root, "exports", "u2q") == ["2026-11-02", D3]  # keep_partitions=2
+    snap = _table(root, "u2q", D3).to_pandas()
+    runs = snap.groupby("user_id")["ds"].apply(lambda s: sorted(set(s))).to_dict()
+    everyone = set().union(*active.values())
+    assert set(runs) == everyone  # users not active today keep their lists
+    for user, dates in runs.items():
+        had = sorted(d for d in active if user in active[d])
+        assert dates == had[-2:], user  # the newest M=2 runs of each user
+    assert snap.groupby(["user_id", "ds"]).size().max() == 10
+    assert not snap.duplicated(["user_id", "ds", "rank"]).any()
+    # With M=1 only the newest run of each user remains.
+    export_u2q(_cfg(root, u2q_keep_runs=1, keep_partitions=0), str(root), D3, "run-m1")
+    snap = _table(root, "u2q", D3).to_pandas()
+    assert (snap.groupby("user_id")["ds"].nunique() == 1).all()
+
+
+def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):
+    from export.u2q import export_u2q
+
+    export_u2q(_cfg(root), str(root), D3, "good")
+    before = content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"])
+    with pytest.raises(GateFailed) as e:  # a block-list that blocks everything leaves empty lists
+        export_u2q(_cfg(root, blocklist=["regex:."]), str(root), D3, "bad")
+    assert "coverage" in e.value.failures and "0 of" in e.value.failures["coverage"][0]
+    assert content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"]) == before
+    assert read_manifest(partition_path(root, "exports", "u2q", D3))["run_id"] == "good"
+    assert not [p for p in (root / "exports" / "u2q").iterdir() if p.name.startswith(".")]
+    with pytest.raises(GateFailed, match="list_lengths"):
+        export_u2q(_cfg(root, min_list_len=11), str(root), D3, "bad")
+
+
+def _cli(module: str, root: Path, *args: str, env: dict | None = None, **kw):
+    cmd = [sys.executable, "-m", module, "--ds", D3, "--data-root", str(root), "--batch-users", "8", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PIPELINE__EXPORT__GENERATE__MAX_NEW_TOKENS": "16",
+                **(env or {})}
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_missing_or_corrupt_models_fail_clearly_and_leave_exports_untouched(root):
+    from export.u2i import export_u2i
+    from export.u2q import export_u2q
+    from export.x2q import export_x2q
+
+    cfg = _cfg(root)
+    export_u2q(cfg, str(root), D3, "good")
+    export_u2i(cfg, str(root), D3, "good")
+    hashes = {t: read_manifest(partition_path(root, "exports", t, D3))["content_hash"] for t in ("u2q", "u2i")}
+
+    # No policy registered at all: the CLI exits 4 naming the registry folders.
+    (root / "models" / "aigq_direct" / "CURRENT").unlink()
+    proc = _cli("export.u2q", root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["error"] == "input" and str(root / "models" / "aigq_direct") in result["message"]
+
+    # Registered but corrupt weights: the error names the folder.
+    set_current(root, "aigq_direct", D1)
+    (root / "models" / "aigq_direct" / D1 / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ExportInputError, match=str(root / "models" / "aigq_direct" / D1)):
+        export_u2q(cfg, str(root), D3, "bad")
+
+    # The KARMA index is gone: the error names the index file.
+    index_dir = Path(read_manifest_json(root / "models" / "karma" / D1)["index_dir"])
+    (index_dir / "index.faiss").unlink()
+    with pytest.raises(ExportInputError, match=str(index_dir / "index.faiss")):
+        export_u2i(cfg, str(root), D3, "bad")
+    for t, h in hashes.items():
+        assert read_manifest(partition_path(root, "exports", t, D3))["content_hash"] == h
+        assert content_hash(_table(root, t, D3), ["user_id", "rank"] if t == "u2i" else ["user_id", "ds", "rank"]) == h
+
+    # No Think policy: x2q is skipped and writes nothing.
+    shutil.rmtree(root / "models" / "aigq_think")
+    result = export_x2q(cfg, str(root), D3, "x")
+    assert result["skipped"] and "aigq_think" in result["reason"]
+    assert not (root / "exports" / "x2q").exists()
+
+
+def read_manifest_json(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("module,tables,previous", [("export.u2q", ["u2q"], False),
+                                                     ("export.u2i", ["u2i", "user_interest_embedding"], True)])
+def test_sigkill_mid_write_leaves_no_visible_partition_and_the_rerun_completes(root, module, tables, previous):
+    """A writer SIGKILLed after its first batch hit the disk: nothing new is visible (a partition
+    published before stays as it was); the rerun cleans the leftovers and publishes without
+    duplicates."""
+    ds_dir = {t: partition_path(root, "exports", t, D3) for t in tables}
+    before = {}
+    if previous:
+        from export.u2i import export_u2i
+
+        export_u2i(_cfg(root), str(root), D3, "before")
+        before = {t: (read_manifest(p)["content_hash"], sorted(x.name for x in p.iterdir())) for t, p in ds_dir.items()}
+    proc = _cli(module, root, env={"EXPORT_FAULT_AFTER_BATCH": "0", "EXPORT_FAULT_ACTION": "sleep"})
+    staged = None
+    deadline = time.monotonic() + 240
+    while staged is None and time.monotonic() < deadline and proc.poll() is None:
+        parent = ds_dir[tables[0]].parent
+        if parent.is_dir():
+            staged = next((p for p in parent.glob(f".tmp-{ds_dir[tables[0]].name}-*/part-00000.parquet")), None)
+        time.sleep(0.2)
+    assert staged is not None, proc.communicate(timeout=5)[1][-2000:] if proc.poll() is not None else "no staged batch"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    for t, path in ds_dir.items():
+        if previous:  # the earlier partition, byte for byte the same files and manifest
+            assert (read_manifest(path)["content_hash"], sorted(x.name for x in path.iterdir())) == before[t]
+            assert read_manifest(path)["run_id"] == "before" and published_ds(root, "exports", t) == [D3]
+        else:
+            assert not path.exists() and published_ds(root, "exports", t) == [], t
+    assert staged.parent.exists()  # the half-written staging folder is all that is left
+
+    proc = _cli(module, root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    for t, path in ds_dir.items():
+        assert (path / "_SUCCESS").is_file()
+        assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], t  # leftovers removed
+    main = _table(root, tables[0], D3)
+    keys = ["user_id", "ds", "rank"] if tables[0] == "u2q" else ["user_id", "rank"]
+    assert gates.check_duplicates(main, keys) == []
+    n_users = len(set(main["user_id"].to_pylist()))
+    assert main.num_rows == n_users * (10 if tables[0] == "u2q" else 50) == result["rows"]
+
+
+@pytest.mark.parametrize("module", ["export.data", "export.gates", "export.u2q", "export.x2q", "export.u2i"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
