@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean backfill
+.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean backfill report
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
@@ -53,3 +53,9 @@ DAG ?= behavior_etl
 backfill: venv
 	airflow db migrate >/dev/null
 	$(PY) scripts/backfill.py $(DAG) $(START) $(END)
+
+# The analyst report of one date: <data root>/reports/ds=$(DS)/index.html (static, self-contained).
+DATA_ROOT ?=
+report: venv
+	@test -n "$(DS)" || { echo "usage: make report DS=YYYY-MM-DD [DATA_ROOT=dir]" >&2; exit 2; }
+	$(PY) -m export.report --ds $(DS) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))

@@ -1,0 +1,715 @@
+"""Analyst report: one static, self-contained HTML page per ds.
+
+``<root>/reports/ds=<ds>/index.html`` (inline CSS, every image a base64 PNG data URI, no
+JavaScript, no external asset), with:
+
+- **ETL**: rows per table (raw / clean / quarantine / sessions / samples) for the ``--days``
+  days ending at ``ds`` and the quarantined rows by reason, from the partition manifests; plots
+  of clean events and the quarantine share per day;
+- **Exports** of ``ds``: rows, run id, model versions and gate results from their manifests;
+- **KARMA**: the metrics of every ``models/karma/<version>`` (the manifest's test summary), a
+  plot per version, and the attention-sink heatmaps ``karma_model.evaluate`` wrote into the
+  version's ``report_dir`` (``attention_sinks.png``);
+- **AIGQ**: every version of the policies (``aigq_direct``, ``aigq_direct_grpo``,
+  ``aigq_think*`` ...; ``metrics.json`` of ``aigq_model.run_eval``) next to the popularity
+  baseline, and the CTR model ``aigq_ctr`` (AUC / log-loss next to the query-CTR baseline);
+- **Ablations**: the newest ``reports/karma_ablation/ds=*/ablation.md`` and
+  ``reports/aigq_ablation/ds=*/ablation.md`` at or before ``ds`` (else the newest) plus any
+  ``--ablation PATH`` (a file or its folder), Markdown tables rendered as HTML, their PNGs
+  embedded;
+- **Samples**: the first ``--rows`` users' u2q lists, x2q rows and u2i lists of ``ds``.
+
+A section whose inputs are missing says so; a section that fails to build shows its error and
+the rest of the page is still written. Every value read from the data is HTML-escaped. The page
+is written to a hidden temporary file and renamed over ``index.html`` (``os.replace``), then
+``_manifest.json`` and ``_SUCCESS`` are written beside it.
+
+Usage::
+
+    python -m export.report --ds 2026-11-03 [--data-root R] [--config F] [--profile P]
+        [--days 7] [--rows 10] [--ablation PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ETL_TABLES: dict[str, tuple[str, ...]] = {
+    "raw": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
+    "clean": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
+    "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
+    "sessions": ("behavior_sessions", "hintq_sessions", "day_sessions"),
+    "samples": ("karma_samples", "aigq_direct_sft", "aigq_think_sft", "ctr_samples", "item_corpus"),
+}
+EXPORT_TABLES = ("u2q", "x2q", "u2i", "user_interest_embedding")
+KARMA_COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "index_hr@200", "popularity_hr@200",
+                 "cooccurrence_hr@200", "text_hr@200", "sink_ratio", "information_abundance")
+AIGQ_COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@30", "semantic_sim@10", "malformed_rate")
+AIGQ_POLICY_PREFIXES = ("aigq_direct", "aigq_think", "aigq_plain")
+ABLATIONS = ("karma_ablation", "aigq_ablation")
+MAX_HEATMAPS = 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+CSS = """
+body{font-family:"DejaVu Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;font-size:14px}
+h1{font-size:24px;border-bottom:2px solid #345;padding-bottom:6px}
+h2{font-size:19px;margin-top:36px;border-bottom:1px solid #ccd;padding-bottom:4px;color:#234}
+h3{font-size:16px;margin-top:22px;color:#345}h4,h5{font-size:14px;color:#456}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:12.5px}
+th,td{border:1px solid #ccd;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
+div.scroll{overflow-x:auto;max-width:100%}
+th{background:#eef1f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:nth-child(even) td{background:#fafbfd}
+.missing{color:#a05a00;background:#fff6e6;border-left:4px solid #e0a040;padding:6px 10px}
+.error{color:#900;background:#fdecec;border-left:4px solid #c33;padding:6px 10px}
+.meta{color:#666;font-size:12px}code{background:#f2f2f2;padding:0 3px;font-size:12px}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:6px 0}
+nav a{margin-right:14px}ol.queries{margin:0;padding-left:20px}
+"""
+
+
+# --- HTML helpers ----------------------------------------------------------------------------------
+def esc(value: object) -> str:
+    """HTML-escaped text of any value (quotes too).
+
+    >>> esc('<script>alert("x")</script>')
+    '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;'
+    """
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A cell value as text: ``–`` for missing or NaN, floats with ``digits`` decimals.
+
+    >>> [fmt(None), fmt(0.123456), fmt(1234567), fmt(float("nan")), fmt("a")]
+    ['–', '0.1235', '1,234,567', '–', 'a']
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(\s*±\s*[\d.]+)?%?", text.strip()))
+
+
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], raw_html: bool = False) -> str:
+    """A table; cells are formatted with :func:`fmt` and escaped (``raw_html``: string headers
+    and cells are already HTML). Numeric-looking cells are right-aligned."""
+    out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{h if raw_html else esc(h)}</th>" for h in headers),
+           "</tr></thead><tbody>"]
+    for row in rows:
+        out.append("<tr>")
+        for cell in row:
+            text = cell if raw_html and isinstance(cell, str) else esc(fmt(cell))
+            cls = ' class="num"' if _is_number(html.unescape(re.sub(r"<[^>]+>", "", text))) else ""
+            out.append(f"<td{cls}>{text}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def missing(text: str) -> str:
+    return f'<p class="missing">{esc(text)}</p>'
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    """An ``<img>`` with the PNG inline as a data URI (``ValueError`` if ``png`` is not a PNG)."""
+    if not png.startswith(PNG_MAGIC):
+        raise ValueError(f"not a PNG: {alt}")
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def png_file_tag(path: Path, alt: str) -> str:
+    """The PNG file inline, or a note saying why it is not shown."""
+    if not path.is_file():
+        return missing(f"no image at {path}")
+    png = path.read_bytes()
+    if not png.startswith(PNG_MAGIC):
+        return missing(f"{path} is not a PNG file")
+    return img_tag(png, alt)
+
+
+def figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --- Markdown (the subset our reports write) ---------------------------------------------------------
+_IMG_RE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
+
+
+def _inline(text: str) -> str:
+    """Escape, then ``code`` and **bold**."""
+    out = esc(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_to_html(text: str, base_dir: Path | None = None, heading_offset: int = 2) -> str:
+    """Headings, paragraphs, bullet lists, pipe tables and images (local PNGs next to the file,
+    embedded; anything else named, never linked) as HTML. Every text is escaped.
+
+    >>> markdown_to_html("# T\\n\\n| a | b |\\n|---|---|\\n| <x> | 0.5 |")
+    '<h3>T</h3>\\n<div class="scroll"><table><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>&lt;x&gt;</td><td class="num">0.5</td></tr></tbody></table></div>'
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    para: list[str] = []
+    bullets: list[str] = []
+
+    def flush():
+        if para:
+            out.append("<p>" + " ".join(_inline(p) for p in para) + "</p>")
+            para.clear()
+        if bullets:
+            out.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        heading = re.match(r"^(#{1,6})\s+(.*)$", line)
+        image = _IMG_RE.match(line.strip())
+        if not line.strip():
+            flush()
+        elif heading:
+            flush()
+            level = min(len(heading.group(1)) + heading_offset, 6)
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif line.lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|?[\s:|-]+\|?\s*$",
+                                                                               lines[i + 1]) \
+                and "-" in lines[i + 1]:
+            flush()
+            headers = _cells(line)
+            i += 2
+            body = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                body.append([_inline(c) for c in _cells(lines[i])])
+                i += 1
+            out.append(html_table([_inline(h) for h in headers], body, raw_html=True))
+            continue
+        elif image:
+            flush()
+            alt, src = image.groups()
+            if re.match(r"^[a-z]+:", src) or base_dir is None:
+                out.append(missing(f"image not embedded: {src}"))
+            else:
+                out.append(png_file_tag(base_dir / src, alt))
+        elif re.match(r"^\s*[-*]\s+", line):
+            if para:
+                flush()
+            bullets.append(re.sub(r"^\s*[-*]\s+", "", line))
+        else:
+            if bullets:
+                flush()
+            para.append(line.strip())
+        i += 1
+    flush()
+    return "\n".join(out)
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("unreadable %s: %s", path, exc)
+        return None
+
+
+def partition_rows(root: Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
+    """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
+    from common.arrow_io import parquet_row_count
+    from common.paths import is_published, partition_path
+    from common.publish import read_manifest
+
+    path = partition_path(root, area, table, ds)
+    if not is_published(path):
+        return None, {}
+    manifest = read_manifest(path)
+    rows = manifest.get("rows")
+    return (int(rows) if isinstance(rows, int) else parquet_row_count(path)), manifest
+
+
+def rebase(path_text: str | None, root: Path, area: str) -> Path | None:
+    """A recorded absolute path, or the same path under this root's ``area`` folder when the data
+    root was moved since it was recorded."""
+    if not path_text:
+        return None
+    path = Path(path_text)
+    if path.exists():
+        return path
+    parts = path.parts
+    if area in parts:
+        moved = root.joinpath(area, *parts[len(parts) - parts[::-1].index(area):])
+        if moved.exists():
+            return moved
+    return path
+
+
+def versions(root: Path, name: str) -> list[Path]:
+    """Version folders of ``models/<name>`` (hidden temporaries skipped), oldest first."""
+    base = root / "models" / name
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def current(root: Path, name: str) -> str | None:
+    from common.registry import current_version
+
+    try:
+        return current_version(root, name)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --- sections ----------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    root: Path
+    ds: str
+    days: list[str]
+    rows: int
+    ablations: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    body: str
+    status: str = "ok"  # ok | missing | error
+
+
+def section_etl(ctx: Context) -> Section:
+    counts: dict[str, list[int | None]] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for area, tables in ETL_TABLES.items():
+        for table in tables:
+            row = []
+            for ds in ctx.days:
+                n, manifest = partition_rows(ctx.root, area, table, ds)
+                row.append(n)
+                if area == "quarantine":
+                    for reason, k in (manifest.get("reasons") or {}).items():
+                        reasons.setdefault(f"{table}: {reason}", {})[ds] = int(k)
+            counts[f"{area}/{table}"] = row
+    if not any(n is not None for row in counts.values() for n in row):
+        return Section("etl", "ETL", missing(f"no published ETL partitions for {ctx.days[0]} .. {ctx.days[-1]} "
+                                             f"under {ctx.root}"), "missing")
+    first = min(i for i in range(len(ctx.days)) if any(row[i] is not None for row in counts.values()))
+    days = ctx.days[first:]  # leading days with nothing published are left out
+    counts = {name: row[first:] for name, row in counts.items()}
+    parts = [f'<p class="meta">Rows per published partition (from <code>_manifest.json</code>), '
+             f"{esc(days[0])} .. {esc(days[-1])}; – = not published.</p>",
+             html_table(["table", *days], ([name, *row] for name, row in counts.items()))]
+    parts.append("<h3>Quarantined rows by reason</h3>")
+    if reasons:
+        parts.append(html_table(["table: reason", *days, "total"],
+                                ([key, *(by_day.get(d, 0) for d in days), sum(by_day.values())]
+                                 for key, by_day in sorted(reasons.items()))))
+    else:
+        parts.append("<p>No quarantined rows in these days.</p>")
+    share = []
+    for i, _ds in enumerate(days):
+        q = sum(counts[f"quarantine/{t}"][i] or 0 for t in ETL_TABLES["quarantine"])
+        clean = sum(counts[f"clean/{t}"][i] or 0 for t in ETL_TABLES["clean"])
+        share.append(100.0 * q / (q + clean) if q + clean else float("nan"))
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    x = range(len(days))
+    ax1.bar(x, [n or 0 for n in counts["clean/behavior_events"]], color="#4878a8")
+    ax1.set_title("clean behavior_events rows per day")
+    ax2.bar(x, share, color="#d08030")
+    ax2.set_title("quarantined share of validated rows (%)")
+    ax2.set_ylim(bottom=0, top=max([v for v in share if v == v] + [0.0]) * 1.2 or 1.0)
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(x), [d[5:] for d in days], rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    parts.append(img_tag(figure_png(fig), "ETL rows and quarantine share per day"))
+    parts.append(html_table(["ds", "quarantined share (%)"], ([d, s] for d, s in zip(days, share, strict=True))))
+    return Section("etl", "ETL", "".join(parts))
+
+
+def section_exports(ctx: Context) -> Section:
+    rows, published = [], 0
+    for table in EXPORT_TABLES:
+        n, manifest = partition_rows(ctx.root, "exports", table, ctx.ds)
+        if n is None:
+            rows.append([table, "not published", None, None, None, None])
+            continue
+        published += 1
+        model = manifest.get("model") or {}
+        gate = manifest.get("gates") or {}
+        failed = [k for k, v in gate.items() if not (v or {}).get("passed", False)]
+        rows.append([table, "published", n, manifest.get("run_id"),
+                     f"{model.get('name')}/{model.get('version')}" if model else None,
+                     f"{len(gate) - len(failed)}/{len(gate)} passed" + (f" (failed: {', '.join(failed)})" if failed
+                                                                        else "")])
+    body = html_table(["table", "status", "rows", "run id", "model", "gates"], rows)
+    if not published:
+        return Section("exports", "Exports", missing(f"no export of {ctx.ds} is published under "
+                                                     f"{ctx.root / 'exports'}") + body, "missing")
+    return Section("exports", "Exports", body)
+
+
+def _line_plot(series: Mapping[str, Sequence[tuple[str, float | None]]], title: str, ylabel: str,
+               dashed: Iterable[str] = ()) -> bytes:
+    """One line per series over the sorted union of x labels (versions)."""
+    plt = _plt()
+    xs = sorted({x for points in series.values() for x, _ in points})
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    dashed = set(dashed)
+    for name, points in series.items():
+        values = dict(points)
+        ys = [values.get(x) for x in xs]
+        ys = [float("nan") if y is None else float(y) for y in ys]
+        ax.plot(range(len(xs)), ys, marker="o", linestyle="--" if name in dashed else "-", label=name)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("model version")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_xticks(range(len(xs)), xs, rotation=30)
+    return figure_png(fig)
+
+
+def section_karma(ctx: Context) -> Section:
+    folders = versions(ctx.root, "karma")
+    if not folders:
+        return Section("karma", "KARMA", missing(f"no KARMA model versions under {ctx.root / 'models' / 'karma'}"),
+                       "missing")
+    cur = current(ctx.root, "karma")
+    rows, plot, heatmaps = [], {"hr@10": [], "hr@200": [], "popularity_hr@200": []}, []
+    for folder in folders:
+        manifest = _json(folder / "manifest.json") or {}
+        metrics_file = _json(folder / "metrics.json") or {}
+        # metrics.json is the evaluation itself; a registered manifest's "metrics" is its summary
+        summary = metrics_file.get("summary") or manifest.get("metrics") or {}
+        v = folder.name
+        rows.append([v, v == cur, manifest.get("variant") or metrics_file.get("variant"),
+                     metrics_file.get("eval_ds") or manifest.get("ds"), *(summary.get(c) for c in KARMA_COLUMNS)])
+        for key in plot:
+            plot[key].append((v, summary.get(key)))
+        report_dir = rebase(manifest.get("report_dir") or metrics_file.get("report_dir"), ctx.root, "reports")
+        heatmaps.append((v, report_dir))
+    parts = [f'<p class="meta">Test-split summary of each registered version ({esc(ctx.root / "models" / "karma")}'
+             f'); CURRENT = {esc(cur or "none")}.</p>',
+             html_table(["version", "current", "variant", "eval ds", *KARMA_COLUMNS], rows)]
+    if any(y is not None for pts in plot.values() for _, y in pts):
+        parts.append(img_tag(_line_plot(plot, "KARMA test HR per model version", "HR",
+                                        dashed=["popularity_hr@200"]), "KARMA HR per version"))
+    else:
+        parts.append(missing("no KARMA metrics recorded (nothing to plot)"))
+    parts.append("<h3>Attention-sink heatmaps α(layer, head)</h3>")
+    for v, report_dir in heatmaps[-MAX_HEATMAPS:][::-1]:
+        parts.append(f"<h4>karma/{esc(v)}</h4>")
+        if report_dir is None:
+            parts.append(missing(f"karma/{v}: no report_dir recorded (not evaluated by karma_model.evaluate)"))
+        else:
+            parts.append(png_file_tag(report_dir / "attention_sinks.png", f"attention sinks karma/{v}"))
+    return Section("karma", "KARMA", "".join(parts))
+
+
+def _aigq_names(root: Path) -> list[str]:
+    base = root / "models"
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir()
+                  if p.is_dir() and p.name.startswith(AIGQ_POLICY_PREFIXES) and "ablation" not in p.name)
+
+
+def section_aigq(ctx: Context) -> Section:
+    names = _aigq_names(ctx.root)
+    ctr_versions = versions(ctx.root, "aigq_ctr")
+    if not names and not ctr_versions:
+        return Section("aigq", "AIGQ", missing(f"no AIGQ model versions under {ctx.root / 'models'}"), "missing")
+    parts = []
+    if names:
+        rows, plot = [], {}
+        for name in names:
+            cur = current(ctx.root, name)
+            for folder in versions(ctx.root, name):
+                metrics = _json(folder / "metrics.json")
+                if metrics is None:
+                    rows.append([name, folder.name, folder.name == cur, "no metrics.json", None, None,
+                                 *([None] * len(AIGQ_COLUMNS)), None])
+                    continue
+                results = metrics.get("results") or {}
+                model = results.get(metrics.get("model")) or {}
+                overall = model.get("all") or {}
+                pop = (results.get("popularity") or {}).get("all") or {}
+                n = overall.get("n_users")
+                rows.append([name, folder.name, folder.name == cur, metrics.get("ds"), metrics.get("split"),
+                             int(n) if isinstance(n, float) and n.is_integer() else n,
+                             *(overall.get(c) for c in AIGQ_COLUMNS), pop.get("query_hr@30")])
+                plot.setdefault(name, []).append((folder.name, overall.get("query_hr@30")))
+                plot.setdefault("popularity baseline", []).append((folder.name, pop.get("query_hr@30")))
+        parts += ["<h3>Policies</h3>",
+                  '<p class="meta">Offline metrics of <code>aigq_model.run_eval</code> (group <code>all</code>) '
+                  "per model version; the popularity baseline scored on the same samples.</p>",
+                  html_table(["model", "version", "current", "eval ds", "split", "samples", *AIGQ_COLUMNS,
+                              "popularity query_hr@30"], rows)]
+        if any(y is not None for pts in plot.values() for _, y in pts):
+            parts.append(img_tag(_line_plot(plot, "AIGQ Query HR@30 per model version", "Query HR@30",
+                                            dashed=["popularity baseline"]), "AIGQ Query HR@30 per version"))
+    else:
+        parts.append(missing("no AIGQ policy versions (aigq_direct*, aigq_think*, aigq_plain*)"))
+    parts.append("<h3>CTR reward model (aigq_ctr)</h3>")
+    if ctr_versions:
+        cur = current(ctx.root, "aigq_ctr")
+        rows, plot = [], {"model AUC": [], "query-CTR baseline AUC": []}
+        for folder in ctr_versions:
+            m = _json(folder / "metrics.json") or ((_json(folder / "manifest.json") or {}).get("metrics") or {})
+            model, base = m.get("model") or {}, m.get("baseline_query_ctr") or {}
+            logged = m.get("model_logged_position") or {}
+            rows.append([folder.name, folder.name == cur, m.get("eval_on"), m.get("eval_ds"), model.get("n"),
+                         model.get("positives"), model.get("auc"), model.get("logloss"), logged.get("logloss"),
+                         base.get("auc"), base.get("logloss")])
+            plot["model AUC"].append((folder.name, model.get("auc")))
+            plot["query-CTR baseline AUC"].append((folder.name, base.get("auc")))
+        parts.append(html_table(["version", "current", "eval on", "eval ds", "rows", "clicks", "AUC", "log-loss",
+                                 "log-loss (logged position)", "baseline AUC", "baseline log-loss"], rows))
+        if any(y is not None for pts in plot.values() for _, y in pts):
+            parts.append(img_tag(_line_plot(plot, "CTR model AUC per version", "AUC",
+                                            dashed=["query-CTR baseline AUC"]), "CTR AUC per version"))
+    else:
+        parts.append(missing(f"no aigq_ctr versions under {ctx.root / 'models' / 'aigq_ctr'}"))
+    return Section("aigq", "AIGQ", "".join(parts))
+
+
+def newest_ablation(root: Path, name: str, ds: str) -> Path | None:
+    """``reports/<name>/ds=*/ablation.md`` of the newest date at or before ``ds`` (else the newest)."""
+    base = root / "reports" / name
+    if not base.is_dir():
+        return None
+    found = sorted(p for p in base.glob("ds=*/ablation.md"))
+    if not found:
+        return None
+    before = [p for p in found if p.parent.name[3:] <= ds]
+    return (before or found)[-1]
+
+
+def section_ablations(ctx: Context) -> Section:
+    files: list[tuple[str, Path]] = []
+    notes = []
+    for name in ABLATIONS:
+        path = newest_ablation(ctx.root, name, ctx.ds)
+        if path is None:
+            notes.append(missing(f"no {name} report under {ctx.root / 'reports' / name}"))
+        else:
+            files.append((name, path))
+    for extra in ctx.ablations:
+        path = extra / "ablation.md" if extra.is_dir() else extra
+        if path.is_file():
+            files.append((str(extra), path))
+        else:
+            notes.append(missing(f"--ablation {extra}: no such file (nor {extra}/ablation.md)"))
+    parts = list(notes)
+    for label, path in files:
+        parts.append(f'<h3>{esc(label)}</h3><p class="meta">{esc(path)}</p>')
+        parts.append(markdown_to_html(path.read_text(encoding="utf-8", errors="replace"), path.parent,
+                                      heading_offset=3))
+    return Section("ablations", "Ablations", "".join(parts), "ok" if files else "missing")
+
+
+def _read_export(ctx: Context, table: str, columns: Sequence[str]):
+    from common.arrow_io import read_partition
+    from common.paths import is_published, partition_path
+
+    if not is_published(partition_path(ctx.root, "exports", table, ctx.ds)):
+        return None
+    t = read_partition(ctx.root, "exports", table, ctx.ds)
+    return t.select([c for c in columns if c in t.column_names])
+
+
+def section_samples(ctx: Context) -> Section:
+    from common.paths import partition_path
+
+    parts, found = [], 0
+    parts.append("<h3>u2q: ranked query lists</h3>")
+    u2q = _read_export(ctx, "u2q", ["user_id", "ds", "rank", "query", "source", "model_name", "model_version"])
+    if u2q is None:
+        parts.append(missing(f"u2q not published: {partition_path(ctx.root, 'exports', 'u2q', ctx.ds)}"))
+    else:
+        found += 1
+        df = u2q.to_pandas().sort_values(["user_id", "ds", "rank"], ascending=[True, False, True], kind="stable")
+        users = list(dict.fromkeys(df["user_id"]))[: ctx.rows]
+        rows = []
+        for uid in users:
+            for run_ds, g in df[df["user_id"] == uid].groupby("ds", sort=False):
+                queries = "".join(f"<li>{esc(q)}{' <i>(fallback)</i>' if s == 'fallback' else ''}</li>"
+                                  for q, s in zip(g["query"], g["source"], strict=True))
+                rows.append([esc(uid), esc(run_ds), esc(f"{g['model_name'].iloc[0]}/{g['model_version'].iloc[0]}"),
+                             f'<ol class="queries">{queries}</ol>'])
+        parts.append(f'<p class="meta">The first {len(users)} of {df["user_id"].nunique():,} users '
+                     f"({len(df):,} rows, every kept run).</p>")
+        parts.append(html_table(["user", "run ds", "model", "queries"], rows, raw_html=True))
+    parts.append("<h3>x2q: trigger → queries</h3>")
+    x2q = _read_export(ctx, "x2q", ["trigger_key", "rank", "query", "score", "s_rel", "s_eff", "ctr", "support",
+                                    "attribution"])
+    if x2q is None:
+        parts.append(missing(f"x2q not published: {partition_path(ctx.root, 'exports', 'x2q', ctx.ds)}"))
+    else:
+        found += 1
+        head = x2q.sort_by([("trigger_key", "ascending"), ("rank", "ascending")]).slice(0, ctx.rows)
+        parts.append(f'<p class="meta">The first {head.num_rows} of {x2q.num_rows:,} rows.</p>')
+        parts.append(html_table(head.column_names, ([r[c] for c in head.column_names] for r in head.to_pylist())))
+    parts.append("<h3>u2i: top items</h3>")
+    u2i = _read_export(ctx, "u2i", ["user_id", "rank", "item_id", "score"])
+    if u2i is None:
+        parts.append(missing(f"u2i not published: {partition_path(ctx.root, 'exports', 'u2i', ctx.ds)}"))
+    else:
+        found += 1
+        df = u2i.to_pandas().sort_values(["user_id", "rank"], kind="stable")
+        users = list(dict.fromkeys(df["user_id"]))[: ctx.rows]
+        rows = [[uid, ", ".join(f"{i} ({s:.3f})" for i, s in zip(g["item_id"].head(10), g["score"].head(10),
+                                                                  strict=True))]
+                for uid, g in ((u, df[df["user_id"] == u]) for u in users)]
+        parts.append(f'<p class="meta">The first {len(users)} users, their 10 best items (score).</p>')
+        parts.append(html_table(["user", "items"], rows))
+    return Section("samples", "Export samples", "".join(parts), "ok" if found else "missing")
+
+
+SECTIONS: tuple[Callable[[Context], Section], ...] = (section_etl, section_exports, section_karma, section_aigq,
+                                                     section_ablations, section_samples)
+TITLES = {"section_etl": "ETL", "section_exports": "Exports", "section_karma": "KARMA", "section_aigq": "AIGQ",
+          "section_ablations": "Ablations", "section_samples": "Export samples"}
+
+
+def build_sections(ctx: Context) -> list[Section]:
+    out = []
+    for build in SECTIONS:
+        key = build.__name__.removeprefix("section_")
+        try:
+            out.append(build(ctx))
+        except Exception as exc:  # one broken input must not cost the whole report
+            logger.exception("report section %s failed", key)
+            out.append(Section(key, TITLES[build.__name__],
+                               f'<p class="error">section failed: {esc(type(exc).__name__)}: {esc(exc)}</p>',
+                               "error"))
+    return out
+
+
+def render_page(ctx: Context, sections: Sequence[Section]) -> str:
+    nav = "".join(f'<a href="#{s.key}">{esc(s.title)}</a>' for s in sections)
+    body = "".join(f'<section id="{s.key}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Pipeline report {esc(ctx.ds)}</title><style>{CSS}</style></head><body>"
+            f"<h1>Generative search pipeline: report for {esc(ctx.ds)}</h1>"
+            f'<p class="meta">Data root <code>{esc(ctx.root)}</code>; ETL window {esc(ctx.days[0])} .. '
+            f"{esc(ctx.days[-1])}; generated by <code>python -m export.report</code>.</p>"
+            f"<nav>{nav}</nav>{body}</body></html>\n")
+
+
+def report_dir(root: str | Path, ds: str) -> Path:
+    from common.paths import check_ds
+
+    return Path(root) / "reports" / f"ds={check_ds(ds)}"
+
+
+def publish(out_dir: Path, page: str, manifest: Mapping) -> Path:
+    """``index.html`` via a hidden temporary file and ``os.replace``, then the manifest and
+    ``_SUCCESS`` beside it."""
+    from common.paths import MANIFEST, SUCCESS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "index.html"
+    for name, text in ((final.name, page), (MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))):
+        tmp = out_dir / f".{name}.{uuid.uuid4().hex[:12]}"
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    (out_dir / SUCCESS).touch()
+    return final
+
+
+def build_report(root: str | Path, ds: str, days: int = 7, rows: int = 10,
+                 ablations: Sequence[str | Path] = ()) -> dict:
+    """Write ``<root>/reports/ds=<ds>/index.html``; returns its path and each section's status."""
+    from common.paths import check_ds, previous_ds
+
+    if days < 1 or rows < 1:
+        raise ValueError("days and rows must be >= 1")
+    root = Path(root)
+    ctx = Context(root, check_ds(ds), [*previous_ds(ds, days - 1), ds], rows, [Path(a) for a in ablations])
+    sections = build_sections(ctx)
+    page = render_page(ctx, sections)
+    status = {s.key: s.status for s in sections}
+    path = publish(report_dir(root, ds), page, {"ds": ds, "days": ctx.days, "sections": status,
+                                                 "bytes": len(page.encode())})
+    logger.info("report for %s: %s (%d KiB) %s", ds, path, len(page.encode()) // 1024, status)
+    return {"path": str(path), "sections": status, "bytes": len(page.encode())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True, help="logical date (YYYY-MM-DD)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--days", type=int, default=7, help="ETL days ending at --ds")
+    parser.add_argument("--rows", type=int, default=10, help="sample users / rows per export table")
+    parser.add_argument("--ablation", action="append", default=[], help="an ablation.md (or its folder); repeatable")
+    args = parser.parse_args(argv)
+    if args.days < 1 or args.rows < 1:
+        parser.error("--days and --rows must be >= 1")
+    cfg = load_config(args.config, args.profile)
+    root = Path(args.data_root).resolve() if args.data_root else Path(cfg["data_root"])
+    try:
+        result = build_report(root, args.ds, args.days, args.rows, args.ablation)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
