@@ -66,6 +66,11 @@ def key_metrics(name: str, metrics: dict) -> dict:
     if name == "karma":
         summary = metrics.get("summary", {})
         return {k: round(summary[k], 4) for k in KARMA_KEYS if isinstance(summary.get(k), int | float)}
+    if name == "aigq_ctr":
+        return {
+            "eval_on": metrics.get("eval_on"),
+            **{f"{key}_auc": (metrics.get(key) or {}).get("auc") for key in ("model", "baseline_query_ctr")},
+        }
     out = {"split": metrics.get("split")}
     for method, groups in metrics.get("results", {}).items():
         overall = groups.get("all", {})
