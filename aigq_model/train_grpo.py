@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         SAMPLE_TABLE,
         _registry_target,
         load_aigq,
+        publish_aigq,
         read_sft_rows,
-        save_aigq,
     )
     from base_lm.load import code_version
     from base_lm.load import read_manifest as read_manifest_lenient
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.config import load_config
     from common.logging_setup import setup_logging
     from common.paths import check_ds
-    from common.registry import commit_version, read_manifest, stage_version
+    from common.registry import read_manifest
 
     setup_logging()
     quiet_offline_hf()
@@ -139,13 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward_config": reward_section,
         "history": summary,
     }
-    tmp = stage_version(root, name, version, area)
-    try:
-        save_aigq(model, tokenizer, tmp)
-        final = commit_version(tmp, root, name, version, manifest, area)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    final = publish_aigq(model, tokenizer, root, name, version, manifest, area)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(json.dumps({"model_dir": str(final), "name": name, "version": version, "history": summary}, sort_keys=True))
     return 0

@@ -200,6 +200,20 @@ def save_aigq(model, tokenizer, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def publish_aigq(model, tokenizer, root, name: str, version: str, manifest: dict, area: str = "models") -> Path:
+    """Save a policy into a staged version folder and commit it with ``manifest`` (registry
+    layout, not yet CURRENT); nothing is left behind when saving fails. Returns the folder."""
+    from common.registry import commit_version, stage_version
+
+    tmp = stage_version(root, name, version, area)
+    try:
+        save_aigq(model, tokenizer, tmp)
+        return commit_version(tmp, root, name, version, manifest, area)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
     import torch
 
@@ -306,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     from common.config import load_config
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
-    from common.registry import commit_version, stage_version
 
     setup_logging()
     quiet_offline_hf()
@@ -362,13 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(config),
         "metrics": metrics,
     }
-    tmp = stage_version(root, name, version, area)
-    try:
-        save_aigq(model, tokenizer, tmp)
-        final = commit_version(tmp, root, name, version, manifest, area)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    final = publish_aigq(model, tokenizer, root, name, version, manifest, area)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(
         json.dumps(
