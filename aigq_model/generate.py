@@ -249,7 +249,7 @@ def generate_lists(
     for i, s in enumerate(samples):
         if cold_start == "fallback" and not sample_field(s, "history"):
             results[i] = GenResult(
-                with_fallback([], _fallback_for(fallback, s), k), source="fallback", model_called=False
+                with_fallback([], _fallback_for(fallback, s), k, blocklist), source="fallback", model_called=False
             )
         else:
             todo.append(i)
@@ -287,7 +287,7 @@ def _to_result(
     triggers = [p.triggers for p in best.points] if kind == "think" else None
     merged = merge_lists([postprocess(p.queries, blocklist, max_queries=k) for p in parsed_all])
     own = postprocess(merged, blocklist, max_queries=k)
-    queries = with_fallback(own, popular, k)
+    queries = with_fallback(own, popular, k, blocklist)
     source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
     extra = {"n_sequences": len(outs)} if len(outs) > 1 else {}
     return GenResult(

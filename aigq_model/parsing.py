@@ -353,12 +353,17 @@ def postprocess(
     return out
 
 
-def with_fallback(queries: Sequence[str], popular: Iterable[str], k: int) -> list[str]:
+def with_fallback(
+    queries: Sequence[str], popular: Iterable[str], k: int, blocklist: Blocklist | None = None
+) -> list[str]:
     """``queries`` topped up to ``k`` with popular queries not already in the list (empty or
-    malformed generations, cold-start users).
+    malformed generations, cold-start users); blocked popular queries are skipped too, so the
+    block-list holds whatever filled the list.
 
     >>> with_fallback(["a"], ["b", "a", "c"], 3)
     ['a', 'b', 'c']
+    >>> with_fallback([], ["bad word", "c"], 2, Blocklist(["bad word"]))
+    ['c']
     """
     out = list(queries)[:k]
     seen = {normalize_query(q) for q in out}
@@ -366,7 +371,7 @@ def with_fallback(queries: Sequence[str], popular: Iterable[str], k: int) -> lis
         if len(out) >= k:
             break
         n = normalize_query(q)
-        if n and n not in seen:
+        if n and n not in seen and not (blocklist is not None and blocklist.blocks(n)):
             seen.add(n)
             out.append(n)
     return out

@@ -175,6 +175,11 @@ def test_generation_never_crashes_and_falls_back_to_popularity(trained):
     cold = dict(make_rows(1, seed=9)[0], history=[])
     out = generate_lists(model, tok, [cold], k=3, fallback=popular)
     assert out[0].queries == popular and out[0].source == "fallback" and not out[0].model_called
+    # The block-list also holds for what the fallback fills in (cold start and top-up).
+    blocked = generate_lists(model, tok, [cold, *make_rows(2, seed=12)], k=3, fallback=popular,
+                             blocklist=Blocklist(["pop two"]), decoding=Decoding(max_new_tokens=8))
+    assert blocked[0].queries == ["pop one", "pop three"]
+    assert all("pop two" not in r.queries for r in blocked)
 
     class Broken:
         training = False
