@@ -10,6 +10,8 @@ What search serving reads every morning, for the logical date `ds` (`export/`):
   Think policy is registered (`aigq_think_grpo` / `aigq_think`).
 - `u2i`: KARMA top-K items per active user from the registered model's faiss index (history
   items filtered), published together with `user_interest_embedding`.
+- `report`: the analyst report `reports/ds=<ds>/index.html` (`export.report`), after the three
+  exports whatever their outcome.
 
 Each task runs `python -m export.<table>` as a subprocess (no torch in the scheduler), which
 generates in batches, runs the validation gates on the staged files and publishes
@@ -134,9 +136,28 @@ def nightly_export():
         result = _run_export("u2i", params, ds, run_id)
         return {"u2i": result["path"], "user_interest_embedding": result["embedding_path"]}
 
-    u2q()
-    x2q()
-    u2i()
+    @task(trigger_rule="all_done")
+    def report(params=None, ds=None) -> str:
+        """The analyst report ``reports/ds=<ds>/index.html`` (ETL, quarantine, model metrics,
+        ablations, export samples) — also after a skipped or failed export, which it shows."""
+        import json
+        import subprocess
+
+        args = ["--ds", ds]
+        for name in ("config", "profile", "data_root"):
+            if params.get(name):
+                args += [f"--{name.replace('_', '-')}", str(params[name])]
+        env = {**os.environ, "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
+               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.run([sys.executable, "-m", "export.report", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, check=False)
+        for line in (proc.stdout + proc.stderr).splitlines():
+            logger.info("%s", line)
+        if proc.returncode != 0:
+            raise RuntimeError(f"export.report exited with status {proc.returncode}")
+        return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])["path"]
+
+    [u2q(), x2q(), u2i()] >> report()
 
 
 nightly_export()

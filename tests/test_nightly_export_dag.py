@@ -25,7 +25,9 @@ def dag(airflow_db):
 
 
 def test_nightly_export_structure(dag):
-    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {"u2q": [], "x2q": [], "u2i": []}
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
+        "u2q": ["report"], "x2q": ["report"], "u2i": ["report"], "report": []}
+    assert dag.get_task("report").trigger_rule == "all_done"
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
     assert {"config", "profile", "data_root", "batch_users", "min_coverage", "max_new_tokens", "omp_threads"} == set(
         dag.params.keys())
@@ -107,6 +109,8 @@ def test_dag_test_writes_all_four_exports(dag, spark, tmp_path):
     assert manifests["u2q"]["model"]["name"] == "aigq_direct" and manifests["u2q"]["model"]["fallback_used"]
     assert manifests["x2q"]["model"]["name"] == "aigq_think" and manifests["x2q"]["ctr_model"]["version"] == D2
     assert manifests["u2i"]["model"]["version"] == D2 and manifests["u2i"]["index"]["version"] == D2
+    page = (root / "reports" / f"ds={D2}" / "index.html").read_text()
+    assert "<html" in page.lower() and "u2q" in page
     active = manifests["u2q"]["counts"]["active_users"]
     assert manifests["user_interest_embedding"]["rows"] == active
     print(json.dumps({t: {"rows": m["rows"], "counts": m.get("counts")} for t, m in manifests.items()}))
