@@ -4,7 +4,7 @@ Steps: migrate Airflow's SQLite DB under ``.airflow/`` → ``python -m sources.s
 ``synthetic.days`` days → ``airflow dags test behavior_etl <ds>`` for each day, in order →
 ``karma_training`` and ``aigq_training`` (IL-SFT, then the daily CTR model and IL-GRPO update)
 for the last day (short training runs, sized for a 2-core machine: ``DEMO_STEPS`` steps each) →
-a summary of rows per table, quarantine counts,
+``nightly_export`` for the last day (u2q, u2i + embeddings, the analyst report) → a summary of rows per table, quarantine counts,
 registered model versions, metrics and output paths.
 """
 
@@ -116,6 +116,9 @@ def main() -> int:
     }
     for dag_id, conf in training.items():
         run([airflow, "dags", "test", dag_id, last, "--conf", json.dumps(conf)], logs / f"{dag_id}-{last}.log")
+    # What serving reads: u2q / x2q (skipped: the demo trains no Think policy) / u2i + embeddings,
+    # then the analyst report.
+    run([airflow, "dags", "test", "nightly_export", last], logs / f"nightly_export-{last}.log")
     table = summary(root, days)
     print("\nrows per table and ds (" + ", ".join(days) + "):")
     for name, rows in table.items():
@@ -129,8 +132,14 @@ def main() -> int:
     print("\nregistered models:")
     for name in ("base_lm", "karma", "aigq_direct", "aigq_ctr", "aigq_direct_grpo"):
         print(f"  {name:12s} {registered(root, name)}")
+    print("\nexports:")
+    for table in ("u2q", "x2q", "u2i", "user_interest_embedding"):
+        path = partition_path(root, "exports", table, last)
+        state = f"{read_manifest(path).get('rows')} rows" if (path / "_SUCCESS").is_file() else "not written"
+        print(f"  {table:24s} {path} ({state})")
+    print(f"analyst report: {Path(root) / 'reports' / f'ds={last}' / 'index.html'}")
     print(f"\noutputs under {root}:")
-    for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "reports"):
+    for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "exports", "reports"):
         print(f"  {Path(root) / area}")
     print(f"demo finished in {time.monotonic() - started:.0f}s")
     return 0
