@@ -215,24 +215,11 @@ def publish_aigq(model, tokenizer, root, name: str, version: str, manifest: dict
 
 
 def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
-    import torch
-
+    """The training-loop settings of an SFT config (warm-up capped below ``max_steps``)."""
     from base_lm.trainer import LoopArgs
 
-    return LoopArgs(
-        output_dir=str(checkpoint_dir),
-        max_steps=config.max_steps,
-        per_device_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0)),
-        lr_scheduler_type=config.lr_scheduler_type,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        bf16=torch.cuda.is_available(),
+    return LoopArgs.from_config(
+        config, checkpoint_dir, warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0))
     )
 
 

@@ -63,6 +63,21 @@ class LoopArgs:
     seed: int = 0
     bf16: bool = False
 
+    #: Fields a model config may carry under the same name (``batch_size`` maps to
+    #: ``per_device_batch_size``); see :meth:`from_config`.
+    CONFIG_FIELDS = ("max_steps", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_steps",
+                     "lr_scheduler_type", "logging_steps", "save_steps", "save_total_limit", "seed")
+
+    @classmethod
+    def from_config(cls, config, output_dir, **overrides) -> LoopArgs:
+        """The loop settings of a model config: every ``CONFIG_FIELDS`` name the config has, its
+        ``batch_size`` per device, bf16 when CUDA is available; ``overrides`` win."""
+        import torch
+
+        kw = {name: getattr(config, name) for name in cls.CONFIG_FIELDS if hasattr(config, name)}
+        kw.update(per_device_batch_size=config.batch_size, bf16=torch.cuda.is_available(), **overrides)
+        return cls(output_dir=str(output_dir), **kw)
+
     def __post_init__(self):
         if self.max_steps < 1 or self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("max_steps, per_device_batch_size and gradient_accumulation_steps must be >= 1")

@@ -48,24 +48,9 @@ logger = logging.getLogger(__name__)
 
 def loop_args(config: KarmaConfig, checkpoint_dir: str | Path):
     """The training-loop settings of a KARMA config."""
-    import torch
-
     from base_lm.trainer import LoopArgs
 
-    return LoopArgs(
-        output_dir=str(checkpoint_dir),
-        max_steps=config.max_steps,
-        per_device_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        bf16=torch.cuda.is_available(),
-    )
+    return LoopArgs.from_config(config, checkpoint_dir)
 
 
 def train_karma(
