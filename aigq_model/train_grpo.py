@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.profile)
+    from common.device import configure as configure_device
+
+    configure_device(cfg)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
     aigq = dict(cfg.get("aigq") or {})
     ds = check_ds(args.ds)

@@ -201,6 +201,7 @@ def pretrain(
     import torch
 
     from base_lm.trainer import LoopArgs, evaluate_loss, train_loop
+    from common.device import use_bf16
 
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
@@ -219,7 +220,7 @@ def pretrain(
         weight_decay=cfg.weight_decay,
         save_steps=cfg.save_steps,
         seed=cfg.seed,
-        bf16=torch.cuda.is_available(),
+        bf16=use_bf16(),
     )
     eval_before = evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss")
     t0 = time.perf_counter()
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=None, help="days of samples ending at ds")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.profile)
+    from common.device import configure as configure_device
+
+    configure_device(cfg)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
     overrides = {
         k: v

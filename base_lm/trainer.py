@@ -71,11 +71,11 @@ class LoopArgs:
     @classmethod
     def from_config(cls, config, output_dir, **overrides) -> LoopArgs:
         """The loop settings of a model config: every ``CONFIG_FIELDS`` name the config has, its
-        ``batch_size`` per device, bf16 when CUDA is available; ``overrides`` win."""
-        import torch
+        ``batch_size`` per device, bf16 on a CUDA device (``runtime.device``); ``overrides`` win."""
+        from common.device import use_bf16
 
         kw = {name: getattr(config, name) for name in cls.CONFIG_FIELDS if hasattr(config, name)}
-        kw.update(per_device_batch_size=config.batch_size, bf16=torch.cuda.is_available(), **overrides)
+        kw.update(per_device_batch_size=config.batch_size, bf16=use_bf16(), **overrides)
         return cls(output_dir=str(output_dir), **kw)
 
     def __post_init__(self):
@@ -96,15 +96,17 @@ class TrainState:
 # --- distributed ----------------------------------------------------------------------------
 def setup_distributed() -> tuple[int, int, torch.device]:
     """``(rank, world_size, device)``; initialises the process group under torchrun."""
+    from common import device as devices
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+    device = devices.resolve()  # runtime.device: auto | cpu | cuda
+    cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda else torch.device("cpu")
     return rank, world, device
 
 

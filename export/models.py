@@ -62,12 +62,20 @@ def require_registered(root: str | Path, names: Sequence[str], what: str) -> Reg
 def load_policy(reg: Registered):
     """``(model, tokenizer)`` of an AIGQ policy; :class:`ExportInputError` naming the path on failure."""
     from aigq_model.train_sft import load_aigq
+    from common.device import resolve, use_bf16
 
     try:
-        return load_aigq(reg.path)
+        device = resolve()  # runtime.device; bf16 weights on a GPU that supports them
+        return load_aigq(reg.path, dtype=_bf16() if use_bf16() else None, device=device)
     except Exception as exc:  # corrupt weights, missing tokenizer, bad config ...
         raise ExportInputError(f"cannot load AIGQ policy {reg.name}/{reg.version} at {reg.path}: "
                                f"{type(exc).__name__}: {exc}") from exc
+
+
+def _bf16():
+    import torch
+
+    return torch.bfloat16
 
 
 def policy_settings(reg: Registered) -> tuple[str, int]:

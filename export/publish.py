@@ -135,9 +135,11 @@ def arg_parser(description: str, coverage: bool = True) -> argparse.ArgumentPars
 def settings(args) -> tuple[dict, str, str, str]:
     """``(config, data root, ds, run id)`` from parsed arguments."""
     from common.config import load_config
+    from common.device import configure as configure_device
     from common.paths import check_ds
 
     cfg = load_config(args.config, args.profile)
+    configure_device(cfg)
     root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
     ds = check_ds(args.ds)
     return cfg, root, ds, args.run_id or f"export-{ds}"

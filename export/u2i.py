@@ -65,7 +65,9 @@ def load_karma_release(root: str):
     reg = models.require_registered(root, (MODEL,), "KARMA model")
     index_dir = reg.manifest.get("index_dir") or str(Path(root) / "indexes" / MODEL / reg.version)
     try:
-        model, tok = load_karma(reg.path)
+        from common.device import resolve
+
+        model, tok = load_karma(reg.path, device=resolve())
     except Exception as exc:
         raise ExportInputError(f"cannot load KARMA model {MODEL}/{reg.version} at {reg.path}: "
                                f"{type(exc).__name__}: {exc}") from exc
