@@ -116,3 +116,24 @@ def test_arrow_round_trip_uses_contract_schema(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="not published"):
         read_partition(tmp_path, "raw", "users", "2026-11-02")
+
+
+def test_runtime_device_setting_on_a_machine_without_cuda(monkeypatch):
+    import torch
+
+    from common import device as devices
+
+    before = devices.setting()
+    try:
+        with pytest.raises(ValueError, match="runtime.device"):
+            devices.configure({"runtime": {"device": "tpu"}})
+        assert devices.configure({"runtime": {"device": "CPU"}}) == "cpu"
+        assert devices.resolve() == torch.device("cpu") and not devices.use_bf16()
+        assert devices.configure({}) == "auto"  # no runtime section: auto
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert devices.resolve() == torch.device("cpu")  # auto without a GPU: the CPU
+        devices.configure("cuda")
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            devices.resolve()
+    finally:
+        devices.configure(before)
