@@ -1,11 +1,16 @@
-"""`make demo`: generate a few days of synthetic logs and run the DAGs through Airflow.
+"""`make demo`: generate a few days of synthetic logs and run all four DAGs through Airflow for
+every day, the way the scheduler chains them.
 
 Steps: migrate Airflow's SQLite DB under ``.airflow/`` → ``python -m sources.synthetic`` for
-``synthetic.days`` days → ``airflow dags test behavior_etl <ds>`` for each day, in order →
-``karma_training`` and ``aigq_training`` (IL-SFT, then the daily CTR model and IL-GRPO update)
-for the last day (short training runs, sized for a 2-core machine: ``DEMO_STEPS`` steps each) →
-``nightly_export`` for the last day (u2q, u2i + embeddings, the analyst report) → a summary of rows per table, quarantine counts,
-registered model versions, metrics and output paths.
+``synthetic.days`` days → per logical date, ``airflow dags test`` of ``behavior_etl`` →
+``karma_training`` and ``aigq_training`` (base LM and IL-SFT on the first date; every date a new
+KARMA version, the daily CTR model and an IL-GRPO update of the previous date's policy) →
+``nightly_export`` (u2q, u2i + embeddings, the analyst report). Each DAG runs its dates in order
+(``max_active_runs=1``), and a date's run starts as soon as what it reads is published — as the
+asset-triggered schedule would start it — so the ETL of the next date overlaps the training of
+this one (four lanes, one per DAG; the SQLite DB waits on locks instead of failing). Training runs
+are short, sized for a 2-core machine (``DEMO_STEPS`` steps). At the end: rows per table, quarantine
+counts, registered model versions and metrics, the export partitions and the report path.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,15 +39,32 @@ ETL_AREAS = {
 }
 
 
-def run(cmd: list[str], log: Path) -> None:
+class StepFailed(RuntimeError):
+    pass
+
+
+_print_lock = threading.Lock()
+
+
+def say(msg: str) -> None:
+    with _print_lock:
+        print(msg, flush=True)
+
+
+def run(cmd: list[str], log: Path, lane: str = "") -> float:
+    """Run one step, its output into ``log``; raises :class:`StepFailed` (log tail printed)."""
     started = time.monotonic()
-    print(f"$ {' '.join(cmd)}", flush=True)
+    tag = f"[{lane}] " if lane else ""
+    say(f"{tag}$ {' '.join(cmd)}")
     with log.open("a") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
-    print(f"  ... exit {proc.returncode} in {time.monotonic() - started:.0f}s (log: {log})", flush=True)
+    seconds = time.monotonic() - started
+    say(f"{tag}  ... exit {proc.returncode} in {seconds:.0f}s (log: {log})")
     if proc.returncode != 0:
-        print(log.read_text()[-4000:], file=sys.stderr)
-        raise SystemExit(f"demo step failed: {' '.join(cmd)}")
+        with _print_lock:
+            print(log.read_text()[-4000:], file=sys.stderr, flush=True)
+        raise StepFailed(f"demo step failed: {' '.join(cmd)}")
+    return seconds
 
 
 def summary(root: str, days: list[str]) -> dict:
@@ -92,6 +115,61 @@ def registered(root: str, name: str) -> str:
     return f"{current_version(root, name)} at {path}\n      {json.dumps(key_metrics(name, metrics))}"
 
 
+def base_lm_published(root: str, ds: str) -> bool:
+    """A published ``models/base_lm/<v>`` with v <= ds (what both training DAGs start from)."""
+    base = Path(root) / "models" / "base_lm"
+    return any(p.name <= ds and (p / "manifest.json").is_file() for p in base.glob("20*")) if base.is_dir() else False
+
+
+def run_lanes(days: list[str], root: str, airflow: str, logs: Path, training: dict) -> dict[str, dict[str, float]]:
+    """One lane per DAG, each running its dates in order; a date starts when its inputs are
+    published: karma/aigq after that date's ETL (aigq also after the base LM exists, so the two
+    never pre-train it twice), the export after both trainings. Returns seconds per DAG and date."""
+    done = {dag: {ds: threading.Event() for ds in days} for dag in ("behavior_etl", *training, "nightly_export")}
+    failed = threading.Event()
+    errors: list[BaseException] = []
+    times: dict[str, dict[str, float]] = {dag: {} for dag in done}
+
+    def wait(events) -> bool:
+        while not failed.is_set():
+            if all(e.wait(0.5) for e in events):
+                return True
+        return False
+
+    def lane(dag_id: str, inputs, extra_wait=None) -> None:
+        try:
+            for ds in days:
+                if not wait(inputs(ds)):
+                    return
+                while extra_wait and not extra_wait(ds):
+                    if failed.wait(2.0):
+                        return
+                cmd = [airflow, "dags", "test", dag_id, ds]
+                if dag_id in training:
+                    cmd += ["--conf", json.dumps(training[dag_id])]
+                times[dag_id][ds] = round(run(cmd, logs / f"{dag_id}-{ds}.log", dag_id))
+                done[dag_id][ds].set()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            failed.set()
+
+    lanes = [
+        threading.Thread(target=lane, args=("behavior_etl", lambda ds: [])),
+        threading.Thread(target=lane, args=("karma_training", lambda ds: [done["behavior_etl"][ds]])),
+        threading.Thread(target=lane, args=("aigq_training", lambda ds: [done["behavior_etl"][ds]],
+                                            lambda ds: base_lm_published(root, ds))),
+        threading.Thread(target=lane, args=("nightly_export", lambda ds: [done["karma_training"][ds],
+                                                                           done["aigq_training"][ds]])),
+    ]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join()
+    if errors:
+        raise SystemExit(str(errors[0]))
+    return times
+
+
 def main() -> int:
     cfg = load_config()
     root = cfg["data_root"]
@@ -99,26 +177,29 @@ def main() -> int:
     days = ds_range(str(syn["start_ds"]), int(syn["days"]))
     logs = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow")) / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # Four `airflow dags test` processes share the SQLite DB: wait on its locks instead of failing.
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "common.airflow_db.SQLITE_CONNECT_ARGS")
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC",
+                          "common.airflow_db.SQLITE_CONNECT_ARGS_ASYNC")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     started = time.monotonic()
     airflow = str(Path(sys.executable).parent / "airflow")
-    run([airflow, "db", "migrate"], logs / "airflow-db.log")
-    # A few corrupted rows (0.2%) so the quarantine has something to show.
-    run([sys.executable, "-m", "sources.synthetic", "--days", str(len(days)), "--bad-row-rate", "0.002"],
-        logs / "generate.log")
-    for ds in days:
-        run([airflow, "dags", "test", "behavior_etl", ds], logs / f"behavior_etl-{ds}.log")
+    try:
+        run([airflow, "db", "migrate"], logs / "airflow-db.log")
+        # A few corrupted rows (0.2%) so the quarantine has something to show.
+        run([sys.executable, "-m", "sources.synthetic", "--days", str(len(days)), "--bad-row-rate", "0.002"],
+            logs / "generate.log")
+    except StepFailed as exc:
+        raise SystemExit(str(exc)) from exc
     last = days[-1]
     steps = int(os.environ.get("DEMO_STEPS", "150"))
     training = {
         "karma_training": {"max_steps": steps, "base_max_steps": 2 * steps},
+        # IL-SFT once (first date), then every date: CTR model + IL-GRPO update of the previous policy.
         "aigq_training": {"max_steps": 2 * steps, "base_max_steps": 2 * steps, "eval_split": "all",
-                          "grpo_max_steps": max(steps // 5, 1)},
+                          "grpo_max_steps": max(steps // 5, 1), "sft": "if_missing"},
     }
-    for dag_id, conf in training.items():
-        run([airflow, "dags", "test", dag_id, last, "--conf", json.dumps(conf)], logs / f"{dag_id}-{last}.log")
-    # What serving reads: u2q / x2q (skipped: the demo trains no Think policy) / u2i + embeddings,
-    # then the analyst report.
-    run([airflow, "dags", "test", "nightly_export", last], logs / f"nightly_export-{last}.log")
+    times = run_lanes(days, root, airflow, logs, training)
     table = summary(root, days)
     print("\nrows per table and ds (" + ", ".join(days) + "):")
     for name, rows in table.items():
@@ -132,12 +213,19 @@ def main() -> int:
     print("\nregistered models:")
     for name in ("base_lm", "karma", "aigq_direct", "aigq_ctr", "aigq_direct_grpo"):
         print(f"  {name:12s} {registered(root, name)}")
-    print("\nexports:")
+    print("\nexports (rows per ds " + ", ".join(days) + "; x2q needs a Think policy, which the demo does not train):")
     for table in ("u2q", "x2q", "u2i", "user_interest_embedding"):
-        path = partition_path(root, "exports", table, last)
-        state = f"{read_manifest(path).get('rows')} rows" if (path / "_SUCCESS").is_file() else "not written"
-        print(f"  {table:24s} {path} ({state})")
-    print(f"analyst report: {Path(root) / 'reports' / f'ds={last}' / 'index.html'}")
+        rows = []
+        for ds in days:
+            path = partition_path(root, "exports", table, ds)
+            rows.append(read_manifest(path).get("rows") if (path / "_SUCCESS").is_file() else None)
+        print(f"  {table:24s} {partition_path(root, 'exports', table, last)} {rows}")
+    print("analyst reports:")
+    for ds in days:
+        print(f"  {Path(root) / 'reports' / f'ds={ds}' / 'index.html'}")
+    print("\nseconds per DAG run:")
+    for dag_id, per_ds in times.items():
+        print(f"  {dag_id:16s} {json.dumps(per_ds)}")
     print(f"\noutputs under {root}:")
     for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "exports", "reports"):
         print(f"  {Path(root) / area}")
