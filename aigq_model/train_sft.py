@@ -12,13 +12,19 @@ mean of its readable name's sub-word embeddings). Training runs through
 
 Output (``--out``, default ``<data_root>/models/aigq_<kind>/<ds>/``, written through
 ``common.registry.stage_version``/``commit_version``, not registered): HF causal LM
-(safetensors), tokenizer, ``manifest.json`` (data dates, base model, config, losses).
-Reload with :func:`load_aigq`.
+(safetensors), tokenizer, ``manifest.json`` (data dates, base model, config, losses),
+``trainer_state.json`` (every step's loss). Reload with :func:`load_aigq`.
+
+Under ``torchrun`` each rank trains on its shard of every global batch (``batch_size`` per rank);
+the token loss is weighted by each rank's share of the global batch's target tokens
+(``loss_items``), so the DDP loss and gradient are the global token mean's, as in one process.
+Rank 0 alone writes checkpoints and the version and prints the JSON result line.
 
 Usage::
 
     python -m aigq_model.train_sft --ds 2026-11-03 [--data-root D] [--kind direct] [--style compressed]
         [--base-model PATH] [--max-steps N] [--seed S] [--resume] [--out DIR]
+    torchrun --standalone --nproc-per-node 2 -m aigq_model.train_sft --ds ...
 """
 
 from __future__ import annotations
@@ -200,13 +206,20 @@ def save_aigq(model, tokenizer, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def publish_aigq(model, tokenizer, root, name: str, version: str, manifest: dict, area: str = "models") -> Path:
+def publish_aigq(
+    model, tokenizer, root, name: str, version: str, manifest: dict, area: str = "models", state=None
+) -> Path:
     """Save a policy into a staged version folder and commit it with ``manifest`` (registry
-    layout, not yet CURRENT); nothing is left behind when saving fails. Returns the folder."""
+    layout, not yet CURRENT); nothing is left behind when saving fails. Returns the folder.
+    ``state`` (a :class:`base_lm.trainer.TrainState`) adds ``trainer_state.json``."""
     from common.registry import commit_version, stage_version
 
     tmp = stage_version(root, name, version, area)
     try:
+        if state is not None:
+            from base_lm.trainer import write_trainer_state
+
+            write_trainer_state(state, tmp)
         save_aigq(model, tokenizer, tmp)
         return commit_version(tmp, root, name, version, manifest, area)
     except BaseException:
@@ -221,6 +234,11 @@ def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
     return LoopArgs.from_config(
         config, checkpoint_dir, warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0))
     )
+
+
+def target_tokens(batch: Mapping) -> int:
+    """Target tokens the causal-LM loss of ``batch`` averages over (shifted labels not -100)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def train_sft(
@@ -238,7 +256,7 @@ def train_sft(
     """
     import torch
 
-    from base_lm.trainer import evaluate_loss, train_loop
+    from base_lm.trainer import evaluate_loss, is_main_process, train_loop
 
     torch.manual_seed(config.seed)
     model, tokenizer = prepare_model(base_model, config)
@@ -248,8 +266,8 @@ def train_sft(
     valid_ds = SFTDataset(valid_rows, tokenizer, config) if valid_rows else None
     collate = SFTCollator(tokenizer.pad_token_id)
 
-    def losses(ds) -> float | None:
-        if ds is None or len(ds) == 0 or not config.eval_batches:
+    def losses(ds) -> float | None:  # rank 0's metrics: the other ranks skip the evaluation
+        if ds is None or len(ds) == 0 or not config.eval_batches or not is_main_process():
             return None
         return evaluate_loss(model, ds, collate, config.batch_size, config.eval_batches, config.seed).get(
             "loss"
@@ -258,7 +276,12 @@ def train_sft(
     train_before, valid_before = losses(train_ds), losses(valid_ds)
     t0 = time.perf_counter()
     state = train_loop(
-        model, train_ds, collate, loop_args(config, checkpoint_dir), resume_from_checkpoint=resume or None
+        model,
+        train_ds,
+        collate,
+        loop_args(config, checkpoint_dir),
+        resume_from_checkpoint=resume or None,
+        loss_items=target_tokens,
     )
     seconds = time.perf_counter() - t0
     model.to("cpu")
@@ -301,9 +324,18 @@ def _registry_target(data_root: str, name: str, ds: str, out: str | None) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
+    from base_lm.trainer import cleanup_distributed
+
+    try:
+        return _main(argv)
+    finally:
+        cleanup_distributed()
+
+
+def _main(argv: list[str] | None) -> int:
     from base_lm.load import code_version, read_manifest
     from base_lm.pretrain import quiet_offline_hf
-    from base_lm.trainer import is_main_process, setup_distributed
+    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed
     from common.config import load_config
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
@@ -338,18 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = Path(root) / area / name / f".ckpt-{version}"
 
     rank, _world, _device = setup_distributed()
+    quiet_other_ranks(rank)
     if not args.resume and rank == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
+    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
     train_rows = read_sft_rows(data_root, ds_list, config.kind, "train")
     if not train_rows:
         raise FileNotFoundError(
             f"no {SAMPLE_TABLE[config.kind]} train rows for {ds_list[0]}..{ds} under {data_root}"
         )
     valid_rows = read_sft_rows(data_root, ds_list, config.kind, "valid")
-    model, tokenizer, _state, metrics = train_sft(
+    model, tokenizer, state, metrics = train_sft(
         config, base_model, train_rows, checkpoint_dir, valid_rows, resume=args.resume
     )
-    if not is_main_process():
+    if rank != 0:  # rank 0 publishes, cleans up and prints the result line
         return 0
     manifest = {
         "format": FORMAT,
@@ -365,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(config),
         "metrics": metrics,
     }
-    final = publish_aigq(model, tokenizer, root, name, version, manifest, area)
+    final = publish_aigq(model, tokenizer, root, name, version, manifest, area, state=state)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(
         json.dumps(

@@ -12,7 +12,12 @@ mechanical:
   RNG and data position are restored, so a resumed run equals an uninterrupted one;
 - gradient accumulation, gradient clipping, warmup + linear/cosine schedule, bf16 autocast on GPU;
 - DDP when started by ``torchrun`` (``WORLD_SIZE > 1``): gloo on CPU, nccl on GPU, each rank a
-  disjoint shard of every epoch's permutation.
+  disjoint shard of every epoch's permutation (the union of the ranks' i-th batches is the
+  single-process i-th batch of ``world x per_device_batch_size``). Rank 0 alone writes the shared
+  checkpoint files; every logged loss term is the mean over ranks, and a loss averaged over a
+  varying number of items (target tokens) is re-weighted by ``loss_items`` so that the DDP loss
+  and gradient equal those of one process with the whole global batch. Entry points publish from
+  rank 0 only (:func:`is_main_process`) and end with :func:`cleanup_distributed`.
 
 The model's ``forward(**batch)`` must return a ``ModelOutput`` with ``loss``; every other scalar
 field whose name starts with ``loss`` is logged per step (``KarmaOutput.loss_act`` etc.).
@@ -119,6 +124,47 @@ def barrier() -> None:
         dist.barrier()
 
 
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (end of an entry point; a no-op outside torchrun)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """Entry points: ranks other than 0 log warnings and errors only (no duplicated progress)."""
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def global_mean_scale(n_local: int | float | torch.Tensor, device=None) -> float:
+    """``world x n_local / sum over ranks of n_local`` (1.0 outside DDP): the factor that turns a
+    rank's mean over its ``n_local`` items into its share of the global mean, so that the mean over
+    ranks (what DDP's gradient averaging optimises) is the mean over all ranks' items. Every rank
+    must call it (one all-reduce)."""
+    world = world_size()
+    if world == 1:
+        return 1.0
+    n = float(n_local)
+    total = torch.tensor([n], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return world * n / max(float(total.item()), 1.0)
+
+
+def _mean_over_ranks(values: dict[str, float], device) -> dict[str, float]:
+    """Each value averaged over ranks (every rank must hold the same keys)."""
+    if world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(vec)
+    vec /= world_size()
+    return dict(zip(keys, vec.tolist(), strict=True))
+
+
 # --- data order -------------------------------------------------------------------------------
 def epoch_batches(
     n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1
@@ -218,6 +264,15 @@ def save_checkpoint(model, optimizer, scheduler, state: TrainState, args: LoopAr
     return final
 
 
+def write_trainer_state(state: TrainState, out_dir: str | Path) -> Path:
+    """``trainer_state.json`` (``global_step``, per-step ``log_history``) into a published model
+    folder, as ``Trainer.save_state`` does; callers write it from rank 0 only."""
+    path = Path(out_dir) / STATE_FILE
+    doc = {"global_step": state.global_step, "log_history": state.log_history}
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
     from safetensors.torch import load_model
 
@@ -263,8 +318,16 @@ def train_loop(
     collate_fn: Callable[[list], dict],
     args: LoopArgs,
     resume_from_checkpoint: str | Path | bool | None = None,
+    loss_items: Callable[[dict], int] | None = None,
 ) -> TrainState:
-    """Train ``model`` in place for ``args.max_steps`` optimizer steps; returns the final state."""
+    """Train ``model`` in place for ``args.max_steps`` optimizer steps; returns the final state.
+
+    ``loss_items(batch)``: how many items (e.g. target tokens) the model's ``loss`` averages over
+    in ``batch``. Under DDP the loss and its logged terms are then re-weighted by
+    :func:`global_mean_scale`, so ranks holding more tokens weigh more and the result is the
+    global-batch mean. Without it each rank's mean counts equally (right when every rank's loss
+    averages over the same number of items, e.g. rows of equal batches).
+    """
     rank, world, device = setup_distributed()
     if len(dataset) == 0:
         raise ValueError("empty training set")
@@ -278,6 +341,10 @@ def train_loop(
             if resume_from_checkpoint is True
             else Path(resume_from_checkpoint)
         )
+        if world > 1:  # every rank resumes from the checkpoint rank 0 found
+            chosen = [None if ckpt is None else str(ckpt)]
+            dist.broadcast_object_list(chosen, src=0)
+            ckpt = None if chosen[0] is None else Path(chosen[0])
         if ckpt is None:
             logger.warning("no checkpoint in %s: starting from scratch", args.output_dir)
         else:
@@ -306,6 +373,10 @@ def train_loop(
             with ctx:
                 with autocast:
                     loss, terms = loss_terms(wrapped(**batch))
+                if loss_items is not None and world > 1:
+                    scale = global_mean_scale(loss_items(batch), device)
+                    loss = loss * scale
+                    terms = {k: v * scale for k, v in terms.items()}
                 (loss / accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
@@ -316,6 +387,7 @@ def train_loop(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
+            sums = _mean_over_ranks(sums, device)
             entry = {
                 "step": state.global_step,
                 "epoch": epoch,

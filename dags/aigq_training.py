@@ -22,6 +22,13 @@ date order (`max_active_runs=1`).
 
 Each step is a `python -m ...` subprocess with `OMP_NUM_THREADS` from the Params; XCom carries
 folder paths only. A gate rejection fails its `register` task at once (no retry).
+
+Distributed training: with `runtime.nproc_per_node` N > 1 (config, env
+`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` Param; 0 = config) `train_sft` runs
+`python -m torch.distributed.run --standalone --nproc-per-node N -m aigq_model.train_sft ...` (DDP:
+gloo on CPU, nccl on GPU); rank 0 alone publishes and prints the JSON result line. The training
+tasks (`base_lm`, `train_sft`, `grpo_update`) run in the Airflow pool `runtime.training_pool`
+(default `default_pool`), `train_sft` taking N slots (both read when the file is parsed).
 """
 
 from __future__ import annotations
@@ -36,6 +43,26 @@ from airflow.sdk import Param, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
+# Entry points that train under torchrun when nproc_per_node > 1: they publish from rank 0 only.
+# base_lm.pretrain joins them once its main() publishes from rank 0 only (not yet: every rank
+# would publish the same partition).
+DDP_MODULES = ("aigq_model.train_sft",)
+
+
+def _training_pool() -> tuple[str, int]:
+    """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
+    ``default_pool``) and ``runtime.nproc_per_node`` slots, read when the file is parsed."""
+    try:
+        from common.config import load_config
+
+        runtime = load_config().get("runtime") or {}
+        pool = str(runtime.get("training_pool") or "default_pool")
+        return pool, max(1, int(runtime.get("nproc_per_node") or 1))
+    except Exception:  # a broken config must not hide the DAG: the tasks report it when they run
+        return "default_pool", 1
+
+
+TRAINING_POOL, TRAINING_POOL_SLOTS = _training_pool()
 
 PARAMS = {
     "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
@@ -78,6 +105,10 @@ PARAMS = {
     "gate_grpo_tolerance": Param(
         -1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"
     ),
+    "nproc_per_node": Param(
+        0, type="integer", minimum=0, maximum=64,
+        description="IL-SFT processes (torchrun DDP when > 1); 0 = runtime.nproc_per_node",
+    ),
 }
 
 
@@ -89,8 +120,29 @@ def _common_args(params: dict) -> list[str]:
     return out
 
 
+def nproc_per_node(params: dict) -> int:
+    """Training processes: the ``nproc_per_node`` Param when > 0, else ``runtime.nproc_per_node``."""
+    from common.config import load_config
+
+    if int(params.get("nproc_per_node") or 0) > 0:
+        return int(params["nproc_per_node"])
+    cfg = load_config(params.get("config") or None, params.get("profile") or None)
+    return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
+
+
+def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
+    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
+    processes on this node when ``nproc > 1`` and ``module`` is a DDP training entry point."""
+    if nproc > 1 and module in DDP_MODULES:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                str(nproc), "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
 def _run_module(module: str, args: list[str], params: dict) -> dict:
-    """Run ``python -m module args``, stream its output to the task log, return its last JSON line."""
+    """Run ``python -m module args`` (under torchrun for a training entry point when
+    ``nproc_per_node`` > 1), stream its output to the task log, return its last JSON line
+    (rank 0's: the other ranks print none)."""
     import json
     import subprocess
 
@@ -101,7 +153,7 @@ def _run_module(module: str, args: list[str], params: dict) -> dict:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    cmd = [sys.executable, "-m", module, *args]
+    cmd = command(module, args, nproc_per_node(params) if module in DDP_MODULES else 1)
     logger.info("running %s", " ".join(cmd))
     proc = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -142,7 +194,7 @@ def _data_root(params: dict) -> str:
     doc_md=__doc__,
 )
 def aigq_training():
-    @task
+    @task(pool=TRAINING_POOL)
     def base_lm(params=None, ds=None) -> str:
         """Path of the newest base LM at or before ds; pre-trains one when there is none."""
         from aigq_model.train_sft import default_base_model
@@ -156,7 +208,7 @@ def aigq_training():
             args += ["--max-steps", str(params["base_max_steps"])]
         return _run_module("base_lm.pretrain", args, params)["model_dir"]
 
-    @task
+    @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def train_sft(base_model: str, params=None, ds=None) -> str:
         """IL-SFT on the base model; returns the new version's folder (not registered), or "" when
         ``sft=if_missing`` and a policy is already registered."""
@@ -226,7 +278,7 @@ def aigq_training():
             return ""
         return _run_module("aigq_model.ctr", ["--ds", ds, *_common_args(params)], params)["model_dir"]
 
-    @task
+    @task(pool=TRAINING_POOL)
     def grpo_update(sft_dir: str, ctr_dir: str, params=None, ds=None) -> str:
         """IL-GRPO (or plain GRPO) on day T's prompts against day T's CTR model, starting from the
         newest registered update before T, else from the SFT policy; returns the candidate."""

@@ -18,6 +18,13 @@ one-line change (`schedule="@weekly"`) if daily retraining costs too much on big
 
 Every heavy step is a subprocess (`python -m base_lm.pretrain | karma_model.train | .evaluate |
 .embed`) with `OMP_NUM_THREADS` from the params; XCom carries paths only.
+
+**Distributed training**: with `runtime.nproc_per_node` N > 1 (config, env
+`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` param; 0 = config) `train` runs
+`python -m torch.distributed.run --standalone --nproc-per-node N -m karma_model.train ...` (DDP:
+gloo on CPU, nccl on GPU); rank 0 alone publishes and prints the JSON result line. The training
+tasks run in the Airflow pool `runtime.training_pool` (default `default_pool`) taking N slots
+(both read when the DAG file is parsed).
 """
 
 from __future__ import annotations
@@ -30,6 +37,26 @@ from dags.assets import ITEM_CORPUS, KARMA_SAMPLES
 
 VARIANTS = ["act", "act+gen", "act+rec", "act+gen+rec"]  # karma_model.config.VARIANTS
 BASELINES = ["popularity", "cooccurrence", "text"]
+# Entry points that train under torchrun when nproc_per_node > 1: they publish from rank 0 only.
+# base_lm.pretrain joins them once its main() publishes from rank 0 only (not yet: every rank
+# would publish the same partition).
+DDP_MODULES = ("karma_model.train",)
+
+
+def _training_pool() -> tuple[str, int]:
+    """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
+    ``default_pool``) and ``runtime.nproc_per_node`` slots, read when the file is parsed."""
+    try:
+        from common.config import load_config
+
+        runtime = load_config().get("runtime") or {}
+        pool = str(runtime.get("training_pool") or "default_pool")
+        return pool, max(1, int(runtime.get("nproc_per_node") or 1))
+    except Exception:  # a broken config must not hide the DAG: the tasks report it when they run
+        return "default_pool", 1
+
+
+TRAINING_POOL, TRAINING_POOL_SLOTS = _training_pool()
 
 PARAMS = {
     "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
@@ -51,6 +78,8 @@ PARAMS = {
     "min_ratio": Param(0.9, type="number", minimum=0.0, maximum=1.0,
                        description="gate: test HR@200 >= min_ratio x the registered version's"),
     "omp_threads": Param(1, type="integer", minimum=1, maximum=256, description="OMP_NUM_THREADS of the steps"),
+    "nproc_per_node": Param(0, type="integer", minimum=0, maximum=64,
+                            description="training processes (DDP when > 1); 0 = runtime.nproc_per_node"),
 }
 
 
@@ -61,13 +90,32 @@ def _settings(params: dict) -> tuple[dict, str]:
     return cfg, str(params.get("data_root") or cfg["data_root"])
 
 
+def nproc_per_node(params: dict) -> int:
+    """Training processes: the ``nproc_per_node`` param when > 0, else ``runtime.nproc_per_node``."""
+    if int(params.get("nproc_per_node") or 0) > 0:
+        return int(params["nproc_per_node"])
+    cfg, _root = _settings(params)
+    return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
+
+
+def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
+    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
+    processes on this node when ``nproc > 1`` and ``module`` is a DDP training entry point."""
+    import sys
+
+    if nproc > 1 and module in DDP_MODULES:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
 def _run(module: str, args: list[str], params: dict) -> dict:
-    """``python -m module args`` with the step environment; returns its last JSON stdout line."""
+    """``python -m module args`` with the step environment (under torchrun for a training entry
+    point when ``nproc_per_node`` > 1); returns its last JSON stdout line (rank 0's)."""
     import json
     import logging
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     from airflow.sdk.exceptions import AirflowFailException
@@ -79,7 +127,7 @@ def _run(module: str, args: list[str], params: dict) -> dict:
     for key in ("config", "profile"):
         if params.get(key):
             args = [*args, f"--{key}", str(params[key])]
-    cmd = [sys.executable, "-m", module, *args]
+    cmd = command(module, args, nproc_per_node(params) if module in DDP_MODULES else 1)
     logging.getLogger(__name__).info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -117,7 +165,7 @@ def karma_training():
             raise ValueError("no ds: set the ds param or trigger from behavior_etl's asset events")
         return check_ds(max(dates))
 
-    @task
+    @task(pool=TRAINING_POOL)
     def base_lm(day: str, params=None) -> str:
         """Path of the base LM: configured, newest published at or before the day, or pre-trained now."""
         from pathlib import Path
@@ -140,7 +188,7 @@ def karma_training():
             raise FileNotFoundError(f"base_lm.pretrain published nothing under {Path(root) / 'models' / 'base_lm'}")
         return str(path)
 
-    @task
+    @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def train(day: str, base_model: str, params=None) -> str:
         _cfg, root = _settings(params)
         args = ["--ds", day, "--data-root", root, "--variant", params["variant"], "--base-model", base_model,

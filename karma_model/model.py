@@ -11,6 +11,13 @@ and two train-only knowledge regularisers (METHOD.md §1).
   next-token loss; with images, ``L_img`` regresses the next item's image vector from ``e_u``.
 - ``L = L_act + λ_gen L_gen + λ_rec (L_rec + img_weight · L_img)``.
 
+Under DDP (training, ``world > 1``) ``L_act``'s candidates are every rank's candidates: the item
+embeddings are all-gathered with gradient (``torch.distributed.nn.functional.all_gather``), items
+present on several ranks count once (by catalogue row, ``candidate_rows``), and each term is
+re-weighted to its rank's share of the global mean (users, target tokens, image rows), so the mean
+over ranks — what DDP's gradient averaging optimises — equals the single-process loss of the
+whole global batch, value and gradient (see :func:`gather_candidates`).
+
 Inference (:meth:`KarmaModel.encode_history`, :meth:`KarmaModel.encode_items`) uses only the
 backbone, ``W_u``/``W_i`` and the image adapter, so its cost is the same for every variant.
 ``<IMG>`` tokens are placeholders whose input embeddings are replaced by ``image_adapter(vector)``.
@@ -80,6 +87,64 @@ def info_nce_loss(
     if candidate_mask is not None:
         logits = logits.masked_fill(~candidate_mask, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits.float(), labels), logits
+
+
+_warned_no_rows = False
+
+
+def distributed_training() -> bool:
+    """True inside a torchrun process group of more than one rank."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_candidates(
+    item_emb: torch.Tensor, labels: torch.Tensor, candidate_rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Every rank's InfoNCE candidates, for this rank's users: ``(items (U_all, d), labels (B,),
+    candidate_mask (B, U_all) or None)``. Every rank must call it.
+
+    Items are gathered in rank order with gradient: the backward of the gather sums the gradients
+    every rank's loss sends to this rank's items, and DDP's mean over ranks then equals the
+    gradient of the global mean. ``candidate_rows`` (U,) — catalogue rows of this rank's
+    candidates — lets an item that several ranks hold count once, as in one process where the
+    collator deduplicates the whole batch: later copies leave every denominator and a label on a
+    later copy moves to the first. Without it duplicates stay (a small bias; a warning says so).
+    """
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n_local = item_emb.shape[0]
+    sizes = [torch.zeros(1, dtype=torch.long, device=item_emb.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.long, device=item_emb.device))
+    sizes = [int(x) for x in sizes]
+    width = max(sizes)
+    padded = F.pad(item_emb, (0, 0, 0, width - n_local))  # (width, d): equal shapes for the gather
+    items = torch.cat([g[:n] for g, n in zip(all_gather(padded), sizes, strict=True)])  # (U_all, d)
+    labels = labels + sum(sizes[:rank])
+    if candidate_rows is None:
+        global _warned_no_rows
+        if not _warned_no_rows:
+            logger.warning("no candidate_rows: an item held by several ranks counts more than once in L_act")
+            _warned_no_rows = True
+        return items, labels, None
+    rows = F.pad(candidate_rows.to(item_emb.device).long(), (0, width - n_local), value=-1)
+    gathered = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(gathered, rows)
+    rows = torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)])  # (U_all,)
+    _, inverse = torch.unique(rows, return_inverse=True)
+    position = torch.arange(rows.shape[0], device=rows.device)
+    first = torch.full((int(inverse.max()) + 1,), rows.shape[0], dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, inverse, position, reduce="amin")[inverse]  # (U_all,)
+    keep = first == position
+    return items, first[labels], keep.unsqueeze(0).expand(labels.shape[0], -1)
+
+
+def lm_target_count(labels: torch.Tensor) -> int:
+    """How many positions :func:`shifted_lm_loss` averages over for ``labels``."""
+    return int((labels[:, 1:] != IGNORE).sum())
 
 
 def shifted_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
@@ -361,6 +426,7 @@ class KarmaModel(nn.Module):
         labels: torch.Tensor,
         interest_pos: torch.Tensor | None = None,
         candidate_mask: torch.Tensor | None = None,
+        candidate_rows: torch.Tensor | None = None,
         gen_labels: torch.Tensor | None = None,
         rec_input_ids: torch.Tensor | None = None,
         rec_attention_mask: torch.Tensor | None = None,
@@ -370,26 +436,44 @@ class KarmaModel(nn.Module):
         image_targets: torch.Tensor | None = None,
         image_target_mask: torch.Tensor | None = None,
     ) -> KarmaOutput:
-        """All losses of one batch (the :class:`karma_model.data.KarmaCollator` layout)."""
+        """All losses of one batch (the :class:`karma_model.data.KarmaCollator` layout).
+
+        ``candidate_rows`` (U,): catalogue rows of the candidates, used under DDP only (cross-rank
+        deduplication of the gathered candidates).
+        """
+        from base_lm.trainer import global_mean_scale
+
         cfg = self.config
+        ddp = self.training and distributed_training()  # cross-rank negatives and global means
         user_emb, hidden = self._history(
             history_input_ids, history_attention_mask, history_images, interest_pos
         )
         item_emb = self.encode_items(item_input_ids, item_attention_mask, item_images)  # (U, d)
+        if ddp and candidate_mask is None:  # in-batch negatives: every rank's candidates
+            item_emb, labels, candidate_mask = gather_candidates(item_emb, labels, candidate_rows)
         loss_act, logits = info_nce_loss(user_emb, item_emb, labels, cfg.temperature, candidate_mask)
+        if ddp:
+            loss_act = loss_act * global_mean_scale(labels.shape[0], user_emb.device)
         loss = loss_act
         loss_gen = loss_rec = loss_img = None
         if cfg.lambda_gen > 0 and gen_labels is not None:
             loss_gen = shifted_lm_loss(hidden, gen_labels, self.lm_head)
+            if ddp:  # a mean over target tokens: weigh by this rank's share of them
+                loss_gen = loss_gen * global_mean_scale(lm_target_count(gen_labels), user_emb.device)
             loss = loss + cfg.lambda_gen * loss_gen
         if cfg.lambda_rec > 0 and rec_input_ids is not None:
             loss_rec = self.reconstruction_loss(user_emb, rec_input_ids, rec_attention_mask, rec_labels)
+            if ddp:  # the rec labels are preceded by the prefix, all IGNORE: every label counts
+                n_rec = int((rec_labels != IGNORE).sum()) if cfg.n_rec_prefix else lm_target_count(rec_labels)
+                loss_rec = loss_rec * global_mean_scale(n_rec, user_emb.device)
             loss = loss + cfg.lambda_rec * loss_rec
             if self.image_head is not None and image_targets is not None and image_target_mask is not None:
                 pred = self.image_head(user_emb)  # (B, image_dim)
                 loss_img = image_regression_loss(
                     pred, image_targets, image_target_mask.bool(), cfg.image_loss
                 )
+                if ddp:
+                    loss_img = loss_img * global_mean_scale(int(image_target_mask.sum()), user_emb.device)
                 loss = loss + cfg.lambda_rec * cfg.img_weight * loss_img
         return KarmaOutput(
             loss=loss,

@@ -9,7 +9,13 @@ environment; the loop keeps Trainer's checkpoint layout and ``global_step`` sema
 Output (``--out``, default ``<data_root>/models/karma_<variant slug>/<ds>/``, published atomically):
 ``backbone/`` (HF causal LM, safetensors), ``heads.safetensors`` (W_u, W_i, rec/image heads),
 ``karma_config.json``, the tokenizer, ``manifest.json`` (data range, code version, base model,
-losses on train and valid). Reload with :func:`load_karma`.
+losses on train and valid), ``trainer_state.json`` (every step's loss terms). Reload with
+:func:`load_karma`.
+
+Under ``torchrun`` every rank trains on its shard of each global batch (``batch_size`` per rank)
+and ``L_act`` sees every rank's candidates (:func:`karma_model.model.gather_candidates`); rank 0
+alone writes checkpoints and the published folder and prints the JSON result line; the other
+ranks return 0 once training is done.
 
 Usage::
 
@@ -46,6 +52,25 @@ from karma_model.model import KarmaModel
 logger = logging.getLogger(__name__)
 
 
+class TrainCollator(KarmaCollator):
+    """:class:`KarmaCollator` plus ``candidate_rows`` (U,): the catalogue row of each candidate
+    column, which DDP needs to count an item held by several ranks once (as one process does)."""
+
+    def __call__(self, examples):
+        import torch
+
+        batch = super().__call__(examples)
+        rows = list(
+            dict.fromkeys(
+                [ex.target_row for ex in examples] + [n for ex in examples for n in ex.negative_rows]
+            )
+        )
+        if len(rows) != batch["item_input_ids"].shape[0]:  # the collator's candidate order changed
+            raise RuntimeError(f"{len(rows)} candidate rows for {batch['item_input_ids'].shape[0]} items")
+        batch["candidate_rows"] = torch.tensor(rows, dtype=torch.long)  # (n_candidates,)
+        return batch
+
+
 def loop_args(config: KarmaConfig, checkpoint_dir: str | Path):
     """The training-loop settings of a KARMA config."""
     from base_lm.trainer import LoopArgs
@@ -68,11 +93,11 @@ def train_karma(
     ``train_state.log_history`` holds every step's loss terms; ``metrics`` summarises them and adds
     the mean loss terms on ``valid_samples``.
     """
-    from base_lm.trainer import evaluate_loss, train_loop
+    from base_lm.trainer import evaluate_loss, is_main_process, train_loop
 
     model, tokenizer = KarmaModel.from_base(base_model, config, attn_implementation=attn_implementation)
     encoder = KarmaEncoder(tokenizer, config, catalog)
-    collator = KarmaCollator(encoder)
+    collator = TrainCollator(encoder)
     train_ds = KarmaDataset(train_samples, encoder)
     logger.info(
         "training %s on %d samples, %d items (lambda_gen=%.3g, lambda_rec=%.3g, images=%s)",
@@ -102,7 +127,8 @@ def train_karma(
         if state.log_history
         else {},
     }
-    if valid_samples is not None and valid_samples.num_rows and config.eval_batches:
+    # metrics are rank 0's to publish: the other ranks skip the evaluation
+    if valid_samples is not None and valid_samples.num_rows and config.eval_batches and is_main_process():
         valid_ds = KarmaDataset(valid_samples, encoder)
         metrics["valid"] = evaluate_loss(model, valid_ds, collator, config.batch_size, config.eval_batches)
         metrics["n_valid"] = len(valid_ds)
@@ -142,8 +168,17 @@ def default_base_model(data_root: str | Path, ds: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from base_lm.trainer import cleanup_distributed
+
+    try:
+        return _main(argv)
+    finally:
+        cleanup_distributed()
+
+
+def _main(argv: list[str] | None) -> int:
     from base_lm.pretrain import quiet_offline_hf
-    from base_lm.trainer import is_main_process, setup_distributed
+    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed, write_trainer_state
     from common.config import load_config
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
@@ -188,17 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = final.parent / f".ckpt-{final.name}"
 
     rank, _world, _device = setup_distributed()
+    quiet_other_ranks(rank)
     if not args.resume and rank == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
+    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
     train = read_samples(data_root, ds_list, "train")
     if train.num_rows == 0:
         raise FileNotFoundError(f"no karma_samples train rows for {ds_list[0]}..{ds} under {data_root}")
     valid = read_samples(data_root, ds_list, "valid")
     catalog = ItemCatalog.from_table(read_item_corpus(data_root, ds))
-    model, tokenizer, _state, metrics = train_karma(
+    model, tokenizer, state, metrics = train_karma(
         config, base_model, train, catalog, checkpoint_dir, valid, resume=bool(args.resume)
     )
-    if not is_main_process():
+    if rank != 0:  # rank 0 publishes, cleans up and prints the result line
         return 0
     manifest = {
         "name": f"karma_{config.slug}",
@@ -213,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": metrics,
     }
     with atomic_partition(final, manifest) as tmp:
+        write_trainer_state(state, tmp)
         save_karma(model.to("cpu"), tokenizer, tmp, manifest)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(json.dumps({"model_dir": str(final), "metrics": metrics}, sort_keys=True))
