@@ -8,13 +8,21 @@ are ordered by time, then event type (``search, view, click, cart, buy, exit``),
 id and request id; the history of an anchor is the last ``history_len`` behaviours strictly
 before the anchor time, oldest first, each with its ``time_bucket`` relative to the anchor.
 The export's anchor is the end of ``ds`` (midnight UTC of the next day).
+
+Shards (``runtime.export_shards``, the DAG's mapped u2q / u2i tasks): user ``u`` belongs to shard
+``zlib.crc32(utf-8 u) mod N`` (:func:`shard_of`), a pure function of the id, so the split does not
+depend on row order, the day's other users or the machine; :func:`shard_users` keeps the order of
+its input (the sorted active users), and a shard builds histories from its own users' events only
+(a history depends on its user's events alone, so the rows are those of an unsharded run).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +96,48 @@ def anchor_time(ds: str) -> dt.datetime:
 def chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
+
+
+# --- shards ---------------------------------------------------------------------------------------
+def check_shard(shard: int, num_shards: int) -> tuple[int, int]:
+    """``(shard, num_shards)`` validated: ``num_shards >= 1`` and ``0 <= shard < num_shards``."""
+    if int(num_shards) < 1 or not 0 <= int(shard) < int(num_shards):
+        raise ValueError(f"shard must be in [0, num_shards) with num_shards >= 1, got {shard} of {num_shards}")
+    return int(shard), int(num_shards)
+
+
+def shard_of(user_id: str, num_shards: int) -> int:
+    """The shard of a user: ``crc32(utf-8 id) mod num_shards`` (stable across processes and
+    machines, unlike ``hash()``).
+
+    >>> [shard_of("alice", n) for n in (1, 2, 3, 4)]
+    [0, 1, 2, 3]
+    """
+    return zlib.crc32(str(user_id).encode("utf-8")) % int(num_shards)
+
+
+def shard_users(users: Sequence[str], shard: int, num_shards: int) -> list[str]:
+    """The users of ``shard`` in their input order.
+
+    >>> users = [f"u{i}" for i in range(10)]
+    >>> parts = [shard_users(users, i, 3) for i in range(3)]
+    >>> sorted(u for p in parts for u in p) == sorted(users), shard_users(users, 0, 1) == users
+    (True, True)
+    """
+    shard, num_shards = check_shard(shard, num_shards)
+    if num_shards == 1:
+        return list(users)
+    return [u for u in users if shard_of(u, num_shards) == shard]
+
+
+def users_digest(users: Sequence[str]) -> str:
+    """sha256 of the sorted user ids: a part manifest records the users it was generated for, and
+    the publish step checks them against its own split of the day's active users."""
+    digest = hashlib.sha256()
+    for u in sorted(users):
+        digest.update(str(u).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -310,25 +360,55 @@ class ExportInputs:
     items_ds: str | None
     users_ds: str | None
     event_days: list[str]
+    active_total: int = -1  # active users of the whole day (``len(active)`` unless sharded)
+    shard: tuple[int, int] | None = None  # (shard, num_shards) when the inputs are one shard's
 
 
-def load_inputs(root: str | Path, ds: str, config: ExportConfig) -> ExportInputs:
-    """Read the clean events of the lookback window (and the snapshots) for ``ds``.
-
-    Raises :class:`ExportInputError` when ``ds`` itself has no published clean events.
-    """
+def _require_events(root: str | Path, ds: str) -> None:
     from common.paths import is_published, partition_path
 
     if not is_published(partition_path(root, "clean", "behavior_events", ds)):
         raise ExportInputError(
             f"clean behavior_events not published for {ds}: {partition_path(root, 'clean', 'behavior_events', ds)}"
         )
+
+
+def load_inputs(root: str | Path, ds: str, config: ExportConfig,
+                shard: tuple[int, int] | None = None) -> ExportInputs:
+    """Read the clean events of the lookback window (and the snapshots) for ``ds``.
+
+    ``shard=(i, n)``: ``active`` holds shard ``i`` of ``n``'s active users only (in sorted order) and
+    the behaviour log only their events; ``events`` stays the whole window (the popularity list
+    is the day's, the same for every shard).
+    Raises :class:`ExportInputError` when ``ds`` itself has no published clean events.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _require_events(root, ds)
     days = window_days(ds, max(config.lookback_days + 1, config.window_days))
     events = read_days(root, "clean", "behavior_events", days)
     items, items_ds = read_snapshot(root, "items", ds)
     users, users_ds = read_snapshot(root, "users", ds)
-    log = BehaviourLog(events, items)
     active = active_users(events, ds, config.window_days)
-    logger.info("%d active users on %s (window %d days), %d behaviours over %s..%s", len(active), ds,
-                config.window_days, log.n_behaviours, days[0], days[-1])
-    return ExportInputs(ds, events, log, profiles(users), active, items_ds, users_ds, days)
+    total = len(active)
+    log_events = events
+    if shard is not None:
+        shard = check_shard(*shard)
+        active = shard_users(active, *shard)
+        if shard[1] > 1 and events is not None:
+            log_events = events.filter(pc.is_in(events["user_id"], value_set=pa.array(active, pa.string())))
+    log = BehaviourLog(log_events, items)
+    logger.info("%d active users on %s (window %d days)%s, %d behaviours over %s..%s", len(active), ds,
+                config.window_days, f", shard {shard[0]} of {shard[1]} ({total} in all)" if shard else "",
+                log.n_behaviours, days[0], days[-1])
+    return ExportInputs(ds, events, log, profiles(users), active, items_ds, users_ds, days, total, shard)
+
+
+def load_active(root: str | Path, ds: str, config: ExportConfig) -> list[str]:
+    """The sorted active users of ``ds`` (as :func:`load_inputs` finds them, without building the
+    behaviour log): what the publish step of a sharded export gates coverage against."""
+    _require_events(root, ds)
+    days = window_days(ds, max(config.lookback_days + 1, config.window_days))  # as load_inputs
+    events = read_days(root, "clean", "behavior_events", days)
+    return active_users(events, ds, config.window_days)

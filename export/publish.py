@@ -6,21 +6,37 @@ through a :class:`common.publish.PartitionBatch`; batches are appended as
 every staged table into place and writes ``_manifest.json`` and ``_SUCCESS``; an exception
 (a failed gate included) inside ``common.publish.staged_partitions`` removes the staging
 folders, and a killed process leaves only hidden folders that the next run's ``stage`` deletes.
+
+Shards (the DAG's mapped u2q / u2i tasks; ``--shard I --num-shards N --stage-only``): each shard
+writes its part under the staging area of the data root,
+``<root>/exports/_staging/<table>/ds=<ds>/<run>/part-<I>-of-<N>/`` (``<run>`` = the run id, made
+path-safe by :func:`run_folder_name`), through ``common.publish.atomic_partition``: a hidden
+temporary sibling renamed into place, then ``_manifest.json`` (the part manifest: counts, model,
+inputs, the users' digest) and ``_SUCCESS``, so a killed shard leaves no visible part and a
+rerun replaces its part whole. The publish step (``--publish-parts --num-shards N``) reads
+exactly the N complete parts (:func:`read_parts`), checks that they agree (same model, same
+inputs, the expected users), merges them into one :class:`StagedTable`, runs the table's gates
+and publishes as an unsharded run does, then removes the run's staging folder
+(:func:`remove_staging`; run folders of other runs untouched for :data:`STALE_STAGING_S` go too).
+By hand: ``python -m export.publish clean-staging [--data-root R] [--older-than-hours H]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,6 +53,23 @@ EXIT_INPUT = 4
 #: Test hook: after writing batch N (0-based) of any export, sleep (``EXPORT_FAULT_ACTION=sleep``,
 #: ``EXPORT_FAULT_SLEEP_S`` seconds, default 600) or SIGKILL the process (``kill``, the default).
 FAULT_ENV = "EXPORT_FAULT_AFTER_BATCH"
+#: Test hook of the sharded path: ``EXPORT_FAIL_SHARD=u2q:1`` (comma-separated ``<table>:<shard>``
+#: pairs) makes that shard raise after writing its first batch (exit 1: Airflow retries that
+#: mapped task instance, which fails again while the variable is set). Nothing else reads it.
+FAIL_SHARD_ENV = "EXPORT_FAIL_SHARD"
+#: The shard parts' area: ``<root>/exports/_staging/<table>/ds=<ds>/<run>/part-<i>-of-<n>/``.
+STAGING = "_staging"
+#: Staging run folders not modified for this long are removed by a table's next successful publish.
+STALE_STAGING_S = 2 * 86400
+_PART_RE = re.compile(r"^part-(\d+)-of-(\d+)$")
+_SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _as_table(data: pa.Table | list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows or a Table in ``schema`` (columns selected in order, types cast)."""
+    if isinstance(data, pa.Table):
+        return data.select(schema.names).cast(schema)
+    return pa.Table.from_pylist(list(data), schema=schema)
 
 
 class StagedTable:
@@ -56,8 +89,7 @@ class StagedTable:
 
     def write(self, data: pa.Table | list[dict]) -> int:
         """Append one batch (cast to the table's schema) as its own Parquet file."""
-        tbl = data.select(self.schema.names).cast(self.schema) if isinstance(data, pa.Table) \
-            else pa.Table.from_pylist(list(data), schema=self.schema)
+        tbl = _as_table(data, self.schema)
         if tbl.num_rows == 0:
             return 0
         pq.write_table(tbl, self.tmp / f"part-{self._parts:05d}.parquet")
@@ -118,6 +150,254 @@ def fault_hook(batch_index: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def shard_fault_hook(table: str, shard: int) -> None:
+    """The test hook of :data:`FAIL_SHARD_ENV` (does nothing unless it names ``table:shard``)."""
+    wanted = {x.strip() for x in os.environ.get(FAIL_SHARD_ENV, "").split(",") if x.strip()}
+    if f"{table}:{shard}" in wanted:
+        logger.warning("fault injection: %s=%s fails %s shard %d", FAIL_SHARD_ENV, os.environ[FAIL_SHARD_ENV],
+                       table, shard)
+        raise RuntimeError(f"injected failure of {table} shard {shard} ({FAIL_SHARD_ENV})")
+
+
+# --- shard parts -------------------------------------------------------------------------------
+def run_folder_name(run_id: str) -> str:
+    """A path-safe folder name for a run id: the id itself when it is made of ``[A-Za-z0-9._-]``,
+    else the id with other characters replaced by ``_`` plus 8 hex digits of its sha1 (unique).
+
+    >>> run_folder_name("run-1"), run_folder_name("manual__2026-11-02T00:00:00+00:00")
+    ('run-1', 'manual__2026-11-02T00_00_00_00_00-3c6eb2ae')
+    """
+    if run_id and not _SAFE_RE.search(run_id) and not run_id.startswith("."):
+        return run_id
+    return f"{_SAFE_RE.sub('_', run_id).lstrip('.')}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+
+
+def staging_dir(root: str | Path, table: str, ds: str | None = None, run_id: str | None = None) -> Path:
+    """``<root>/exports/_staging/<table>[/ds=<ds>[/<run>]]``."""
+    from common.paths import check_ds, table_path
+
+    path = table_path(root, AREA, STAGING) / table
+    if ds is not None:
+        path = path / f"ds={check_ds(ds)}"
+        if run_id is not None:
+            path = path / run_folder_name(run_id)
+    return path
+
+
+def part_name(shard: int, num_shards: int) -> str:
+    return f"part-{int(shard)}-of-{int(num_shards)}"
+
+
+class StagedPart:
+    """One shard's output being written: a folder per table of ``part-<n>.parquet`` files in a
+    hidden sibling of the part (see :func:`staged_part`)."""
+
+    def __init__(self, tmp: Path, final: Path, manifest: dict):
+        from common.schemas import arrow_schema
+
+        self.tmp, self.final, self.manifest = tmp, final, manifest
+        self._schema = arrow_schema
+        self.rows: dict[str, int] = {}
+        self._files: dict[str, int] = {}
+
+    def write(self, table: str, data: pa.Table | list[dict]) -> int:
+        tbl = _as_table(data, self._schema(table))
+        self.rows.setdefault(table, 0)
+        if tbl.num_rows == 0:
+            return 0
+        folder = self.tmp / table
+        folder.mkdir(exist_ok=True)
+        n = self._files.get(table, 0)
+        pq.write_table(tbl, folder / f"part-{n:05d}.parquet")
+        self._files[table] = n + 1
+        self.rows[table] += tbl.num_rows
+        return tbl.num_rows
+
+
+@contextlib.contextmanager
+def staged_part(root: str | Path, table: str, ds: str, run_id: str, shard: int, num_shards: int,
+                manifest: dict | None = None) -> Iterator[StagedPart]:
+    """Write shard ``shard`` of ``num_shards`` of ``table`` for (ds, run id): on success the part
+    replaces any earlier one of the same shard, complete with ``_manifest.json`` and ``_SUCCESS``;
+    on an exception (or a kill) nothing visible is left."""
+    from common.publish import atomic_partition
+    from export.data import check_shard
+
+    shard, num_shards = check_shard(shard, num_shards)
+    final = staging_dir(root, table, ds, run_id) / part_name(shard, num_shards)
+    manifest = {} if manifest is None else manifest
+    manifest.update(table=table, ds=ds, run_id=run_id, shard=shard, num_shards=num_shards)
+    with atomic_partition(final, manifest) as tmp:
+        part = StagedPart(tmp, final, manifest)
+        yield part
+        manifest["rows"] = dict(part.rows)
+    logger.info("staged %s part %d of %d: %s (%s rows)", table, shard + 1, num_shards, final, part.rows)
+
+
+@dataclass
+class Part:
+    """A complete shard part read back by the publish step."""
+
+    shard: int
+    num_shards: int
+    path: Path
+    manifest: dict
+
+    def read(self, table: str) -> pa.Table:
+        from common.schemas import arrow_schema
+
+        schema = arrow_schema(table)
+        files = sorted((self.path / table).glob("part-*.parquet"))
+        if not files:
+            return schema.empty_table()
+        return pa.concat_tables([pq.ParquetFile(f).read().cast(schema) for f in files])
+
+
+def read_parts(root: str | Path, table: str, ds: str, run_id: str, num_shards: int) -> list[Part]:
+    """The ``num_shards`` complete parts of (table, ds, run id), shard order; :class:`ExportInputError`
+    (nothing is published) unless every shard ``0 .. num_shards-1`` has a complete part written
+    for this run. Parts of another shard count in the same folder are ignored."""
+    from common.paths import is_published
+    from common.publish import read_manifest
+    from export.data import ExportInputError
+
+    if int(num_shards) < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    run = staging_dir(root, table, ds, run_id)
+    found, other = {}, []
+    for child in sorted(run.iterdir()) if run.is_dir() else []:
+        m = _PART_RE.match(child.name)
+        if m is None or not is_published(child):
+            continue
+        if int(m[2]) == int(num_shards):
+            found[int(m[1])] = child
+        else:
+            other.append(child.name)
+    if other:
+        logger.warning("ignoring parts of another shard count in %s: %s", run, other)
+    missing = [i for i in range(num_shards) if i not in found]
+    if missing:
+        raise ExportInputError(f"{table} {ds}: {len(found)} of {num_shards} shard parts complete under {run} "
+                               f"(missing shards {missing}); nothing published")
+    parts = []
+    for i in range(num_shards):
+        manifest = read_manifest(found[i])
+        if (manifest.get("run_id"), manifest.get("shard"), manifest.get("num_shards")) != (run_id, i, num_shards):
+            raise ExportInputError(f"{found[i]}: part manifest names run {manifest.get('run_id')!r} shard "
+                                   f"{manifest.get('shard')} of {manifest.get('num_shards')}, expected {run_id!r} "
+                                   f"shard {i} of {num_shards}")
+        parts.append(Part(i, num_shards, found[i], manifest))
+    return parts
+
+
+def check_parts(parts: Sequence[Part], active: Sequence[str], same: Sequence[str]) -> dict:
+    """Check that the parts belong together and cover ``active`` (the day's active users): every
+    key of ``same`` (model, inputs ...) equal across parts, each part generated for exactly its
+    shard of ``active``. Returns the first part's manifest; :class:`ExportInputError` otherwise."""
+    from export.data import ExportInputError, shard_users, users_digest
+
+    first = parts[0].manifest
+    for part in parts:
+        differ = [k for k in same if part.manifest.get(k) != first.get(k)]
+        if differ:
+            raise ExportInputError(f"shard parts disagree on {differ}: {parts[0].path} vs {part.path} "
+                                   f"(a model or input changed between shards; rerun the shards)")
+        mine = shard_users(active, part.shard, part.num_shards)
+        if part.manifest.get("users") != len(mine) or part.manifest.get("users_sha256") != users_digest(mine):
+            raise ExportInputError(f"{part.path} was generated for {part.manifest.get('users')} users, but shard "
+                                   f"{part.shard} of {part.num_shards} of today's {len(active)} active users has "
+                                   f"{len(mine)} (other users or inputs; rerun the shards)")
+    return first
+
+
+def sum_counts(parts: Sequence[Part]) -> dict:
+    """The parts' ``counts`` added up key by key."""
+    out: dict = {}
+    for part in parts:
+        for key, value in (part.manifest.get("counts") or {}).items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def shard_summary(parts: Sequence[Part]) -> dict:
+    """What the published manifest records of its parts."""
+    return {"count": len(parts), "parts": [
+        {"shard": p.shard, "users": p.manifest.get("users"), "rows": p.manifest.get("rows"),
+         "seconds": p.manifest.get("generation_seconds")} for p in parts]}
+
+
+def _remove_tree(path: Path) -> None:
+    hidden = path.parent / f".del-{path.name}-{uuid.uuid4().hex[:12]}"
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _prune_empty(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to (not including) ``stop`` while they are empty."""
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def _newest_mtime(path: Path) -> float:
+    times = [path.stat().st_mtime]
+    for child in path.iterdir():
+        try:
+            times.append(child.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times)
+
+
+def clean_staging(root: str | Path, table: str | None = None, older_than_s: float = STALE_STAGING_S,
+                  keep: Path | None = None) -> list[Path]:
+    """Remove staging run folders (``_staging/<table>/ds=*/<run>``, every table when ``table`` is
+    None) whose newest entry is older than ``older_than_s`` seconds (0: all), except ``keep``.
+    Returns the removed folders."""
+    from common.paths import table_path
+
+    base = table_path(root, AREA, STAGING)
+    tables = [base / table] if table else (sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else [])
+    now, removed = time.time(), []
+    for tdir in tables:
+        for ds_dir in sorted(tdir.glob("ds=*")) if tdir.is_dir() else []:
+            for run in sorted(p for p in ds_dir.iterdir() if p.is_dir() and not p.name.startswith(".del-")):
+                if keep is not None and run == keep:
+                    continue
+                try:
+                    if older_than_s > 0 and now - _newest_mtime(run) < older_than_s:
+                        continue
+                except FileNotFoundError:
+                    continue
+                _remove_tree(run)
+                removed.append(run)
+            _prune_empty(ds_dir, base.parent)
+    if removed:
+        logger.info("removed %d staging run folders: %s", len(removed), [str(p) for p in removed])
+    return removed
+
+
+def remove_staging(root: str | Path, table: str, ds: str, run_id: str) -> list[Path]:
+    """After a publish: remove the run's staging folder (and empty parents), and the table's
+    staging run folders of other runs untouched for :data:`STALE_STAGING_S`."""
+    from common.paths import table_path
+
+    run = staging_dir(root, table, ds, run_id)
+    removed = []
+    if run.exists():
+        _remove_tree(run)
+        removed.append(run)
+    removed += clean_staging(root, table, STALE_STAGING_S)
+    _prune_empty(run.parent, table_path(root, AREA, STAGING).parent)
+    return removed
+
+
 # --- entry-point frame -------------------------------------------------------------------------
 def arg_parser(description: str, coverage: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
@@ -130,6 +410,35 @@ def arg_parser(description: str, coverage: bool = True) -> argparse.ArgumentPars
     if coverage:
         parser.add_argument("--min-coverage", type=float, default=None, help="override export.min_coverage")
     return parser
+
+
+def add_shard_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The sharded path: ``--shard I --num-shards N --stage-only`` writes shard I's part,
+    ``--publish-parts --num-shards N`` merges the N parts, gates and publishes."""
+    group = parser.add_argument_group("shards (nightly_export's mapped tasks)")
+    group.add_argument("--shard", type=int, default=None, help="this shard (0-based; with --num-shards, --stage-only)")
+    group.add_argument("--num-shards", type=int, default=None, help="users split by crc32(user_id) mod N")
+    group.add_argument("--stage-only", action="store_true",
+                       help="write this shard's part under exports/_staging/ (no gates, no publish)")
+    group.add_argument("--publish-parts", action="store_true",
+                       help="merge the run's N complete parts, run the gates on the whole table, publish")
+    return parser
+
+
+def shard_mode(args, parser: argparse.ArgumentParser) -> str:
+    """``"all"`` (no shard arguments: the single-process path), ``"stage"`` or ``"publish"``;
+    inconsistent arguments exit 2 through ``parser.error``."""
+    if args.shard is None and args.num_shards is None and not args.stage_only and not args.publish_parts:
+        return "all"
+    if args.num_shards is None or args.num_shards < 1:
+        parser.error("--num-shards N (>= 1) is required with --shard, --stage-only or --publish-parts")
+    if args.stage_only == args.publish_parts:
+        parser.error("give exactly one of --stage-only (with --shard) and --publish-parts")
+    if args.stage_only and (args.shard is None or not 0 <= args.shard < args.num_shards):
+        parser.error(f"--stage-only needs --shard in [0, {args.num_shards})")
+    if args.publish_parts and args.shard is not None:
+        parser.error("--publish-parts merges every shard: no --shard")
+    return "stage" if args.stage_only else "publish"
 
 
 def settings(args) -> tuple[dict, str, str, str]:
@@ -174,3 +483,29 @@ def run_main(name: str, body: Callable[[argparse.Namespace], dict], parser: argp
     print(json.dumps(result, sort_keys=True, default=str))
     sys.stdout.flush()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m export.publish clean-staging [--data-root R] [--older-than-hours H] [--table T]``."""
+    from common.config import load_config
+    from common.logging_setup import setup_logging
+
+    parser = argparse.ArgumentParser(description="export staging maintenance")
+    sub = parser.add_subparsers(dest="command", required=True)
+    clean = sub.add_parser("clean-staging", help="remove shard staging run folders (exports/_staging/)")
+    clean.add_argument("--config", default=None)
+    clean.add_argument("--profile", default=None)
+    clean.add_argument("--data-root", default=None)
+    clean.add_argument("--table", default=None, help="only this table (default: all)")
+    clean.add_argument("--older-than-hours", type=float, default=STALE_STAGING_S / 3600,
+                       help="only run folders untouched this long (0: all; default %(default)s)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    root = str(Path(args.data_root).resolve()) if args.data_root else load_config(args.config, args.profile)["data_root"]
+    removed = clean_staging(root, args.table, args.older_than_hours * 3600)
+    print(json.dumps({"removed": [str(p) for p in removed]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

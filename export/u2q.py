@@ -22,10 +22,20 @@ Gates (on this run's rows and on the merged table): coverage of the active users
 duplicate (user, ds, rank) and (user, ds, query), ranks in [1, k], zero block-listed queries,
 list lengths in [``min_list_len``, k], at most M runs per user.
 
+Shards (``nightly_export`` maps one task per shard): ``--shard I --num-shards N --stage-only``
+generates the lists of shard I's active users (``crc32(user_id) mod N``, :mod:`export.data`) into
+its part under ``exports/_staging/u2q/ds=<ds>/<run>/`` (:mod:`export.publish`); then
+``--publish-parts --num-shards N`` merges the N parts, carries the previous runs and runs the
+same gates on the whole table as above before publishing. Every user's list depends on their own
+history only (greedy decoding; the generation batches differ with N but left-padded greedy
+decoding gave the same tokens in the tests), so the published rows and ``content_hash`` match an
+unsharded run's.
+
 Usage::
 
     python -m export.u2q --ds 2026-11-03 [--data-root R] [--config F] [--profile P] [--run-id ID]
         [--batch-users N] [--min-coverage X] [--max-new-tokens N]
+        [--shard I --num-shards N --stage-only | --publish-parts --num-shards N]
 """
 
 from __future__ import annotations
@@ -119,43 +129,50 @@ def gate_u2q(table: pa.Table, today: pa.Table, active, ex, blocked) -> dict:
     })
 
 
-def export_u2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
-               min_coverage: float | None = None, max_new_tokens: int | None = None) -> dict:
-    """Generate, gate and publish ``exports/u2q/ds=<ds>``; returns the manifest summary."""
-    from aigq_model.generate import generate_lists
-    from common.publish import staged_partitions
-    from export import gates, models
-    from export.data import ExportConfig, anchor_time, build_samples, chunks, load_inputs
-    from export.publish import StagedTable, apply_retention, content_hash, fault_hook
+class _Generation:
+    """The policy, decoding settings and inputs of one run (or one shard of it), and the loop that
+    writes the lists of the run's active users batch by batch."""
 
-    ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
-    reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy")
-    if reg.fallback_used:
-        logger.warning("no registered %s: using %s/%s", reg.preferred, reg.name, reg.version)
-    style, max_history = models.policy_settings(reg)
-    model, tok = models.load_policy(reg)
-    decoding, gen_batch = models.decoding(cfg, ex.generate, max_new_tokens)
-    blocked = models.blocklist(cfg, ex.blocklist)
-    inputs = load_inputs(root, ds, ex)
-    popular = models.popular_queries(inputs.events, ds, ex.u2q_k, blocked)
-    generated_at = anchor_time(ds)
-    manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
-                                            "preferred": reg.preferred, "fallback_used": reg.fallback_used},
-                "decoding": dataclasses.asdict(decoding), "window_days": ex.window_days, "event_days": inputs.event_days,
-                "users_ds": inputs.users_ds, "items_ds": inputs.items_ds, "keep_runs": ex.u2q_keep_runs}
-    counts = {"active_users": len(inputs.active), "model_rows": 0, "fallback_rows": 0, "cold_start_users": 0,
-              "malformed": 0}
-    n_batches = (len(inputs.active) + ex.batch_users - 1) // ex.batch_users
-    t0 = time.perf_counter()
-    with staged_partitions() as batch:
-        staged = StagedTable(batch, root, TABLE, ds, manifest)
+    def __init__(self, cfg: dict, root: str, ds: str, run_id: str, ex, max_new_tokens: int | None = None,
+                 shard: tuple[int, int] | None = None):
+        from export import models
+        from export.data import anchor_time, load_inputs
+
+        self.ds, self.run_id, self.ex = ds, run_id, ex
+        self.reg = reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy")
+        if reg.fallback_used:
+            logger.warning("no registered %s: using %s/%s", reg.preferred, reg.name, reg.version)
+        self.style, self.max_history = models.policy_settings(reg)
+        self.model, self.tok = models.load_policy(reg)
+        self.decoding, self.gen_batch = models.decoding(cfg, ex.generate, max_new_tokens)
+        self.blocked = models.blocklist(cfg, ex.blocklist)
+        self.inputs = inputs = load_inputs(root, ds, ex, shard=shard)
+        self.popular = models.popular_queries(inputs.events, ds, ex.u2q_k, self.blocked)
+        self.generated_at = anchor_time(ds)
+        self.manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
+                                                     "preferred": reg.preferred, "fallback_used": reg.fallback_used},
+                         "decoding": dataclasses.asdict(self.decoding), "window_days": ex.window_days,
+                         "event_days": inputs.event_days, "users_ds": inputs.users_ds, "items_ds": inputs.items_ds,
+                         "keep_runs": ex.u2q_keep_runs}
+        self.counts = {"active_users": len(inputs.active), "model_rows": 0, "fallback_rows": 0,
+                       "cold_start_users": 0, "malformed": 0}
+
+    def run(self, write, after_batch=None) -> dict:
+        """Generate every active user's list, ``write(rows)`` per batch; returns the counts."""
+        from aigq_model.generate import generate_lists
+        from export.data import build_samples, chunks
+        from export.publish import fault_hook
+
+        ex, inputs, counts = self.ex, self.inputs, self.counts
+        n_batches = (len(inputs.active) + ex.batch_users - 1) // ex.batch_users
+        t0 = time.perf_counter()
         for i, users in enumerate(chunks(inputs.active, ex.batch_users)):
-            samples = build_samples(inputs.log, users, inputs.profile, ds, ex.max_history)
-            gens = generate_lists(model, tok, samples, kind="direct", k=ex.u2q_k, batch_size=gen_batch,
-                                  decoding=decoding, fallback=popular, blocklist=blocked, style=style,
-                                  max_history=max_history)
-            rows = u2q_rows(users, gens, ds, run_id, reg.name, reg.version, generated_at)
-            staged.write(rows)
+            samples = build_samples(inputs.log, users, inputs.profile, self.ds, ex.max_history)
+            gens = generate_lists(self.model, self.tok, samples, kind="direct", k=ex.u2q_k,
+                                  batch_size=self.gen_batch, decoding=self.decoding, fallback=self.popular,
+                                  blocklist=self.blocked, style=self.style, max_history=self.max_history)
+            rows = u2q_rows(users, gens, self.ds, self.run_id, self.reg.name, self.reg.version, self.generated_at)
+            write(rows)
             counts["model_rows"] += sum(r["source"] == "model" for r in rows)
             counts["fallback_rows"] += sum(r["source"] == "fallback" for r in rows)
             counts["cold_start_users"] += sum(not g.model_called for g in gens)
@@ -164,31 +181,144 @@ def export_u2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
             logger.info("u2q batch %d/%d: %d users (%d/%d, %.1f users/s)", i + 1, n_batches, len(users), done,
                         len(inputs.active), done / max(time.perf_counter() - t0, 1e-9))
             fault_hook(i)
+            if after_batch is not None:
+                after_batch(i)
+        return counts
+
+
+def _carry_gate_publish(staged, root: str, ds: str, today: pa.Table, active, ex, blocked, manifest: dict,
+                        counts: dict, t0: float) -> tuple[pa.Table, pa.Table]:
+    """Inside ``staged_partitions``: add the previous runs to today's staged rows, run the gates on
+    the merged table, complete the manifest and raise :class:`export.gates.GateFailed` on a failed
+    gate (nothing published). Returns ``(table, carried)``."""
+    from export import gates
+    from export.publish import content_hash
+
+    previous, previous_ds = previous_snapshot(root, ds)
+    carried = carry_previous_runs(previous, ds, set(active), ex.u2q_keep_runs, blocked)
+    staged.write(carried)
+    table = staged.read()
+    results = gate_u2q(table, today, active, ex, blocked)
+    manifest.update(counts=counts, rows=table.num_rows, rows_today=today.num_rows,
+                    rows_carried=carried.num_rows, previous_ds=previous_ds, gates=results,
+                    content_hash=content_hash(table, KEYS), generation_seconds=round(time.perf_counter() - t0, 2))
+    gates.enforce(TABLE, results)
+    return table, carried
+
+
+def _result(staged, table: pa.Table, today: pa.Table, manifest: dict, deleted, **extra) -> dict:
+    model = manifest["model"]
+    return {"table": TABLE, "path": str(staged.final), "rows": table.num_rows, "rows_today": today.num_rows,
+            "model": f"{model['name']}/{model['version']}", "fallback_policy": model["fallback_used"],
+            "counts": manifest["counts"], "retention_deleted": deleted, "content_hash": manifest["content_hash"],
+            **extra}
+
+
+def export_u2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
+               min_coverage: float | None = None, max_new_tokens: int | None = None) -> dict:
+    """Generate, gate and publish ``exports/u2q/ds=<ds>``; returns the manifest summary."""
+    from common.publish import staged_partitions
+    from export.data import ExportConfig
+    from export.publish import StagedTable, apply_retention
+
+    ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
+    gen = _Generation(cfg, root, ds, run_id, ex, max_new_tokens)
+    manifest = gen.manifest
+    t0 = time.perf_counter()
+    with staged_partitions() as batch:
+        staged = StagedTable(batch, root, TABLE, ds, manifest)
+        counts = gen.run(staged.write)
         today = staged.read()
-        previous, previous_ds = previous_snapshot(root, ds)
-        carried = carry_previous_runs(previous, ds, set(inputs.active), ex.u2q_keep_runs, blocked)
-        staged.write(carried)
-        table = staged.read()
-        results = gate_u2q(table, today, inputs.active, ex, blocked)
-        manifest.update(counts=counts, rows=table.num_rows, rows_today=today.num_rows,
-                        rows_carried=carried.num_rows, previous_ds=previous_ds, gates=results,
-                        content_hash=content_hash(table, KEYS), generation_seconds=round(time.perf_counter() - t0, 2))
-        gates.enforce(TABLE, results)
+        table, _ = _carry_gate_publish(staged, root, ds, today, gen.inputs.active, ex, gen.blocked, manifest, counts,
+                                       t0)
     deleted = apply_retention(root, TABLE, ex.keep_partitions, protect=ds)
     logger.info("published %s (%d rows, %d today)", staged.final, table.num_rows, today.num_rows)
-    return {"table": TABLE, "path": str(staged.final), "rows": table.num_rows, "rows_today": today.num_rows,
-            "model": f"{reg.name}/{reg.version}", "fallback_policy": reg.fallback_used, "counts": counts,
-            "retention_deleted": deleted, "content_hash": manifest["content_hash"]}
+    return _result(staged, table, today, manifest, deleted)
+
+
+def stage_u2q_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_shards: int,
+                    batch_users: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """Generate the lists of shard ``shard`` of ``num_shards``'s active users into its staging part
+    (no gates, nothing published); returns the part's summary."""
+    from export.data import ExportConfig, check_shard, users_digest
+    from export.publish import shard_fault_hook, staged_part
+
+    shard, num_shards = check_shard(shard, num_shards)
+    ex = ExportConfig.from_config(cfg, batch_users=batch_users)
+    gen = _Generation(cfg, root, ds, run_id, ex, max_new_tokens, shard=(shard, num_shards))
+    manifest = {**gen.manifest, "users": len(gen.inputs.active), "users_sha256": users_digest(gen.inputs.active),
+                "active_total": gen.inputs.active_total}
+    t0 = time.perf_counter()
+    with staged_part(root, TABLE, ds, run_id, shard, num_shards, manifest) as part:
+        counts = gen.run(lambda rows: part.write(TABLE, rows),
+                         after_batch=lambda i: shard_fault_hook(TABLE, shard) if i == 0 else None)
+        manifest.update(counts=counts, generation_seconds=round(time.perf_counter() - t0, 2))
+    return {"table": TABLE, "part": str(part.final), "shard": shard, "num_shards": num_shards,
+            "users": manifest["users"], "rows": part.rows.get(TABLE, 0), "counts": counts,
+            "model": f"{gen.reg.name}/{gen.reg.version}"}
+
+
+#: Part manifest keys every part of a run must share (same policy, decoding and inputs).
+PART_SAME = ("model", "decoding", "window_days", "event_days", "users_ds", "items_ds", "active_total")
+
+
+def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: int,
+                      min_coverage: float | None = None) -> dict:
+    """Merge the run's ``num_shards`` complete parts, carry the previous runs, run the gates of
+    :func:`export_u2q` on the whole table and publish ``exports/u2q/ds=<ds>`` (all parts or
+    nothing); then remove the run's staging folder. Loads no model."""
+    from common.publish import staged_partitions
+    from export import models
+    from export.data import ExportConfig, load_active
+    from export.publish import (
+        StagedTable,
+        apply_retention,
+        check_parts,
+        read_parts,
+        remove_staging,
+        shard_summary,
+        sum_counts,
+    )
+
+    ex = ExportConfig.from_config(cfg, min_coverage=min_coverage)
+    t0 = time.perf_counter()
+    parts = read_parts(root, TABLE, ds, run_id, num_shards)
+    active = load_active(root, ds, ex)
+    first = check_parts(parts, active, PART_SAME)
+    blocked = models.blocklist(cfg, ex.blocklist)
+    manifest = {"run_id": run_id, **{k: first.get(k) for k in ("model", "decoding", "window_days", "event_days",
+                                                                "users_ds", "items_ds")},
+                "keep_runs": ex.u2q_keep_runs, "shards": shard_summary(parts)}
+    counts = sum_counts(parts)
+    with staged_partitions() as batch:
+        staged = StagedTable(batch, root, TABLE, ds, manifest)
+        for part in parts:
+            staged.write(part.read(TABLE))
+        today = staged.read()
+        table, _ = _carry_gate_publish(staged, root, ds, today, active, ex, blocked, manifest, counts, t0)
+        manifest["publish_seconds"] = manifest["generation_seconds"]  # merge + carry + gates
+        manifest["generation_seconds"] = round(sum(p.manifest.get("generation_seconds") or 0 for p in parts), 2)
+    deleted = apply_retention(root, TABLE, ex.keep_partitions, protect=ds)
+    remove_staging(root, TABLE, ds, run_id)
+    logger.info("published %s from %d parts (%d rows, %d today)", staged.final, len(parts), table.num_rows,
+                today.num_rows)
+    return _result(staged, table, today, manifest, deleted, shards=len(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.publish import arg_parser, run_main, settings
+    from export.publish import add_shard_args, arg_parser, run_main, settings, shard_mode
 
-    parser = arg_parser(__doc__.splitlines()[0])
+    parser = add_shard_args(arg_parser(__doc__.splitlines()[0]))
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the decoding budget")
 
     def body(args):
+        mode = shard_mode(args, parser)
         cfg, root, ds, run_id = settings(args)
+        if mode == "stage":
+            return stage_u2q_shard(cfg, root, ds, run_id, args.shard, args.num_shards, args.batch_users,
+                                   args.max_new_tokens)
+        if mode == "publish":
+            return publish_u2q_parts(cfg, root, ds, run_id, args.num_shards, args.min_coverage)
         return export_u2q(cfg, root, ds, run_id, args.batch_users, args.min_coverage, args.max_new_tokens)
 
     return run_main("u2q", body, parser, argv)

@@ -1,4 +1,5 @@
-"""nightly_export DAG: structure, no-retry failures, and a dag.test() on tiny trained models."""
+"""nightly_export DAG: structure (mapped u2q / u2i shards), no-retry failures, and a dag.test() on tiny
+trained models (shards from the config: 1)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,20 @@ def dag(airflow_db):
 
 
 def test_nightly_export_structure(dag):
-    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        "u2q": ["report"], "x2q": ["report"], "u2i": ["report"], "report": []}
+    assert {t.task_id: sorted(set(t.downstream_task_ids) - {"watcher"}) for t in dag.tasks} == {
+        "export_shards": ["publish_u2i", "publish_u2q", "u2i", "u2q"],
+        "u2q": ["publish_u2q"], "u2i": ["publish_u2i"], "publish_u2q": ["report"], "publish_u2i": ["report"],
+        "x2q": ["report"], "report": [], "watcher": []}
+    assert dag.get_task("watcher").upstream_task_ids == set(dag.task_ids) - {"watcher"}
+    assert dag.get_task("watcher").trigger_rule == "one_failed"  # a failed export fails the run
     assert dag.get_task("report").trigger_rule == "all_done"
-    assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
-    assert {"config", "profile", "data_root", "batch_users", "min_coverage", "max_new_tokens", "omp_threads"} == set(
-        dag.params.keys())
+    assert dag.get_task("u2q").is_mapped and dag.get_task("u2i").is_mapped  # .expand over the shard list
+    assert not dag.get_task("publish_u2q").is_mapped and dag.get_task("publish_u2q").trigger_rule == "all_success"
+    assert dag.tags and all(t.retries >= 1 for t in dag.tasks if t.task_id != "watcher")
+    assert {"config", "profile", "data_root", "batch_users", "min_coverage", "max_new_tokens", "omp_threads",
+            "shards"} == set(dag.params.keys())
     assert dag.params.get_param("batch_users").schema["minimum"] == 0
+    assert dag.params.get_param("shards").schema["minimum"] == 0
     assert dag.max_active_runs == 1 and "0 0 * * *" in repr(dag.timetable)
 
 
