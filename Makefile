@@ -59,3 +59,12 @@ DATA_ROOT ?=
 report: venv
 	@test -n "$(DS)" || { echo "usage: make report DS=YYYY-MM-DD [DATA_ROOT=dir]" >&2; exit 2; }
 	$(PY) -m export.report --ds $(DS) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+
+# A standalone Spark master + two 1-core workers on 127.0.0.1 (state, logs: .spark-cluster/). Use it with
+# AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type":"spark","host":"spark://127.0.0.1","port":7077}' PIPELINE_PROFILE=cluster.
+.PHONY: spark-cluster-up spark-cluster-down
+spark-cluster-up: venv
+	$(PY) scripts/spark_cluster.py start
+
+spark-cluster-down:
+	$(PY) scripts/spark_cluster.py stop
