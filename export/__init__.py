@@ -21,4 +21,9 @@ independently (``u2i`` and ``user_interest_embedding`` together), so a failing T
 never holds back the u2q lists. A SIGKILL at any point leaves at most a hidden ``.tmp-*``
 folder, removed by the next run. Older partitions beyond ``export.keep_partitions`` are
 deleted after a successful publish.
+
+Sharded (``runtime.export_shards`` > 1, or the DAG's ``shards`` Param): ``u2q`` and ``u2i`` run
+one process per shard of the active users (``crc32(user_id) mod N``), each staging its part under
+``exports/_staging/<table>/ds=<ds>/<run>/``; ``--publish-parts`` then merges exactly N parts, gates
+the whole table and publishes it as above — all parts or nothing.
 """
