@@ -273,6 +273,9 @@ def train_sft(
             "loss"
         )
 
+    from common.device import resolve
+
+    model.to(resolve())  # evaluate where it trains (runtime.device), not on the CPU
     train_before, valid_before = losses(train_ds), losses(valid_ds)
     t0 = time.perf_counter()
     state = train_loop(
@@ -284,6 +287,7 @@ def train_sft(
         loss_items=target_tokens,
     )
     seconds = time.perf_counter() - t0
+    train_after, valid_after = losses(train_ds), losses(valid_ds)
     model.to("cpu")
     hist = state.log_history
     metrics = {
@@ -295,9 +299,9 @@ def train_sft(
         "train_loss_first": hist[0]["loss"] if hist else None,
         "train_loss_last": hist[-1]["loss"] if hist else None,
         "train_eval_loss_before": train_before,
-        "train_eval_loss": losses(train_ds),
+        "train_eval_loss": train_after,
         "valid_loss_before": valid_before,
-        "valid_loss": losses(valid_ds),
+        "valid_loss": valid_after,
     }
     return model, tokenizer, state, metrics
 

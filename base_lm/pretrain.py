@@ -222,11 +222,14 @@ def pretrain(
         seed=cfg.seed,
         bf16=use_bf16(),
     )
+    from common.device import resolve
+
+    model.to(resolve())  # evaluate where it trains (runtime.device)
     eval_before = evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss")
     t0 = time.perf_counter()
     state = train_loop(model, train_ds, collate_blocks, args, resume_from_checkpoint=resume or None)
-    model.to("cpu")
     eval_after = evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss")
+    model.to("cpu")
     history = state.log_history
     metrics = {
         "train_loss_first": history[0]["loss"] if history else None,

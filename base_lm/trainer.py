@@ -427,10 +427,11 @@ def evaluate_loss(
     model.eval()
     sums: dict[str, float] = {}
     batches = epoch_batches(len(dataset), batch_size, 0, seed)[:max_batches]
-    for idx in batches:
-        _, terms = loss_terms(model(**to_device(collate_fn([dataset[i] for i in idx]), device)))
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v / len(batches)
+    with torch.no_grad():  # no autograd graph: evaluation only
+        for idx in batches:
+            _, terms = loss_terms(model(**to_device(collate_fn([dataset[i] for i in idx]), device)))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v / len(batches)
     model.train(was_training)
     return sums
 
