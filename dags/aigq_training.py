@@ -36,10 +36,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 from pathlib import Path
 
 from airflow.sdk import Param, dag, task
+
+from dags import training_tasks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
@@ -49,19 +50,7 @@ logger = logging.getLogger(__name__)
 DDP_MODULES = ("aigq_model.train_sft",)
 
 
-def _training_pool() -> tuple[str, int]:
-    """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
-    ``default_pool``) and ``runtime.nproc_per_node`` slots, read when the file is parsed."""
-    try:
-        from common.config import load_config
-
-        runtime = load_config().get("runtime") or {}
-        pool = str(runtime.get("training_pool") or "default_pool")
-        return pool, max(1, int(runtime.get("nproc_per_node") or 1))
-    except Exception:  # a broken config must not hide the DAG: the tasks report it when they run
-        return "default_pool", 1
-
-
+_training_pool = training_tasks.training_pool
 TRAINING_POOL, TRAINING_POOL_SLOTS = _training_pool()
 
 PARAMS = {
@@ -122,21 +111,12 @@ def _common_args(params: dict) -> list[str]:
 
 def nproc_per_node(params: dict) -> int:
     """Training processes: the ``nproc_per_node`` Param when > 0, else ``runtime.nproc_per_node``."""
-    from common.config import load_config
-
-    if int(params.get("nproc_per_node") or 0) > 0:
-        return int(params["nproc_per_node"])
-    cfg = load_config(params.get("config") or None, params.get("profile") or None)
-    return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
+    return training_tasks.nproc_per_node(params)
 
 
 def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
-    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
-    processes on this node when ``nproc > 1`` and ``module`` is a DDP training entry point."""
-    if nproc > 1 and module in DDP_MODULES:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                str(nproc), "-m", module, *args]
-    return [sys.executable, "-m", module, *args]
+    """``python -m module args``, or torchrun with ``nproc`` processes for this DAG's DDP entry points."""
+    return training_tasks.command(module, args, nproc, DDP_MODULES)
 
 
 def _run_module(module: str, args: list[str], params: dict) -> dict:

@@ -33,6 +33,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
+from dags import training_tasks
 from dags.assets import ITEM_CORPUS, KARMA_SAMPLES
 
 VARIANTS = ["act", "act+gen", "act+rec", "act+gen+rec"]  # karma_model.config.VARIANTS
@@ -43,19 +44,7 @@ BASELINES = ["popularity", "cooccurrence", "text"]
 DDP_MODULES = ("karma_model.train",)
 
 
-def _training_pool() -> tuple[str, int]:
-    """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
-    ``default_pool``) and ``runtime.nproc_per_node`` slots, read when the file is parsed."""
-    try:
-        from common.config import load_config
-
-        runtime = load_config().get("runtime") or {}
-        pool = str(runtime.get("training_pool") or "default_pool")
-        return pool, max(1, int(runtime.get("nproc_per_node") or 1))
-    except Exception:  # a broken config must not hide the DAG: the tasks report it when they run
-        return "default_pool", 1
-
-
+_training_pool = training_tasks.training_pool
 TRAINING_POOL, TRAINING_POOL_SLOTS = _training_pool()
 
 PARAMS = {
@@ -91,22 +80,13 @@ def _settings(params: dict) -> tuple[dict, str]:
 
 
 def nproc_per_node(params: dict) -> int:
-    """Training processes: the ``nproc_per_node`` param when > 0, else ``runtime.nproc_per_node``."""
-    if int(params.get("nproc_per_node") or 0) > 0:
-        return int(params["nproc_per_node"])
-    cfg, _root = _settings(params)
-    return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
+    """Training processes: the ``nproc_per_node`` Param when > 0, else ``runtime.nproc_per_node``."""
+    return training_tasks.nproc_per_node(params)
 
 
 def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
-    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
-    processes on this node when ``nproc > 1`` and ``module`` is a DDP training entry point."""
-    import sys
-
-    if nproc > 1 and module in DDP_MODULES:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-                "-m", module, *args]
-    return [sys.executable, "-m", module, *args]
+    """``python -m module args``, or torchrun with ``nproc`` processes for this DAG's DDP entry points."""
+    return training_tasks.command(module, args, nproc, DDP_MODULES)
 
 
 def _run(module: str, args: list[str], params: dict) -> dict:

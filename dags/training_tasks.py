@@ -1,0 +1,42 @@
+"""Launch helpers shared by the training DAGs (wiring only): the Airflow pool of the training
+tasks, the process count, and the command line (``torchrun`` for DDP entry points).
+
+Parsing a DAG file must stay light: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def training_pool() -> tuple[str, int]:
+    """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
+    ``default_pool``) and ``runtime.nproc_per_node`` slots, read when a DAG file is parsed."""
+    try:
+        from common.config import load_config
+
+        runtime = load_config().get("runtime") or {}
+        pool = str(runtime.get("training_pool") or "default_pool")
+        return pool, max(1, int(runtime.get("nproc_per_node") or 1))
+    except Exception:  # a broken config must not hide the DAG: the tasks report it when they run
+        return "default_pool", 1
+
+
+def nproc_per_node(params: dict) -> int:
+    """Training processes: the ``nproc_per_node`` Param when > 0, else ``runtime.nproc_per_node``
+    of the run's config/profile."""
+    from common.config import load_config
+
+    if int(params.get("nproc_per_node") or 0) > 0:
+        return int(params["nproc_per_node"])
+    cfg = load_config(params.get("config") or None, params.get("profile") or None)
+    return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
+
+
+def command(module: str, args: list[str], nproc: int, ddp_modules: tuple[str, ...]) -> list[str]:
+    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
+    processes on this node when ``nproc > 1`` and ``module`` is one of ``ddp_modules``."""
+    if nproc > 1 and module in ddp_modules:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                str(nproc), "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
