@@ -196,11 +196,15 @@ def save_base_lm(model, tokenizer, out_dir: str | Path, manifest: dict) -> Path:
 
 def pretrain(
     texts: Sequence[str], cfg: BaseLMConfig, checkpoint_dir: str | Path, resume: bool = False
-) -> tuple[object, object, dict]:
-    """Train tokenizer and LM on ``texts``; returns ``(model, tokenizer, metrics)``."""
+) -> tuple[object, object, dict, object]:
+    """Train tokenizer and LM on ``texts``; returns ``(model, tokenizer, metrics, train_state)``.
+
+    Under torchrun every rank trains the same tokenizer (deterministic) and packs the same blocks;
+    the blocks are full (no padding), so the mean of the ranks' losses is the global mean. The
+    held-out losses are measured on rank 0 only (``None`` elsewhere)."""
     import torch
 
-    from base_lm.trainer import LoopArgs, evaluate_loss, train_loop
+    from base_lm.trainer import LoopArgs, evaluate_loss, is_main_process, train_loop
     from common.device import use_bf16
 
     torch.manual_seed(cfg.seed)
@@ -224,11 +228,14 @@ def pretrain(
     )
     from common.device import resolve
 
+    def held_out() -> float | None:
+        return evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss") if is_main_process() else None
+
     model.to(resolve())  # evaluate where it trains (runtime.device)
-    eval_before = evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss")
+    eval_before = held_out()
     t0 = time.perf_counter()
     state = train_loop(model, train_ds, collate_blocks, args, resume_from_checkpoint=resume or None)
-    eval_after = evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss")
+    eval_after = held_out()
     model.to("cpu")
     history = state.log_history
     metrics = {
@@ -243,7 +250,7 @@ def pretrain(
         "n_eval_blocks": len(eval_ds),
         "vocab_size": len(tokenizer),
     }
-    return model, tokenizer, metrics
+    return model, tokenizer, metrics, state
 
 
 def quiet_offline_hf() -> None:
@@ -256,6 +263,17 @@ def quiet_offline_hf() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from base_lm.trainer import cleanup_distributed
+
+    try:
+        return _main(argv)
+    finally:
+        cleanup_distributed()
+
+
+def _main(argv: list[str] | None) -> int:
+    """Under torchrun (DDP) rank 0 alone clears old checkpoints, publishes and prints the result."""
+    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed, write_trainer_state
     from common.config import load_config
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
@@ -283,8 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     ds_list = [*previous_ds(ds, lm_cfg.days - 1), ds]
     final = Path(args.out) if args.out else Path(data_root) / "models" / "base_lm" / ds
     checkpoint_dir = final.parent / f".ckpt-{final.name}"
+    rank, _world, _device = setup_distributed()
+    quiet_other_ranks(rank)
+    if not args.resume and rank == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
+    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
     texts = collect_texts(data_root, ds_list)
-    model, tokenizer, metrics = pretrain(texts, lm_cfg, checkpoint_dir, resume=args.resume)
+    model, tokenizer, metrics, state = pretrain(texts, lm_cfg, checkpoint_dir, resume=args.resume)
+    if rank != 0:  # rank 0 publishes, cleans up and prints the result line
+        return 0
     manifest = {
         "format": "base_lm",
         "name": "base_lm",
@@ -296,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "architecture": type(model).__name__,
     }
     with atomic_partition(final, manifest) as tmp:
+        write_trainer_state(state, tmp)
         save_base_lm(model, tokenizer, tmp, manifest)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(json.dumps({"model_dir": str(final), "metrics": metrics}, sort_keys=True))

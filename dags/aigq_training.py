@@ -24,11 +24,13 @@ Each step is a `python -m ...` subprocess with `OMP_NUM_THREADS` from the Params
 folder paths only. A gate rejection fails its `register` task at once (no retry).
 
 Distributed training: with `runtime.nproc_per_node` N > 1 (config, env
-`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` Param; 0 = config) `train_sft` runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m aigq_model.train_sft ...` (DDP:
+`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` Param; 0 = config) `base_lm`
+(when it pre-trains) and `train_sft` run `python -m torch.distributed.run --standalone
+--nproc-per-node N -m base_lm.pretrain | aigq_model.train_sft ...` (DDP:
 gloo on CPU, nccl on GPU); rank 0 alone publishes and prints the JSON result line. The training
 tasks (`base_lm`, `train_sft`, `grpo_update`) run in the Airflow pool `runtime.training_pool`
-(default `default_pool`), `train_sft` taking N slots (both read when the file is parsed).
+(default `default_pool`), `base_lm` and `train_sft` taking N slots (both read when the file is
+parsed).
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ from dags import training_tasks
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
 # Entry points that train under torchrun when nproc_per_node > 1: they publish from rank 0 only.
-# base_lm.pretrain joins them once its main() publishes from rank 0 only (not yet: every rank
-# would publish the same partition).
-DDP_MODULES = ("aigq_model.train_sft",)
+DDP_MODULES = ("base_lm.pretrain", "aigq_model.train_sft")
 
 
 _training_pool = training_tasks.training_pool
@@ -174,7 +174,7 @@ def _data_root(params: dict) -> str:
     doc_md=__doc__,
 )
 def aigq_training():
-    @task(pool=TRAINING_POOL)
+    @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def base_lm(params=None, ds=None) -> str:
         """Path of the newest base LM at or before ds; pre-trains one when there is none."""
         from aigq_model.train_sft import default_base_model

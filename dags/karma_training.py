@@ -20,8 +20,9 @@ Every heavy step is a subprocess (`python -m base_lm.pretrain | karma_model.trai
 .embed`) with `OMP_NUM_THREADS` from the params; XCom carries paths only.
 
 **Distributed training**: with `runtime.nproc_per_node` N > 1 (config, env
-`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` param; 0 = config) `train` runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m karma_model.train ...` (DDP:
+`PIPELINE__RUNTIME__NPROC_PER_NODE`, or the `nproc_per_node` param; 0 = config) `base_lm`
+(when it pre-trains) and `train` run `python -m torch.distributed.run --standalone --nproc-per-node N
+-m base_lm.pretrain | karma_model.train ...` (DDP:
 gloo on CPU, nccl on GPU); rank 0 alone publishes and prints the JSON result line. The training
 tasks run in the Airflow pool `runtime.training_pool` (default `default_pool`) taking N slots
 (both read when the DAG file is parsed).
@@ -39,9 +40,7 @@ from dags.assets import ITEM_CORPUS, KARMA_SAMPLES
 VARIANTS = ["act", "act+gen", "act+rec", "act+gen+rec"]  # karma_model.config.VARIANTS
 BASELINES = ["popularity", "cooccurrence", "text"]
 # Entry points that train under torchrun when nproc_per_node > 1: they publish from rank 0 only.
-# base_lm.pretrain joins them once its main() publishes from rank 0 only (not yet: every rank
-# would publish the same partition).
-DDP_MODULES = ("karma_model.train",)
+DDP_MODULES = ("base_lm.pretrain", "karma_model.train")
 
 
 _training_pool = training_tasks.training_pool
@@ -145,7 +144,7 @@ def karma_training():
             raise ValueError("no ds: set the ds param or trigger from behavior_etl's asset events")
         return check_ds(max(dates))
 
-    @task(pool=TRAINING_POOL)
+    @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def base_lm(day: str, params=None) -> str:
         """Path of the base LM: configured, newest published at or before the day, or pre-trained now."""
         from pathlib import Path

@@ -148,7 +148,7 @@ def test_foreign_checkpoint_without_manifest_loads_through_auto_classes(tmp_path
 
 def test_pretraining_lowers_the_loss(tmp_path):
     cfg = BaseLMConfig(**TINY, max_steps=40, learning_rate=1e-2, eval_fraction=0.1)
-    model, tok, metrics = pretrain(corpus_texts(), cfg, tmp_path / "ckpt")
+    model, tok, metrics, _state = pretrain(corpus_texts(), cfg, tmp_path / "ckpt")
     assert metrics["steps"] == 40
     assert metrics["eval_loss"] < metrics["eval_loss_before"] - 1.0
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 1.0

@@ -1,6 +1,6 @@
 """DDP under torchrun (gloo, 2 CPU processes) equals one process with the same global batch.
 
-KARMA and AIGQ IL-SFT train for a few steps through their entry points twice on the same tiny
+Base-LM pre-training, KARMA and AIGQ IL-SFT train for a few steps through their entry points twice on the same tiny
 data and seed: once in one process with batch ``B``, once under ``torchrun --standalone
 --nproc-per-node 2`` with ``B/2`` per rank (the union of the ranks' batches is the single batch,
 ``base_lm.trainer.epoch_batches``). Every logged per-step loss term must agree within
@@ -127,7 +127,7 @@ def _assert_rank0_wrote(proc: subprocess.CompletedProcess, model_dir: Path) -> N
 
 def _torchrun(module: str, args: list[str]) -> list[str]:
     """The command the training DAGs build for ``runtime.nproc_per_node: 2``."""
-    if module == "karma_model.train":
+    if module in ("karma_model.train", "base_lm.pretrain"):
         from dags.karma_training import command
     else:
         from dags.aigq_training import command
@@ -223,6 +223,50 @@ def test_aigq_sft_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
 
 
 
+BASE_ENV = {
+    "PIPELINE__BASE_LM__VOCAB_SIZE": "400",
+    "PIPELINE__BASE_LM__HIDDEN_SIZE": "32",
+    "PIPELINE__BASE_LM__NUM_HIDDEN_LAYERS": "2",
+    "PIPELINE__BASE_LM__NUM_ATTENTION_HEADS": "4",
+    "PIPELINE__BASE_LM__NUM_KEY_VALUE_HEADS": "2",
+    "PIPELINE__BASE_LM__INTERMEDIATE_SIZE": "64",
+    "PIPELINE__BASE_LM__MAX_POSITION_EMBEDDINGS": "128",
+    "PIPELINE__BASE_LM__BLOCK_SIZE": "32",
+    "PIPELINE__BASE_LM__WARMUP_STEPS": "0",
+    "PIPELINE__BASE_LM__LEARNING_RATE": "0.001",
+    "PIPELINE__BASE_LM__SAVE_STEPS": "2",
+}
+
+
+@pytest.mark.slow
+def test_base_lm_pretraining_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
+    """The base LM stage too: every rank trains the same tokenizer and packs the same full blocks,
+    so the ranks' mean losses average to the global mean; rank 0 alone publishes."""
+    from base_lm.load import load_base_lm
+
+    _base, root = world
+    args = ["--ds", DS, "--data-root", str(root), "--max-steps", str(STEPS), "--seed", "0"]
+    single_out, ddp_out = tmp_path / "single" / "base_lm" / DS, tmp_path / "ddp" / "base_lm" / DS
+    _train([sys.executable, "-m", "base_lm.pretrain", *args, "--out", str(single_out)],
+           _env({**BASE_ENV, "PIPELINE__BASE_LM__BATCH_SIZE": str(GLOBAL_BATCH)}))
+    ddp, proc = _train(_torchrun("base_lm.pretrain", [*args, "--out", str(ddp_out)]),
+                       _env({**BASE_ENV, "PIPELINE__BASE_LM__BATCH_SIZE": str(GLOBAL_BATCH // 2)}))
+    assert Path(ddp["model_dir"]) == ddp_out and ddp["metrics"]["steps"] == STEPS
+
+    _assert_same_losses(_history(single_out), _history(ddp_out))
+    _assert_rank0_wrote(proc, ddp_out)
+
+    torch.set_num_threads(1)
+    model, tok = load_base_lm(ddp_out)
+    ref, ref_tok = load_base_lm(single_out)
+    assert tok.get_vocab() == ref_tok.get_vocab()  # the ranks' tokenizers were the same
+    ids = torch.tensor([tok("organic chocolate phone", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        diff = (model(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max().item()
+    print(f"base LM logits: largest |DDP - single| after {STEPS} steps = {diff:.2e}")
+    assert diff < WEIGHT_TOL
+
+
 def test_dags_launch_training_under_torchrun_only_when_asked(monkeypatch):
     """N = 1: ``python -m module`` exactly as before; N > 1 (env override of the config, or the
     param, which wins): ``python -m torch.distributed.run --standalone --nproc-per-node N -m
@@ -262,12 +306,14 @@ def test_dags_launch_training_under_torchrun_only_when_asked(monkeypatch):
     aigq_dag._run_module("aigq_model.train_sft", ["--ds", DS], params)
     aigq_dag._run_module("aigq_model.run_eval", ["--ds", DS], params)
     karma_dag._run("karma_model.train", ["--ds", DS], {**params, "nproc_per_node": 3})  # the param wins
+    aigq_dag._run_module("base_lm.pretrain", ["--ds", DS], params)
     assert calls == [
         [*torchrun, "2", "-m", "karma_model.train", "--ds", DS],
         [*py, "karma_model.evaluate", "--ds", DS],
         [*torchrun, "2", "-m", "aigq_model.train_sft", "--ds", DS],
         [*py, "aigq_model.run_eval", "--ds", DS],
         [*torchrun, "3", "-m", "karma_model.train", "--ds", DS],
+        [*torchrun, "2", "-m", "base_lm.pretrain", "--ds", DS],
     ]
 
     # the training tasks' Airflow pool: Airflow's default_pool unless runtime.training_pool names one
