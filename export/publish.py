@@ -310,6 +310,19 @@ def check_parts(parts: Sequence[Part], active: Sequence[str], same: Sequence[str
     return first
 
 
+
+def merged_parts(cfg: dict, root: str | Path, table: str, ds: str, run_id: str, num_shards: int,
+                 same: Sequence[str], min_coverage: float | None = None):
+    """The publish step's inputs: ``(export config, parts, active users, first part's manifest)``
+    — the run's ``num_shards`` complete parts (:func:`read_parts`), checked to belong together
+    and to cover the day's active users (:func:`check_parts`)."""
+    from export.data import ExportConfig, load_active
+
+    ex = ExportConfig.from_config(cfg, min_coverage=min_coverage)
+    parts = read_parts(root, table, ds, run_id, num_shards)
+    active = load_active(root, ds, ex)
+    return ex, parts, active, check_parts(parts, active, same)
+
 def sum_counts(parts: Sequence[Part]) -> dict:
     """The parts' ``counts`` added up key by key."""
     out: dict = {}

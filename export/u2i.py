@@ -306,22 +306,17 @@ def publish_u2i_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     whole tables and publish ``exports/u2i`` and ``exports/user_interest_embedding`` together (all
     parts or nothing); then remove the run's staging folder. Loads no model."""
     from common.publish import staged_partitions
-    from export.data import ExportConfig, load_active
     from export.publish import (
         StagedTable,
         apply_retention,
-        check_parts,
-        read_parts,
+        merged_parts,
         remove_staging,
         shard_summary,
         sum_counts,
     )
 
-    ex = ExportConfig.from_config(cfg, min_coverage=min_coverage)
     t0 = time.perf_counter()
-    parts = read_parts(root, TABLE, ds, run_id, num_shards)
-    active = load_active(root, ds, ex)
-    first = check_parts(parts, active, PART_SAME)
+    ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)
     shards = shard_summary(parts)
     manifest = {"run_id": run_id, **{k: first.get(k) for k in ("model", "index", "k", "history_len", "event_days")},
                 "shards": shards}
