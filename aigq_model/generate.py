@@ -36,6 +36,9 @@ class Decoding:
     top_k: int = 50
     num_beams: int = 4
     max_new_tokens: int = 96
+    #: Think outputs carry trigger lists and rationales (a third of the synthetic targets are
+    #: over 96 tokens): their budget, used when it is larger than ``max_new_tokens``.
+    max_new_tokens_think: int = 224
     max_prompt_tokens: int = 384
     seed: int | None = None
     #: Lists decoded per prompt (beams best first, or samples) and merged by ``merge_lists``:
@@ -48,8 +51,10 @@ class Decoding:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.temperature <= 0 or self.top_k < 0 or self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError("temperature must be > 0, top_k >= 0, num_beams >= 1, max_new_tokens >= 1")
+        if self.temperature <= 0 or self.top_k < 0 or self.num_beams < 1 or min(self.max_new_tokens, self.max_new_tokens_think) < 1:
+            raise ValueError(
+                "temperature must be > 0, top_k >= 0, num_beams >= 1, max_new_tokens(_think) >= 1"
+            )
         if self.num_return_sequences < 1:
             raise ValueError("num_return_sequences must be >= 1")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
@@ -240,6 +245,8 @@ def generate_lists(
     decoding = decoding or Decoding()
     if kind not in ("direct", "plain", "think"):
         raise ValueError(f"kind must be direct, plain or think, got {kind!r}")
+    if kind == "think" and decoding.max_new_tokens_think > decoding.max_new_tokens:
+        decoding = dataclasses.replace(decoding, max_new_tokens=decoding.max_new_tokens_think)
     if cold_start not in ("fallback", "model"):
         raise ValueError("cold_start must be 'fallback' or 'model'")
     was_training = model.training

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 EVENT_VERBS = {"search": "searched", "click": "clicked", "cart": "carted", "buy": "bought"}
+_STRENGTH = {"search": 0, "click": 1, "cart": 2, "buy": 3}
 NEW_INTEREST = "new interest"
 _UNSAFE_RE = re.compile(r"[<>\[\]]")
 _WS = re.compile(r"\s+")
@@ -63,21 +64,30 @@ def direct_target(queries: Sequence[str], max_queries: int | None = None) -> str
     return "".join(f"{Q_MARK} {q}" for q in _unique_queries(queries, max_queries))
 
 
-def template_rationale(behaviours: Sequence[Mapping], queries: Sequence[str] = (), max_items: int = 3) -> str:
-    """Template rationale from the trigger behaviours' text (newest ``max_items``).
+def template_rationale(behaviours: Sequence[Mapping], queries: Sequence[str] = (), max_items: int = 2) -> str:
+    """Template rationale from the trigger behaviours' text: one phrase per distinct text, with
+    the strongest action on it (bought > carted > clicked > searched), newest ``max_items``
+    texts, oldest first. Short on purpose: the policy generates it before every query group.
 
     >>> template_rationale([{"event_type": "search", "text": "Red shoe"}, {"event_type": "click", "text": "Nike"}])
     'searched Red shoe; clicked Nike'
+    >>> template_rationale([{"event_type": "click", "text": "Nike"}, {"event_type": "buy", "text": "Nike"}])
+    'bought Nike'
     """
     if not behaviours:
         return NEW_INTEREST
-    parts = []
-    for b in list(behaviours)[-max_items:]:
-        text = clean_text(_UNSAFE_RE.sub(" ", str(b.get("text") or "")), max_words=6, max_chars=40)
-        phrase = f"{EVENT_VERBS.get(b.get('event_type') or '', 'viewed')} {text}".strip()
-        if phrase not in parts:
-            parts.append(phrase)
-    return "; ".join(parts)
+    strongest: dict[str, tuple[int, int, str]] = {}  # text -> (strength, newest position, verb)
+    for pos, b in enumerate(behaviours):
+        text = clean_text(_UNSAFE_RE.sub(" ", str(b.get("text") or "")), max_words=5, max_chars=40)
+        etype = b.get("event_type") or ""
+        strength = _STRENGTH.get(etype, -1)
+        verb = EVENT_VERBS.get(etype, "viewed")
+        old = strongest.get(text)
+        if old is not None and old[0] > strength:
+            strength, verb = old[0], old[2]
+        strongest[text] = (strength, pos, verb)
+    newest = sorted(strongest.items(), key=lambda kv: kv[1][1])[-max_items:]
+    return "; ".join(f"{verb} {text}".strip() for text, (_s, _p, verb) in newest)
 
 
 def think_points(

@@ -22,6 +22,7 @@ from aigq_model.targets import (
     serialize_think,
     sft_text_pair,
     think_points,
+    template_rationale,
     think_target,
 )
 
@@ -48,15 +49,23 @@ THINK_SAMPLE = {
 def test_think_points_grouping_and_window():
     points = think_points(THINK_SAMPLE, max_history=4)
     assert points == [
-        ThinkPoint((1, 2, 3), "searched red shoe; clicked Nike running shoe; searched running shoe",
-                   ("running shoe", "red shoe")),
+        ThinkPoint((1, 2, 3), "clicked Nike running shoe; searched running shoe", ("running shoe", "red shoe")),
         ThinkPoint((4,), "bought Garden hose 50m", ("garden hose",)),
         ThinkPoint((), "new interest", ("umbrella", "old thing")),
     ]
     assert think_target(THINK_SAMPLE, max_history=4).startswith(
-        "<think>[1,2,3] searched red shoe; clicked Nike running shoe; searched running shoe</think>"
+        "<think>[1,2,3] clicked Nike running shoe; searched running shoe</think>"
         "<q> running shoe<q> red shoe<think>[4] "
     )
+
+
+def test_template_rationale_is_short():
+    # one phrase per distinct text, with the strongest action on it; the newest two texts
+    seen = [{"event_type": "click", "text": "Nike shoe"}, {"event_type": "search", "text": "socks"},
+            {"event_type": "cart", "text": "Nike shoe"}, {"event_type": "click", "text": "Nike shoe"}]
+    assert template_rationale(seen) == "searched socks; carted Nike shoe"
+    assert template_rationale(seen, max_items=1) == "carted Nike shoe"
+    assert template_rationale([]) == "new interest"
 
 
 def test_think_round_trip():
