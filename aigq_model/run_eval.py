@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": sample_kind,
         "min_history_queries": args.min_history_queries,
         "sample_days": args.sample_days,
+        "max_samples": args.max_samples,
         "ks": list(ks),
         "decoding": gen,
         "info": info,

@@ -100,9 +100,12 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
         f"{args.samples} samples of {args.eval_ds}"
         + (f" and the {args.sample_days - 1} days before" if args.sample_days > 1 else "")
         + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
-        + "; truth = the queries the user searched from the sample's time to the end of its day. "
-        f"Decoding: {args.strategy or 'config'}, {args.num_return_sequences or 1} list(s) per prompt merged; "
-        f"max_steps {args.max_steps or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
+        + (f" (the first {args.max_samples})" if args.max_samples else "")
+        + "; truth = the queries the user searched from the sample's time to the end of its day"
+        + f". Decoding: {args.strategy or 'config'}"
+        + (f" (width {args.num_beams})" if args.num_beams else "")
+        + f", {args.num_return_sequences or 1} list(s) per prompt merged; "
+        f"max_steps {args.max_steps or 'config'}, SFT lr {args.sft_lr or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
         "baselines are deterministic."
     )
     if args.grpo_modes:
@@ -119,6 +122,24 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
     plot(runs, baselines, out / "hit_rates.png")
     (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines}, indent=2,
                                                   sort_keys=True, default=str))
+
+
+def _scored_alike(path: Path, args, baselines_needed: bool) -> bool:
+    """Whether ``path`` (a run's metrics.json) was scored on the same samples with the same
+    decoding as this invocation asks for (and holds the baselines when this run must give them)."""
+    if not path.is_file():
+        return False
+    m = json.loads(path.read_text())
+    dec = m.get("decoding") or {}
+    same = (
+        m.get("ds") == args.eval_ds and m.get("split") == args.split and m.get("samples") == args.samples
+        and m.get("min_history_queries") == args.min_history_queries and m.get("sample_days") == args.sample_days
+        and m.get("max_samples") == args.max_samples
+        and (args.strategy is None or dec.get("strategy") == args.strategy)
+        and (args.num_return_sequences is None or dec.get("num_return_sequences") == args.num_return_sequences)
+        and (args.num_beams is None or dec.get("num_beams") == args.num_beams)
+    )
+    return same and (not baselines_needed or len(m.get("results") or {}) > 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                         "at --eval-ds (set aigq.eval.days to cover them)")
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: config)")
     parser.add_argument("--num-return-sequences", type=int, default=None)
+    parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: aigq.generate.num_beams)")
+    parser.add_argument("--max-samples", type=int, default=None, help="score the first N samples only")
+    parser.add_argument("--sft-lr", type=float, default=None, help="IL-SFT learning rate (default: aigq.sft)")
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
                         help="policy optimisation of each seed's SFT policy (Direct and Think kinds): "
                         "a CTR model is trained on --train-ds, then train_grpo per mode")
@@ -148,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo-lr", type=float, default=None)
     parser.add_argument("--omp-threads", type=int, default=1)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published")
+    parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published, and "
+                        "evaluations whose metrics.json was scored with the same settings")
     args = parser.parse_args(argv)
 
     root = Path(args.data_root).resolve()
@@ -191,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 label = GRPO_LABELS[mode] + ("" if kind == "direct" else f" ({kind})")
                 jobs.append((label, f"{kind}-{mode}grpo-seed{seed}", seed, out_dir, ("aigq_model.train_grpo", grpo_args)))
     env_extra = {"PIPELINE__AIGQ__GRPO__LEARNING_RATE": f"{args.grpo_lr:.10f}"} if args.grpo_lr else {}
+    if args.sft_lr:
+        env_extra["PIPELINE__AIGQ__SFT__LEARNING_RATE"] = f"{args.sft_lr:.10f}"
+    eval_env = {"PIPELINE__AIGQ__GENERATE__NUM_BEAMS": str(args.num_beams)} if args.num_beams else {}
     for label, slug, _seed, model_dir, (module, train_args) in jobs:
         t0 = time.perf_counter()
         if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
@@ -204,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             eval_args += ["--strategy", args.strategy]
         if args.num_return_sequences:
             eval_args += ["--num-return-sequences", str(args.num_return_sequences)]
+        if args.max_samples:
+            eval_args += ["--max-samples", str(args.max_samples)]
         if not first:
             eval_args += ["--baselines", ""]
-        run_module("aigq_model.run_eval", eval_args, args.omp_threads)
+        if not (args.reuse and _scored_alike(model_dir / "metrics.json", args, baselines_needed=first)):
+            run_module("aigq_model.run_eval", eval_args, args.omp_threads, eval_env)
         metrics = json.loads((model_dir / "metrics.json").read_text())
         results = metrics["results"]
         model_name = metrics["model"]

@@ -265,3 +265,21 @@ def test_gate_compares_with_popularity_and_the_current_version(tmp_path):
     commit_version(stage_version(root, "aigq_direct", "2026-11-04"), root, "aigq_direct", "2026-11-04", {})
     with pytest.raises(GateRejected, match="no query_hr@30"):
         register(root, "aigq_direct", "2026-11-04", gate=gate)
+
+
+def test_think_generation_gets_its_own_token_budget(trained):
+    """Think outputs (triggers, rationales, queries) are longer than Direct lists: generation of
+    ``kind="think"`` uses ``max_new_tokens_think`` when it is the larger budget."""
+    model, tok, _ = trained
+    rows = make_rows(4, seed=7)
+    dec = Decoding(max_new_tokens=3, max_new_tokens_think=20)
+    direct = generate_lists(model, tok, rows, kind="direct", decoding=dec, cold_start="model")
+    think = generate_lists(model, tok, rows, kind="think", decoding=dec, cold_start="model")
+
+    def n_tokens(r):
+        return len(tok(r.raw_text, add_special_tokens=False)["input_ids"])
+
+    assert all(n_tokens(r) <= 3 for r in direct)
+    assert max(n_tokens(r) for r in think) > 3
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Decoding(max_new_tokens_think=0)
