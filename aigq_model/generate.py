@@ -16,13 +16,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aigq_model.parsing import Blocklist, parse_direct, parse_think, postprocess, with_fallback
+from aigq_model.parsing import Q_MARK, Blocklist, parse_direct, parse_think, postprocess, with_fallback
 from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
 from aigq_model.targets import encode_prompt
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "sample", "beam")
+STRATEGIES = ("greedy", "sample", "beam", "query_beam")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
 
@@ -44,6 +44,10 @@ class Decoding:
     #: Lists decoded per prompt (beams best first, or samples) and merged by ``merge_lists``:
     #: a model trained on short lists still fills K slots with its own queries.
     num_return_sequences: int = 1
+    #: ``query_beam``: the longest query (tokens) a query-level beam may decode, and how many
+    #: Think interest points are expanded.
+    query_max_tokens: int = 16
+    think_points: int = 4
     #: Forbid closing a query (``<q>`` or eos) that repeats an earlier query of the same sequence:
     #: small policies otherwise loop on their first query (``<q> a<q> a<q> a``).
     no_repeat_query: bool = False
@@ -57,6 +61,8 @@ class Decoding:
             )
         if self.num_return_sequences < 1:
             raise ValueError("num_return_sequences must be >= 1")
+        if min(self.query_max_tokens, self.think_points) < 1:
+            raise ValueError("query_max_tokens and think_points must be >= 1")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -173,8 +179,6 @@ def generate_texts(
     if decoding.no_repeat_query:
         from transformers import LogitsProcessorList
 
-        from aigq_model.parsing import Q_MARK
-
         q_id = tokenizer.convert_tokens_to_ids(Q_MARK)
         if q_id is not None and q_id != tokenizer.unk_token_id:
             extra["logits_processor"] = LogitsProcessorList(
@@ -267,6 +271,17 @@ def generate_lists(
     todo.sort(key=lambda i: len(encoded[i]))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
+        if decoding.strategy == "query_beam":
+            try:
+                done = query_beam_results(model, tokenizer, [encoded[i] for i in chunk], kind, k, decoding,
+                                          [_fallback_for(fallback, samples[i]) for i in chunk], blocklist)
+            except Exception:
+                logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
+                done = [_to_result([("", False)], kind, k, _fallback_for(fallback, samples[i]), blocklist)
+                        for i in chunk]
+            for i, r in zip(chunk, done, strict=True):
+                results[i] = r
+            continue
         try:
             texts = generate_texts(model, tokenizer, [encoded[i] for i in chunk], decoding)
         except Exception:
@@ -300,3 +315,103 @@ def _to_result(
     return GenResult(
         queries, outs[0][0], best.malformed, n_model=len(own), source=source, triggers=triggers, extra=extra
     )
+
+
+# --- query-level beam search --------------------------------------------------------------------
+def _token_id(tokenizer, token: str) -> int | None:
+    i = tokenizer.convert_tokens_to_ids(token)
+    return None if i is None or i == tokenizer.unk_token_id else int(i)
+
+
+def next_queries(model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding) -> list[list[str]]:
+    """For each prefix (token ids ending in ``<q>``), the ``num_beams`` most probable next queries,
+    best first: one beam search per prefix over a single query, ended by ``<q>``, ``<think>`` or
+    eos and ranked by joint log-probability (no length normalisation). Queries cut at
+    ``query_max_tokens`` or holding a marker are dropped."""
+    import torch
+
+    from aigq_model.parsing import TARGET_MARKERS, THINK_OPEN
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = eos if pad is None else pad
+    stops = sorted({t for t in (eos, _token_id(tokenizer, Q_MARK), _token_id(tokenizer, THINK_OPEN)) if t is not None})
+    n = decoding.num_beams
+    ids, mask = left_pad(prefixes, pad)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=decoding.query_max_tokens,
+            eos_token_id=stops, pad_token_id=pad, use_cache=True, num_beams=n, num_return_sequences=n,
+            do_sample=False, length_penalty=0.0, early_stopping=True, temperature=None, top_k=None, top_p=None,
+        )  # (len(prefixes) * n, width + new), beams of a prefix adjacent, best first
+    lists = []
+    for start in range(0, out.shape[0], n):
+        queries = []
+        for row in out[start : start + n, ids.shape[1] :].tolist():
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            if end is None:
+                continue  # cut at query_max_tokens
+            text = tokenizer.decode(row[:end], skip_special_tokens=False)
+            if not any(m in text for m in TARGET_MARKERS):
+                queries.append(text)
+        lists.append(queries)
+    return lists
+
+
+def query_beam_results(
+    model, tokenizer, prompts: Sequence[Sequence[int]], kind: str, k: int, decoding: Decoding,
+    fallbacks: Sequence[Sequence[str]], blocklist,
+) -> list[GenResult]:
+    """``query_beam`` decoding of one batch. Direct / plain: the ``num_beams`` most probable first
+    queries of the list (``next_queries`` after ``prompt <q>``), which is the model's ranking of
+    the user's interests: IL-SFT puts the strongest first. Think: a greedy pass writes the interest
+    points (triggers, rationale); each of the first ``think_points`` complete points is then
+    expanded with its most probable queries (``next_queries`` after ``... </think><q>``) and the
+    points' lists are interleaved, strongest point first."""
+    import dataclasses as _dc
+
+    from aigq_model.parsing import THINK_CLOSE
+
+    q_id = _token_id(tokenizer, Q_MARK)
+    if q_id is None:
+        raise ValueError(f"the tokenizer has no {Q_MARK} token; query_beam needs a trained AIGQ policy")
+    if kind != "think":
+        lists = next_queries(model, tokenizer, [[*p, q_id] for p in prompts], decoding)
+        out = []
+        for queries, popular in zip(lists, fallbacks, strict=True):
+            own = postprocess(queries, blocklist, max_queries=k)
+            out.append(_finish(own, "", False, None, k, popular, blocklist, len(queries)))
+        return out
+    greedy = generate_texts(model, tokenizer, prompts, _dc.replace(decoding, strategy="greedy", num_return_sequences=1))
+    prefixes, owner = [], []
+    parsed_all = []
+    for b, (prompt, ((text, done),)) in enumerate(zip(prompts, greedy, strict=True)):
+        parsed = parse_think(text, complete=done)
+        parsed_all.append(parsed)
+        cut = 0
+        for _ in range(decoding.think_points):
+            at = text.find(THINK_CLOSE, cut)
+            if at < 0:
+                break
+            cut = at + len(THINK_CLOSE)
+            head = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+            prefixes.append([*prompt, *head, q_id])
+            owner.append(b)
+    expanded = next_queries(model, tokenizer, prefixes, decoding) if prefixes else []
+    per_sample: list[list[list[str]]] = [[] for _ in prompts]
+    for b, queries in zip(owner, expanded, strict=True):
+        per_sample[b].append(queries)
+    out = []
+    for b, parsed in enumerate(parsed_all):
+        lists = per_sample[b] or [parsed.queries]
+        own = postprocess(merge_lists(lists), blocklist, max_queries=k)
+        triggers = [p.triggers for p in parsed.points]
+        out.append(_finish(own, greedy[b][0][0], parsed.malformed, triggers, k, fallbacks[b], blocklist, len(lists)))
+    return out
+
+
+def _finish(own, raw, malformed, triggers, k, popular, blocklist, n_sequences) -> GenResult:
+    queries = with_fallback(own, popular, k, blocklist)
+    source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
+    return GenResult(queries, raw, malformed, n_model=len(own), source=source, triggers=triggers,
+                     extra={"n_sequences": n_sequences})

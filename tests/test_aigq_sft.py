@@ -283,3 +283,44 @@ def test_think_generation_gets_its_own_token_budget(trained):
     assert max(n_tokens(r) for r in think) > 3
     with pytest.raises(ValueError, match="max_new_tokens"):
         Decoding(max_new_tokens_think=0)
+
+
+def test_query_beam_ranks_the_next_queries_and_batches_like_one_at_a_time(trained):
+    """``query_beam``: the model's most probable first queries, best first, distinct, and at least
+    as many of the model's own queries as a greedy list holds (up to 3)."""
+    model, tok, _ = trained
+    rows = make_rows(8, seed=11)
+    dec = Decoding(strategy="query_beam", num_beams=6)
+    batched = generate_lists(model, tok, rows, k=10, batch_size=8, decoding=dec, cold_start="model")
+    single = generate_lists(model, tok, rows, k=10, batch_size=1, decoding=dec, cold_start="model")
+    assert [r.queries for r in batched] == [r.queries for r in single]
+    greedy = generate_lists(model, tok, rows, k=10, decoding=Decoding(max_new_tokens=24), cold_start="model")
+    for r, g in zip(batched, greedy, strict=True):
+        assert len(r.queries[: r.n_model]) == len(set(r.queries[: r.n_model])) > 0
+        assert r.n_model >= min(g.n_model, 3)
+    # the most probable first query is, for a peaked model, what greedy decoding writes first
+    assert sum(r.queries[0] == g.queries[0] for r, g in zip(batched, greedy, strict=True)) >= 6
+
+
+def think_rows(n: int, seed: int) -> list[dict]:
+    """Think rows: one interest point triggered by the last search, its queries the Direct target."""
+    rows = make_rows(n, seed=seed)
+    for r in rows:
+        last = max(i for i, h in enumerate(r["history"], start=1) if h["event_type"] == "search")
+        r["targets"] = [{"query": q, "source": "search", "triggers": [last]} for q in r.pop("target_queries")]
+    return rows
+
+
+def test_query_beam_expands_each_think_point(base_dir, tmp_path):
+    config = SFTConfig(kind="think", max_steps=150, **TINY_SFT)
+    model, tok, _state, _m = train_sft(config, base_dir, think_rows(32, 0), tmp_path / "ckpt")
+    rows = think_rows(6, 21)
+    greedy = generate_lists(model, tok, rows, kind="think", decoding=Decoding(max_new_tokens_think=64),
+                            cold_start="model")
+    expanded = generate_lists(model, tok, rows, kind="think", cold_start="model",
+                              decoding=Decoding(strategy="query_beam", num_beams=6, max_new_tokens_think=64))
+    for g, e in zip(greedy, expanded, strict=True):
+        assert e.raw_text == g.raw_text and e.triggers == g.triggers  # the greedy pass writes the points
+        assert e.n_model >= g.n_model
+    assert sum(e.n_model for e in expanded) > sum(g.n_model for g in greedy)
+    assert any(e.triggers for e in expanded)
