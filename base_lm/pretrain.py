@@ -63,6 +63,10 @@ class BaseLMConfig:
     weight_decay: float = 0.01
     save_steps: int = 0
     seed: int = 0
+    #: Also pre-train on behaviour sequences: each user's newest ``karma_samples`` history of each
+    #: day as one text, a line per behaviour (``search <query>`` / ``click <title>`` ...), so the
+    #: LM sees which queries and items follow each other before any task fine-tuning.
+    behaviour_sequences: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -88,8 +92,14 @@ class BaseLMConfig:
 
 
 # --- text -------------------------------------------------------------------------------------
-def collect_texts(data_root: str | Path, ds_list: Sequence[str]) -> list[str]:
-    """Unique item texts, behaviour texts and queries of the published partitions in ``ds_list``."""
+def sequence_text(history: Sequence[dict]) -> str:
+    """One behaviour sequence as text: a ``<event_type> <text>`` line per behaviour, oldest first."""
+    return "\n".join(f"{b['event_type']} {b['text'].strip()}" for b in history if b.get("text") and b["text"].strip())
+
+
+def collect_texts(data_root: str | Path, ds_list: Sequence[str], sequences: bool = False) -> list[str]:
+    """Unique item texts, behaviour texts and queries of the published partitions in ``ds_list``;
+    with ``sequences``, also each user's newest behaviour history of each day (``sequence_text``)."""
     from common.arrow_io import read_partition
     from common.paths import is_published, latest_published_ds, partition_path
 
@@ -101,8 +111,16 @@ def collect_texts(data_root: str | Path, ds_list: Sequence[str]) -> list[str]:
         )
     for ds in ds_list:
         if is_published(partition_path(data_root, "samples", "karma_samples", ds)):
-            history = read_partition(data_root, "samples", "karma_samples", ds).column("history").to_pylist()
+            table = read_partition(data_root, "samples", "karma_samples", ds)
+            history = table.column("history").to_pylist()
             texts.update(b["text"] for h in history for b in h)
+            if sequences:
+                newest: dict[str, tuple] = {}
+                for user, t, h in zip(table.column("user_id").to_pylist(), table.column("event_time").to_pylist(),
+                                      history, strict=True):
+                    if user not in newest or t > newest[user][0]:
+                        newest[user] = (t, h)
+                texts.update(sequence_text(h) for _t, h in newest.values() if len(h) > 1)
         if is_published(partition_path(data_root, "samples", "aigq_direct_sft", ds)):
             queries = (
                 read_partition(data_root, "samples", "aigq_direct_sft", ds)
@@ -306,7 +324,7 @@ def _main(argv: list[str] | None) -> int:
     if not args.resume and rank == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
     barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
-    texts = collect_texts(data_root, ds_list)
+    texts = collect_texts(data_root, ds_list, lm_cfg.behaviour_sequences)
     model, tokenizer, metrics, state = pretrain(texts, lm_cfg, checkpoint_dir, resume=args.resume)
     if rank != 0:  # rank 0 publishes, cleans up and prints the result line
         return 0

@@ -278,3 +278,33 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         env={**os.environ, "PYTHONPATH": str(repo)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_behaviour_sequences_join_the_corpus_newest_history_per_user(tmp_path):
+    """``base_lm.behaviour_sequences``: each user's newest history of the day becomes one text, a
+    ``<event_type> <text>`` line per behaviour; without it only single texts are collected."""
+    import datetime as dt
+
+    from base_lm.pretrain import collect_texts, sequence_text
+    from common.arrow_io import write_partition
+
+    t0 = dt.datetime(2026, 11, 2, 8, tzinfo=dt.UTC)
+
+    def b(minutes, etype, text):
+        return {"event_time": t0 + dt.timedelta(minutes=minutes), "event_type": etype, "time_bucket": "lt_1h",
+                "text": text, "item_id": None if etype == "search" else "i1", "category": None}
+
+    old = [b(0, "search", "red shoe"), b(1, "click", "Nike red shoe")]
+    new = [*old, b(2, "search", "trainers")]
+    rows = [
+        {"sample_id": sid, "user_id": user, "event_time": t0 + dt.timedelta(minutes=m), "target_item_id": "i1",
+         "target_event_type": "click", "history": hist, "hard_negative_ids": [], "split": "train"}
+        for sid, user, m, hist in (("a", "u1", 2, old), ("b", "u1", 3, new), ("c", "u2", 3, [b(0, "search", "mug")]))
+    ]
+    write_partition(tmp_path, "samples", "karma_samples", "2026-11-02", rows)
+    plain = collect_texts(tmp_path, ["2026-11-02"])
+    assert plain == ["Nike red shoe", "mug", "red shoe", "trainers"]
+    with_seq = collect_texts(tmp_path, ["2026-11-02"], sequences=True)
+    assert sequence_text(new) == "search red shoe\nclick Nike red shoe\nsearch trainers"
+    # u1's newest history only (the older window is a prefix of it); u2's one-behaviour history adds nothing
+    assert sorted(set(with_seq) - set(plain)) == [sequence_text(new)]
