@@ -85,12 +85,16 @@ def policy_settings(reg: Registered) -> tuple[str, int]:
 
 
 def decoding(cfg: Mapping, export_section: Mapping | None, max_new_tokens: int | None = None):
-    """``(Decoding, batch_size)``: ``aigq.generate`` overridden by ``export.generate``."""
+    """``(Decoding, batch_size)``: ``aigq.generate`` overridden by ``export.generate``; an explicit
+    ``max_new_tokens`` (the DAG's Param) is the budget of Direct and Think outputs alike."""
     from aigq_model.generate import Decoding
 
-    section = {**((cfg.get("aigq") or {}).get("generate") or {}), **dict(export_section or {})}
+    export_section = dict(export_section or {})
+    if "max_new_tokens" in export_section:  # an export budget caps Think outputs too, unless set apart
+        export_section.setdefault("max_new_tokens_think", export_section["max_new_tokens"])
+    section = {**((cfg.get("aigq") or {}).get("generate") or {}), **export_section}
     if max_new_tokens:
-        section["max_new_tokens"] = int(max_new_tokens)
+        section["max_new_tokens"] = section["max_new_tokens_think"] = int(max_new_tokens)
     return Decoding.from_dict(section), int(section.get("batch_size", 16))
 
 

@@ -364,3 +364,17 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_export_token_budget_caps_think_outputs_too():
+    from export.models import decoding
+
+    cfg = {"aigq": {"generate": {"max_new_tokens": 96, "max_new_tokens_think": 224}}}
+    dec, _ = decoding(cfg, {})
+    assert (dec.max_new_tokens, dec.max_new_tokens_think) == (96, 224)
+    dec, _ = decoding(cfg, {"max_new_tokens": 16})  # export.generate budget
+    assert (dec.max_new_tokens, dec.max_new_tokens_think) == (16, 16)
+    dec, _ = decoding(cfg, {"max_new_tokens": 16, "max_new_tokens_think": 40})
+    assert (dec.max_new_tokens, dec.max_new_tokens_think) == (16, 40)
+    dec, _ = decoding(cfg, {}, max_new_tokens=32)  # the DAG's Param
+    assert (dec.max_new_tokens, dec.max_new_tokens_think) == (32, 32)
