@@ -21,8 +21,8 @@ from aigq_model.targets import (
     explode_plain_sft,
     serialize_think,
     sft_text_pair,
-    think_points,
     template_rationale,
+    think_points,
     think_target,
 )
 
