@@ -309,12 +309,8 @@ def _to_result(
     triggers = [p.triggers for p in best.points] if kind == "think" else None
     merged = merge_lists([postprocess(p.queries, blocklist, max_queries=k) for p in parsed_all])
     own = postprocess(merged, blocklist, max_queries=k)
-    queries = with_fallback(own, popular, k, blocklist)
-    source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
     extra = {"n_sequences": len(outs)} if len(outs) > 1 else {}
-    return GenResult(
-        queries, outs[0][0], best.malformed, n_model=len(own), source=source, triggers=triggers, extra=extra
-    )
+    return _finish(own, outs[0][0], best.malformed, triggers, k, popular, blocklist, extra)
 
 
 # --- query-level beam search --------------------------------------------------------------------
@@ -368,8 +364,6 @@ def query_beam_results(
     points (triggers, rationale); each of the first ``think_points`` complete points is then
     expanded with its most probable queries (``next_queries`` after ``... </think><q>``) and the
     points' lists are interleaved, strongest point first."""
-    import dataclasses as _dc
-
     from aigq_model.parsing import THINK_CLOSE
 
     q_id = _token_id(tokenizer, Q_MARK)
@@ -380,9 +374,9 @@ def query_beam_results(
         out = []
         for queries, popular in zip(lists, fallbacks, strict=True):
             own = postprocess(queries, blocklist, max_queries=k)
-            out.append(_finish(own, "", False, None, k, popular, blocklist, len(queries)))
+            out.append(_finish(own, "", False, None, k, popular, blocklist, {"n_sequences": len(queries)}))
         return out
-    greedy = generate_texts(model, tokenizer, prompts, _dc.replace(decoding, strategy="greedy", num_return_sequences=1))
+    greedy = generate_texts(model, tokenizer, prompts, dataclasses.replace(decoding, strategy="greedy", num_return_sequences=1))
     prefixes, owner = [], []
     parsed_all = []
     for b, (prompt, ((text, done),)) in enumerate(zip(prompts, greedy, strict=True)):
@@ -406,12 +400,13 @@ def query_beam_results(
         lists = per_sample[b] or [parsed.queries]
         own = postprocess(merge_lists(lists), blocklist, max_queries=k)
         triggers = [p.triggers for p in parsed.points]
-        out.append(_finish(own, greedy[b][0][0], parsed.malformed, triggers, k, fallbacks[b], blocklist, len(lists)))
+        out.append(_finish(own, greedy[b][0][0], parsed.malformed, triggers, k, fallbacks[b], blocklist,
+                           {"n_sequences": len(lists)}))
     return out
 
 
-def _finish(own, raw, malformed, triggers, k, popular, blocklist, n_sequences) -> GenResult:
+def _finish(own, raw, malformed, triggers, k, popular, blocklist, extra) -> GenResult:
+    """The model's cleaned queries ``own`` topped up to ``k`` by the fallback, as a result."""
     queries = with_fallback(own, popular, k, blocklist)
     source = "model" if len(queries) == len(own) else ("model+fallback" if own else "fallback")
-    return GenResult(queries, raw, malformed, n_model=len(own), source=source, triggers=triggers,
-                     extra={"n_sequences": n_sequences})
+    return GenResult(queries, raw, malformed, n_model=len(own), source=source, triggers=triggers, extra=extra)
