@@ -27,6 +27,12 @@ Tables
   searches typed that day (time order), then the day's exposures' ranker top-K. Each target
   query carries ``triggers``: indices into the history of behaviours sharing a word (two or
   more characters) with it.
+- ``samples.session_anchors`` **(ours, off by default)** adds anchors inside the day, so the
+  models also learn from histories that already hold the same day's behaviour (what a request
+  at serving time sees): ``aigq_direct_sft`` also gets one row per gap session with a search
+  (the fallback rule above, ``label_source = search_session``) on days with HintQ exposures, and
+  ``aigq_think_sft`` one row per Direct anchor after the day session's start, whose target is
+  built by the same rule from the day's events at or after the anchor (the rest of the day).
 - ``ctr_samples``: one per query impression (on a day without impressions: one per search, label =
   its request got a click) with profile and the user's recent queries (the
   searches among the last ``history_len`` behaviours before the impression).
@@ -290,21 +296,33 @@ def with_profile(df, users):
     return df.join(users.select("user_id", *cols), on="user_id", how="left")
 
 
-def build_direct_samples(indexed, exposures, sessions, users, ds: str, scfg: dict):
-    from pyspark.sql import functions as F
-
-    has_exposures = exposures.limit(1).count() > 0
-    anchors = direct_from_exposures(exposures.filter(F.col("clicked_query").isNotNull()), scfg) if has_exposures \
-        else direct_from_search_sessions(sessions, scfg)
-    anchors = anchors.filter(F.size("target_queries") > 0).withColumn(
-        "sample_id", _sample_id("user_id", "request_id", "event_time")
-    )
+def build_direct_samples(indexed, anchors, users, ds: str, scfg: dict):
+    """``anchors``: ``direct_anchors(...)``."""
     out = with_profile(attach_history(indexed, anchors), users)
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
-def think_targets(day_events, exposures, scfg: dict):
-    """Per user and day: the ordered, de-duplicated (query, source) target list."""
+def direct_anchors(exposures, sessions, scfg: dict):
+    """Direct anchors with their target lists: clicked HintQ exposures; gap sessions with a search
+    on days without exposures, or on every day as well with ``samples.session_anchors``."""
+    from pyspark.sql import functions as F
+
+    has_exposures = exposures.limit(1).count() > 0
+    if not has_exposures:
+        anchors = direct_from_search_sessions(sessions, scfg)
+    else:
+        anchors = direct_from_exposures(exposures.filter(F.col("clicked_query").isNotNull()), scfg)
+        if scfg.get("session_anchors"):
+            anchors = anchors.unionByName(direct_from_search_sessions(sessions, scfg))
+    return anchors.filter(F.size("target_queries") > 0).withColumn(
+        "sample_id", _sample_id("user_id", "request_id", "event_time")
+    )
+
+
+def think_targets(day_events, exposures, scfg: dict, anchors=None):
+    """Per user and day: the ordered, de-duplicated (query, source) target list. With ``anchors``
+    (``user_id, event_time``): one list per anchor from the day's entries at or after its time,
+    keyed by ``user_id, event_time``."""
     from pyspark.sql import functions as F
 
     top_k = int(scfg["ranker_top_k"])
@@ -322,6 +340,12 @@ def think_targets(day_events, exposures, scfg: dict):
     ).select("user_id", F.lit(2).alias("_p"), "_t", "_i", "query", F.lit("ranker").alias("source"))
     long = hint_clicks.unionByName(searches).unionByName(ranker).withColumn("query", normalize_query(F.col("query")))
     long = long.filter(F.col("query").isNotNull() & (F.col("query") != ""))
+    keys = ["user_id"]
+    if anchors is not None:
+        long = anchors.select("user_id", "event_time").join(long, on="user_id").filter(
+            F.col("_t") >= F.unix_micros("event_time")
+        )
+        keys = ["user_id", "event_time"]
     ordered = F.array_sort(F.collect_list(F.struct("_p", "_t", "_i", "query", "source")))
     max_q = int(scfg["max_target_queries"])
     # Keep the first occurrence of each query: drop entries whose query appeared earlier.
@@ -329,9 +353,9 @@ def think_targets(day_events, exposures, scfg: dict):
         "filter(_all, (x, i) -> NOT exists(slice(_all, 1, i), y -> y.query = x.query))"
     )
     return (
-        long.groupBy("user_id").agg(ordered.alias("_all"))
+        long.groupBy(*keys).agg(ordered.alias("_all"))
         .withColumn("_dedup", dedup)
-        .select("user_id", F.slice(F.transform("_dedup", lambda x: F.struct(x["query"].alias("query"), x["source"].alias("source"))), 1, max_q).alias("_targets"))
+        .select(*keys, F.slice(F.transform("_dedup", lambda x: F.struct(x["query"].alias("query"), x["source"].alias("source"))), 1, max_q).alias("_targets"))
     )
 
 
@@ -349,12 +373,20 @@ def with_triggers(df):
     return df.withColumn("targets", F.expr(expr)).drop("_targets")
 
 
-def build_think_samples(indexed, day_events, exposures, day_sessions, users, ds: str, scfg: dict):
+def build_think_samples(indexed, day_events, exposures, day_sessions, users, ds: str, scfg: dict, direct=None):
+    """``direct``: the Direct anchors; with ``samples.session_anchors`` those after the day
+    session's start become Think anchors too, each with the rest of the day as its target."""
     from pyspark.sql import functions as F
 
-    anchors = day_sessions.select("user_id", F.col("start_time").alias("event_time")).join(
-        think_targets(day_events, exposures, scfg), on="user_id", how="inner"
-    ).withColumn("sample_id", _sample_id("user_id", "event_time"))
+    starts = day_sessions.select("user_id", F.col("start_time").alias("event_time"))
+    anchors = starts.join(think_targets(day_events, exposures, scfg), on="user_id", how="inner")
+    if scfg.get("session_anchors") and direct is not None:
+        later = direct.select("user_id", "event_time").distinct().join(
+            starts.withColumnRenamed("event_time", "_start"), on="user_id"
+        ).filter(F.col("event_time") > F.col("_start")).drop("_start")
+        anchors = anchors.unionByName(later.join(think_targets(day_events, exposures, scfg, later),
+                                                 on=["user_id", "event_time"], how="inner"))
+    anchors = anchors.withColumn("sample_id", _sample_id("user_id", "event_time"))
     out = with_triggers(attach_history(indexed, anchors))
     out = with_profile(out.filter(F.size("targets") > 0), users)
     return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
@@ -406,10 +438,11 @@ def run(spark, cfg: dict, ds: str) -> dict:
     sessions = read_partition(spark, root, "sessions", "behavior_sessions", ds)
     day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
     impressions = read_partition(spark, root, "clean", "query_impressions", ds)
+    direct = direct_anchors(exposures, sessions, scfg)
     outputs = {
         "karma_samples": build_karma_samples(indexed, day_events, ds, scfg),
-        "aigq_direct_sft": build_direct_samples(indexed, exposures, sessions, users, ds, scfg),
-        "aigq_think_sft": build_think_samples(indexed, day_events, exposures, day_sessions, users, ds, scfg),
+        "aigq_direct_sft": build_direct_samples(indexed, direct, users, ds, scfg),
+        "aigq_think_sft": build_think_samples(indexed, day_events, exposures, day_sessions, users, ds, scfg, direct),
         "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg, day_events),
         "item_corpus": build_item_corpus(spark, items),
     }

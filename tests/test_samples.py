@@ -104,6 +104,34 @@ def test_think_targets_sources_and_triggers(tiny_run):
     ]
 
 
+def test_session_anchors_add_direct_search_sessions_and_later_think_anchors(spark, tmp_path):
+    cfg = load_config(environ={"PIPELINE__SAMPLES__SESSION_ANCHORS": "true"})
+    cfg["data_root"] = str(tmp_path / "data")
+    write_tiny_dataset(cfg["data_root"])
+    for ds in (DS1, DS2):
+        validate.run(spark, cfg, ds)
+        sessionize.run(spark, cfg, ds)
+        build_samples.run(spark, cfg, ds)
+    direct = [(r["event_time"], r["label_source"], r["target_queries"]) for r in _rows(cfg, "aigq_direct_sft")]
+    assert sorted(direct) == [
+        (ts(2, 9), "search_session", ["blue hat"]),
+        (ts(2, 10), "hintq", ["red hat", "hat", "blue shoe"]),
+        (ts(2, 10), "search_session", ["red hat"]),
+    ]
+    think = sorted(_rows(cfg, "aigq_think_sft"), key=lambda r: r["event_time"])
+    assert [r["event_time"] for r in think] == [ts(2, 9), ts(2, 10)]
+    assert len({r["sample_id"] for r in think}) == 2
+    # The day-session row is unchanged; the 10:00 row only sees what happened from 10:00 on,
+    # and its history already holds the morning's search and click.
+    assert [t["query"] for t in think[0]["targets"]] == ["red hat", "blue hat", "hat", "blue shoe"]
+    assert [(t["query"], t["source"], t["triggers"]) for t in think[1]["targets"]] == [
+        ("red hat", "hint_click", [0, 1, 2, 3]),
+        ("hat", "ranker", [2, 3]),
+        ("blue shoe", "ranker", [0, 1, 2, 3]),
+    ]
+    assert [h["text"] for h in think[1]["history"]] == ["red shoe", "red running shoe", "Blue  Hat", "blue wool hat"]
+
+
 def test_ctr_samples_and_item_corpus(tiny_run):
     cfg, _ = tiny_run
     ctr = _rows(cfg, "ctr_samples")
