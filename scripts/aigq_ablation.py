@@ -96,7 +96,9 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
     """The table, plot and JSON so far (rewritten after every run, so a cut-short ablation keeps
     what it measured)."""
     text = (
-        f"Trained on the days ending {args.train_ds} (train split); scored on the {args.split} "
+        f"Trained on the days ending {args.train_ds} (train split"
+        + (f"; {args.samples_note}" if getattr(args, "samples_note", "") else "")
+        + f"); scored on the {args.split} "
         f"{args.samples} samples of {args.eval_ds}"
         + (f" and the {args.sample_days - 1} days before" if args.sample_days > 1 else "")
         + (f" whose history holds >= {args.min_history_queries} searches" if args.min_history_queries else "")
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo-lr", type=float, default=None)
     parser.add_argument("--omp-threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--samples-note", default="", help="how the training samples were built, for the report")
     parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published, and "
                         "evaluations whose metrics.json was scored with the same settings")
     args = parser.parse_args(argv)

@@ -4,22 +4,25 @@
 #
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (16),
-#        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2), PYTHON
+#        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
+#        SESSION_ANCHORS (false), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
-#    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs.
+#    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
+#    the training days with samples.session_anchors=SESSION_ANCHORS (in-day anchors), the scored
+#    last day always without (its Direct samples are the clicked HintQ exposures, as in the paper).
 # 2. The base LM on the days ending the day before the last, with the behaviour-sequence corpus
 #    (base_lm.behaviour_sequences), BASE_STEPS steps.
 # 3. IL-SFT of every kind x seed on those days (STEPS steps, lr LR), each scored on the first
 #    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams), PARALLEL
 #    runs at a time (one thread each); scripts/aigq_ablation.py then writes the one table.
-# About 75 min on 2 CPU cores with the defaults.
+# About 75 min on 2 CPU cores with the defaults (about 100 with SESSION_ANCHORS=true STEPS=3500).
 set -euo pipefail
 ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-16}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
@@ -28,7 +31,10 @@ EVAL_DS=${DATES[$((DAYS - 1))]}; TRAIN_DS=${DATES[$((DAYS - 2))]}
 if [ ! -f "$ROOT/samples/aigq_direct_sft/ds=$EVAL_DS/_SUCCESS" ]; then
   "$PY" -m sources.synthetic --data-root "$ROOT" --days "$DAYS" --users "$USERS" --items 3000
   for ds in "${DATES[@]}"; do
-    for job in validate sessionize build_samples; do "$PY" -m "jobs.$job" --ds "$ds" --data-root "$ROOT" >/dev/null; done
+    anchors=$SESSION_ANCHORS; [ "$ds" = "$EVAL_DS" ] && anchors=false
+    for job in validate sessionize build_samples; do
+      PIPELINE__SAMPLES__SESSION_ANCHORS=$anchors "$PY" -m "jobs.$job" --ds "$ds" --data-root "$ROOT" >/dev/null
+    done
     echo "samples of $ds built"
   done
 fi
@@ -71,4 +77,5 @@ wait
 # shellcheck disable=SC2086
 "$PY" scripts/aigq_ablation.py --data-root "$ROOT" --train-ds "$TRAIN_DS" --eval-ds "$EVAL_DS" \
   --kinds $KINDS --seeds $SEEDS --max-steps "$STEPS" --sft-lr "$LR" --base-model "$BASE" \
-  --strategy query_beam --num-beams "$BEAMS" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse
+  --strategy query_beam --num-beams "$BEAMS" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
+  --samples-note "training days built with samples.session_anchors=$SESSION_ANCHORS"
