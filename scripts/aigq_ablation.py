@@ -97,7 +97,7 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
     what it measured)."""
     text = (
         f"Trained on the days ending {args.train_ds} (train split"
-        + (f"; {args.samples_note}" if getattr(args, "samples_note", "") else "")
+        + (f"; {args.samples_note}" if args.samples_note else "")
         + f"); scored on the {args.split} "
         f"{args.samples} samples of {args.eval_ds}"
         + (f" and the {args.sample_days - 1} days before" if args.sample_days > 1 else "")
