@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("greedy", "sample", "beam", "query_beam")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
+#: query -> category (a mapping or a function; ``None`` = unknown), for ``Decoding.group_queries``.
+CategoryOf = Mapping[str, str] | Callable[[str], str | None]
 
 
 @dataclass
@@ -51,6 +53,13 @@ class Decoding:
     #: Forbid closing a query (``<q>`` or eos) that repeats an earlier query of the same sequence:
     #: small policies otherwise loop on their first query (``<q> a<q> a<q> a``).
     no_repeat_query: bool = False
+    #: ``query_beam`` list assembly (ours). 0: Direct / plain lists rank candidates by probability
+    #: alone and Think interleaves its interest points one query at a time. N > 0: interest-grouped
+    #: lists: candidates are grouped by interest (Think: its interest point; Direct / plain: the
+    #: query's category from the click log, ``category_of`` of ``generate_lists``), groups ordered
+    #: by their best candidate, and each round takes up to N queries of every group in turn, so a
+    #: strong interest keeps several slots instead of sharing them with weak ones.
+    group_queries: int = 0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -63,6 +72,8 @@ class Decoding:
             raise ValueError("num_return_sequences must be >= 1")
         if min(self.query_max_tokens, self.think_points) < 1:
             raise ValueError("query_max_tokens and think_points must be >= 1")
+        if self.group_queries < 0:
+            raise ValueError("group_queries must be >= 0")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -206,20 +217,44 @@ def generate_texts(
     return [texts[i : i + n] for i in range(0, len(texts), n)]
 
 
-def merge_lists(lists: Sequence[Sequence[str]]) -> list[str]:
+def merge_lists(lists: Sequence[Sequence[str]], per_round: int = 1) -> list[str]:
     """Interleave ranked lists by position (rank 1 of every list in list order, then rank 2, ...),
     keeping the first occurrence of each query: the head of every decoded list outranks any
-    list's tail, so the strongest interests of all sequences come first.
+    list's tail, so the strongest interests of all sequences come first. ``per_round`` > 1 takes
+    that many queries of each list per round.
 
     >>> merge_lists([["a", "b", "c"], ["a", "d"], ["e"]])
     ['a', 'e', 'b', 'd', 'c']
+    >>> merge_lists([["a", "b", "c"], ["d", "e"]], per_round=2)
+    ['a', 'b', 'd', 'e', 'c']
     """
+    if per_round < 1:
+        raise ValueError("per_round must be >= 1")
     out: dict[str, None] = {}
-    for pos in range(max((len(x) for x in lists), default=0)):
+    for pos in range(0, max((len(x) for x in lists), default=0), per_round):
         for lst in lists:
-            if pos < len(lst):
-                out.setdefault(lst[pos], None)
+            for q in lst[pos : pos + per_round]:
+                out.setdefault(q, None)
     return list(out)
+
+
+def group_by_category(queries: Sequence[str], category_of: CategoryOf | None, per_round: int) -> list[str]:
+    """``queries`` (best first) regrouped by category: categories in the order of their best query,
+    ``per_round`` queries of each per round (``merge_lists``); a query of unknown category is a
+    group of its own, so it keeps its rank among the groups. Without a map, or with
+    ``per_round`` 0, the order is unchanged.
+
+    >>> group_by_category(["a1", "b1", "x", "a2", "b2", "a3"], {"a1": "A", "a2": "A", "a3": "A", "b1": "B", "b2": "B"}, 10)
+    ['a1', 'a2', 'a3', 'b1', 'b2', 'x']
+    """
+    if not per_round or category_of is None:
+        return list(queries)
+    lookup = category_of.get if isinstance(category_of, Mapping) else category_of
+    groups: dict[object, list[str]] = {}
+    for i, q in enumerate(queries):
+        cat = lookup(q)
+        groups.setdefault(("?", i) if cat is None else cat, []).append(q)
+    return merge_lists(list(groups.values()), per_round)
 
 
 def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
@@ -240,11 +275,14 @@ def generate_lists(
     style: str = "compressed",
     max_history: int = DEFAULT_MAX_HISTORY,
     cold_start: str = "fallback",
+    category_of: CategoryOf | None = None,
 ) -> list[GenResult]:
     """Ranked lists of at most ``k`` queries for ``samples`` (rows of ``aigq_*_sft`` as dicts).
 
     Model queries come first (cleaned by ``postprocess``), then the fallback tops the list up
     to ``k``. Generation errors of a batch are logged and the batch falls back, never raising.
+    ``category_of`` (normalised query -> category, built from data before the samples) serves
+    ``decoding.group_queries`` of Direct / plain ``query_beam`` lists.
     """
     decoding = decoding or Decoding()
     if kind not in ("direct", "plain", "think"):
@@ -274,7 +312,8 @@ def generate_lists(
         if decoding.strategy == "query_beam":
             try:
                 done = query_beam_results(model, tokenizer, [encoded[i] for i in chunk], kind, k, decoding,
-                                          [_fallback_for(fallback, samples[i]) for i in chunk], blocklist)
+                                          [_fallback_for(fallback, samples[i]) for i in chunk], blocklist,
+                                          category_of)
             except Exception:
                 logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
                 done = [_to_result([("", False)], kind, k, _fallback_for(fallback, samples[i]), blocklist)
@@ -356,14 +395,15 @@ def next_queries(model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: 
 
 def query_beam_results(
     model, tokenizer, prompts: Sequence[Sequence[int]], kind: str, k: int, decoding: Decoding,
-    fallbacks: Sequence[Sequence[str]], blocklist,
+    fallbacks: Sequence[Sequence[str]], blocklist, category_of: CategoryOf | None = None,
 ) -> list[GenResult]:
     """``query_beam`` decoding of one batch. Direct / plain: the ``num_beams`` most probable first
     queries of the list (``next_queries`` after ``prompt <q>``), which is the model's ranking of
     the user's interests: IL-SFT puts the strongest first. Think: a greedy pass writes the interest
     points (triggers, rationale); each of the first ``think_points`` complete points is then
     expanded with its most probable queries (``next_queries`` after ``... </think><q>``) and the
-    points' lists are interleaved, strongest point first."""
+    points' lists are interleaved, strongest point first. ``decoding.group_queries`` N > 0 takes N
+    queries per point (Think) or per category (Direct / plain, ``group_by_category``) per round."""
     from aigq_model.parsing import THINK_CLOSE
 
     q_id = _token_id(tokenizer, Q_MARK)
@@ -373,7 +413,8 @@ def query_beam_results(
         lists = next_queries(model, tokenizer, [[*p, q_id] for p in prompts], decoding)
         out = []
         for queries, popular in zip(lists, fallbacks, strict=True):
-            own = postprocess(queries, blocklist, max_queries=k)
+            cleaned = postprocess(queries, blocklist, max_queries=max(len(queries), 1))
+            own = group_by_category(cleaned, category_of, decoding.group_queries)[:k]
             out.append(_finish(own, "", False, None, k, popular, blocklist, {"n_sequences": len(queries)}))
         return out
     greedy = generate_texts(model, tokenizer, prompts, dataclasses.replace(decoding, strategy="greedy", num_return_sequences=1))
@@ -398,7 +439,7 @@ def query_beam_results(
     out = []
     for b, parsed in enumerate(parsed_all):
         lists = per_sample[b] or [parsed.queries]
-        own = postprocess(merge_lists(lists), blocklist, max_queries=k)
+        own = postprocess(merge_lists(lists, max(decoding.group_queries, 1)), blocklist, max_queries=k)
         triggers = [p.triggers for p in parsed.points]
         out.append(_finish(own, greedy[b][0][0], parsed.malformed, triggers, k, fallbacks[b], blocklist,
                            {"n_sequences": len(lists)}))

@@ -149,6 +149,12 @@ def evaluate_model(
     k = max(ks)
     popularity = PopularityBaseline().fit(events)
     category_of = build_query_category_map(events, items) if items is not None else None
+    decoding = Decoding.from_dict(gen_config)
+    decode_categories = None
+    if decoding.group_queries and items is not None and samples:
+        # decoding may only use the log before the samples: the map of the scored day's clicks is
+        # for the Category HR metric alone
+        decode_categories = build_query_category_map(_before(events, min(s["event_time"] for s in samples)), items)
     t0 = time.perf_counter()
     gens = generate_lists(
         model,
@@ -157,11 +163,12 @@ def evaluate_model(
         kind=kind,
         k=k,
         batch_size=int(gen_config.get("batch_size", 16)),
-        decoding=Decoding.from_dict(gen_config),
+        decoding=decoding,
         fallback=lambda s: popularity.ranked(s["event_time"], k),
         blocklist=blocklist_from_config(gen_config),
         style=style,
         max_history=max_history,
+        category_of=decode_categories,
     )
     gen_seconds = time.perf_counter() - t0
     lists = {name: [g.queries for g in gens]}
@@ -182,6 +189,8 @@ def evaluate_model(
     info = {
         "n_samples": len(samples),
         "generation_seconds": round(gen_seconds, 2),
+        "group_queries": decoding.group_queries,
+        "decode_category_map_size": None if decode_categories is None else len(decode_categories),
         "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
         "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,
         "cold_start_share": sum(not s.get("history") for s in samples) / len(samples) if samples else None,
@@ -189,6 +198,14 @@ def evaluate_model(
         "samples_with_truth": sum(bool(t) for t in truths),
     }
     return results, info
+
+
+def _before(events, t):
+    """The rows of ``events`` (a pyarrow Table) strictly before the timestamp ``t``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return events.filter(pc.less(events["event_time"], pa.scalar(t, events.schema.field("event_time").type)))
 
 
 def _nan_to_none(obj):

@@ -5,7 +5,7 @@
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (16),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
-#        SESSION_ANCHORS (false), PYTHON
+#        SESSION_ANCHORS (false), GROUP (0: aigq.generate.group_queries of the scoring), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
 #    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
@@ -22,7 +22,7 @@ ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-16}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-0}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
@@ -59,7 +59,7 @@ run_one() {
   fi
   local extra=(--baselines "")
   [ "$baselines" = yes ] && extra=()
-  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
+  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__GROUP_QUERIES=$GROUP "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
     --report-name "ablation_$kind-seed$seed" "${extra[@]}" >>"$dir.log" 2>&1
   echo "$kind seed $seed trained and scored"
 }
@@ -77,5 +77,5 @@ wait
 # shellcheck disable=SC2086
 "$PY" scripts/aigq_ablation.py --data-root "$ROOT" --train-ds "$TRAIN_DS" --eval-ds "$EVAL_DS" \
   --kinds $KINDS --seeds $SEEDS --max-steps "$STEPS" --sft-lr "$LR" --base-model "$BASE" \
-  --strategy query_beam --num-beams "$BEAMS" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
+  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
   --samples-note "training days built with samples.session_anchors=$SESSION_ANCHORS"

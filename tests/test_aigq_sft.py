@@ -302,6 +302,41 @@ def test_query_beam_ranks_the_next_queries_and_batches_like_one_at_a_time(traine
     assert sum(r.queries[0] == g.queries[0] for r, g in zip(batched, greedy, strict=True)) >= 6
 
 
+def test_query_beam_groups_queries_by_category(trained):
+    """``group_queries``: the same model queries, regrouped so a category's queries sit together,
+    categories in the order of their best query, best first within each; queries of unknown
+    category keep their own place; without a map the list is unchanged."""
+    from aigq_model.generate import group_by_category, merge_lists
+
+    model, tok, _ = trained
+    rows = make_rows(8, seed=11)
+    plain = generate_lists(model, tok, rows, k=10, decoding=Decoding(strategy="query_beam", num_beams=6),
+                           cold_start="model")
+    queries = sorted({q for r in plain for q in r.queries[: r.n_model]})
+    assert len(queries) >= 4
+    category = {q: f"c{i % 2}" for i, q in enumerate(queries[:-1])}  # the last one stays unknown
+    dec = Decoding(strategy="query_beam", num_beams=6, group_queries=10)
+    grouped = generate_lists(model, tok, rows, k=10, decoding=dec, cold_start="model", category_of=category)
+    changed = 0
+    for p, g in zip(plain, grouped, strict=True):
+        own, mine = p.queries[: p.n_model], g.queries[: g.n_model]
+        assert sorted(own) == sorted(mine) and mine[0] == own[0]
+        cats = [category.get(q, q) for q in mine]
+        firsts = list(dict.fromkeys(cats))
+        assert cats == sorted(cats, key=firsts.index)  # every category contiguous
+        assert firsts == list(dict.fromkeys(category.get(q, q) for q in own))  # ordered by the best query
+        assert all([q for q in mine if category.get(q, q) == c] == [q for q in own if category.get(q, q) == c]
+                   for c in firsts)  # best first inside a group
+        changed += mine != own
+    assert changed > 0
+    none = generate_lists(model, tok, rows, k=10, decoding=dec, cold_start="model")
+    assert [r.queries for r in none] == [r.queries for r in plain]
+    assert group_by_category(["a", "b", "c", "d"], {"a": "x", "c": "x", "b": "y", "d": "y"}, 1) == ["a", "b", "c", "d"]
+    assert merge_lists([["a", "b", "c"], ["d"]], per_round=3) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="group_queries"):
+        Decoding(group_queries=-1)
+
+
 def think_rows(n: int, seed: int) -> list[dict]:
     """Think rows: one interest point triggered by the last search, its queries the Direct target."""
     rows = make_rows(n, seed=seed)
