@@ -362,6 +362,7 @@ class ExportInputs:
     event_days: list[str]
     active_total: int = -1  # active users of the whole day (``len(active)`` unless sharded)
     shard: tuple[int, int] | None = None  # (shard, num_shards) when the inputs are one shard's
+    items: object = None  # the clean items snapshot (pyarrow Table) or None
 
 
 def _require_events(root: str | Path, ds: str) -> None:
@@ -402,7 +403,7 @@ def load_inputs(root: str | Path, ds: str, config: ExportConfig,
     logger.info("%d active users on %s (window %d days)%s, %d behaviours over %s..%s", len(active), ds,
                 config.window_days, f", shard {shard[0]} of {shard[1]} ({total} in all)" if shard else "",
                 log.n_behaviours, days[0], days[-1])
-    return ExportInputs(ds, events, log, profiles(users), active, items_ds, users_ds, days, total, shard)
+    return ExportInputs(ds, events, log, profiles(users), active, items_ds, users_ds, days, total, shard, items)
 
 
 def load_active(root: str | Path, ds: str, config: ExportConfig) -> list[str]:

@@ -148,6 +148,11 @@ class _Generation:
         self.blocked = models.blocklist(cfg, ex.blocklist)
         self.inputs = inputs = load_inputs(root, ds, ex, shard=shard)
         self.popular = models.popular_queries(inputs.events, ds, ex.u2q_k, self.blocked)
+        self.category_of = None  # for query_beam interest-grouped lists (aigq.generate.group_queries)
+        if self.decoding.group_queries and inputs.items is not None and inputs.events is not None:
+            from aigq_model.evaluate import build_query_category_map
+
+            self.category_of = build_query_category_map(inputs.events, inputs.items)
         self.generated_at = anchor_time(ds)
         self.manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
                                                      "preferred": reg.preferred, "fallback_used": reg.fallback_used},
@@ -170,7 +175,8 @@ class _Generation:
             samples = build_samples(inputs.log, users, inputs.profile, self.ds, ex.max_history)
             gens = generate_lists(self.model, self.tok, samples, kind="direct", k=ex.u2q_k,
                                   batch_size=self.gen_batch, decoding=self.decoding, fallback=self.popular,
-                                  blocklist=self.blocked, style=self.style, max_history=self.max_history)
+                                  blocklist=self.blocked, style=self.style, max_history=self.max_history,
+                                  category_of=self.category_of)
             rows = u2q_rows(users, gens, self.ds, self.run_id, self.reg.name, self.reg.version, self.generated_at)
             write(rows)
             counts["model_rows"] += sum(r["source"] == "model" for r in rows)

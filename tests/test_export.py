@@ -244,6 +244,21 @@ def test_u2q_keeps_each_users_most_recent_m_runs(root):
     assert (snap.groupby("user_id")["ds"].nunique() == 1).all()
 
 
+def test_u2q_interest_grouping_reads_categories_from_the_click_log(root):
+    """``group_queries`` > 0: the run maps queries to categories from the window's click log (the
+    map the lists are grouped by); off, no map is built."""
+    from aigq_model.evaluate import build_query_category_map
+    from export.data import ExportConfig
+    from export.u2q import _Generation
+
+    cfg = _cfg(root)
+    cfg["export"]["generate"] = {**cfg["export"]["generate"], "group_queries": 10}
+    gen = _Generation(cfg, str(root), D3, "run-g", ExportConfig.from_config(cfg))
+    assert gen.decoding.group_queries == 10
+    assert gen.category_of and gen.category_of == build_query_category_map(gen.inputs.events, gen.inputs.items)
+    assert _Generation(_cfg(root), str(root), D3, "run-0", ExportConfig.from_config(_cfg(root))).category_of is None
+
+
 def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):
     from export.u2q import export_u2q
 
