@@ -3,9 +3,9 @@
 # x 2 seeds next to popularity, co-occurrence, EBR and own history, one table.
 #
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
-#   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (16),
+#   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (32),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
-#        SESSION_ANCHORS (false), GROUP (0: aigq.generate.group_queries of the scoring), PYTHON
+#        SESSION_ANCHORS (false), GROUP (10: aigq.generate.group_queries of the scoring; 0 = off), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
 #    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
@@ -14,15 +14,16 @@
 # 2. The base LM on the days ending the day before the last, with the behaviour-sequence corpus
 #    (base_lm.behaviour_sequences), BASE_STEPS steps.
 # 3. IL-SFT of every kind x seed on those days (STEPS steps, lr LR), each scored on the first
-#    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams), PARALLEL
+#    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams, interest-grouped
+#    lists with GROUP), PARALLEL
 #    runs at a time (one thread each); scripts/aigq_ablation.py then writes the one table.
-# About 75 min on 2 CPU cores with the defaults (about 100 with SESSION_ANCHORS=true STEPS=3500).
+# About 90 min on 2 CPU cores with the defaults (the Think scoring takes 7-12 min a seed).
 set -euo pipefail
 ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
-BEAMS=${BEAMS:-16}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-0}
+BEAMS=${BEAMS:-32}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-10}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
