@@ -193,3 +193,19 @@ def test_issued_truth_is_the_rest_of_the_day_from_the_sample_time():
     assert sample_truth(samples, log, "target") == [["shown", "later"], ["x"]]
     with pytest.raises(ValueError, match="truth"):
         sample_truth(samples, log, "future")
+
+
+def test_the_decoding_category_map_reads_only_the_log_before_the_samples():
+    """``group_queries`` decoding maps queries to categories from the log strictly before the
+    earliest scored sample: a click at or after it (here the only one for "umbrella") is unseen."""
+    import pyarrow as pa
+
+    from aigq_model.run_eval import _before
+
+    items = [{"item_id": "i1", "leaf_category": "Running"}, {"item_id": "i7", "leaf_category": "Rain"}]
+    log = LOG + [_ev("u3", 1442, "click", item="i7", request="r8"), _ev("u3", 1441, "search", "umbrella", request="r8")]
+    table = pa.Table.from_pylist(log)
+    assert build_query_category_map(log, items)["umbrella"] == "Rain"
+    early = _before(table, T + dt.timedelta(minutes=1441))
+    assert early.num_rows == sum(e["event_time"] < T + dt.timedelta(minutes=1441) for e in log)
+    assert build_query_category_map(early, items) == {"trainers": "Running", "sandals": "Running"}
