@@ -127,6 +127,17 @@ def build_query_category_map(events, items) -> dict[str, str]:
     return {q: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for q, c in counts.items()}
 
 
+def build_query_vocabulary(events, items):
+    """The log's ``generate.QueryVocabulary``: ``build_query_category_map`` plus how often each
+    (normalised) query was searched, for ``aigq.generate.wording: log``."""
+    from aigq_model.baselines import events_frame
+    from aigq_model.generate import QueryVocabulary
+
+    df = events_frame(events)
+    searched = Counter(df.loc[(df["event_type"] == "search") & (df["query"] != ""), "query"])
+    return QueryVocabulary(build_query_category_map(events, items), searched)
+
+
 def _category_fn(category_of: CategoryOf | None) -> Callable[[str], str | None] | None:
     if category_of is None:
         return None

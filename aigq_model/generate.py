@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aigq_model.parsing import Q_MARK, Blocklist, parse_direct, parse_think, postprocess, with_fallback
+from aigq_model.parsing import (
+    Q_MARK,
+    Blocklist,
+    normalize_query,
+    parse_direct,
+    parse_think,
+    postprocess,
+    with_fallback,
+)
 from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
 from aigq_model.targets import encode_prompt
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("greedy", "sample", "beam", "query_beam")
+WORDINGS = ("model", "log")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
 #: query -> category (a mapping or a function; ``None`` = unknown), for ``Decoding.group_queries``.
@@ -60,6 +70,12 @@ class Decoding:
     #: by their best candidate, and each round takes up to N queries of every group in turn, so a
     #: strong interest keeps several slots instead of sharing them with weak ones.
     group_queries: int = 0
+    #: ``query_beam`` wording (ours). ``model``: the lists hold the model's own candidate queries.
+    #: ``log``: interest-marginal lists (``log_worded``): the model's probability of each
+    #: interest (summed over its candidates of that category) times each query's share of the
+    #: category's searches in the click log before the samples, so the model picks the
+    #: interests and the log the words (needs a ``QueryVocabulary`` as ``category_of``).
+    wording: str = "model"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -74,6 +90,8 @@ class Decoding:
             raise ValueError("query_max_tokens and think_points must be >= 1")
         if self.group_queries < 0:
             raise ValueError("group_queries must be >= 0")
+        if self.wording not in WORDINGS:
+            raise ValueError(f"wording must be one of {WORDINGS}, got {self.wording!r}")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -257,6 +275,66 @@ def group_by_category(queries: Sequence[str], category_of: CategoryOf | None, pe
     return merge_lists(list(groups.values()), per_round)
 
 
+class QueryVocabulary:
+    """The click log's query vocabulary: each query's category (``evaluate.build_query_category_map``)
+    and how often it was searched, built from the log before the samples it serves. Called with a
+    query it gives the query's category (a ``CategoryOf``); ``members(category)`` are the
+    category's queries with their share of its searches (add-one smoothed), most searched first.
+
+    >>> v = QueryVocabulary({"a": "A", "b": "A", "c": "C"}, {"a": 3, "b": 1})
+    >>> v("b"), v.members("A"), v.members("?")
+    ('A', [('a', 0.666...), ('b', 0.333...)], [])
+    """
+
+    def __init__(self, category: Mapping[str, str], counts: Mapping[str, int]):
+        self.category = dict(category)
+        self.counts = {q: int(counts.get(q, 0)) for q in self.category}
+        by_cat: dict[str, list[str]] = {}
+        for q, cat in self.category.items():
+            by_cat.setdefault(cat, []).append(q)
+        self._members = {}
+        for cat, qs in by_cat.items():
+            total = sum(self.counts[q] for q in qs) + len(qs)
+            ranked = sorted(qs, key=lambda q: (-self.counts[q], q))
+            self._members[cat] = [(q, (self.counts[q] + 1) / total) for q in ranked]
+
+    def __call__(self, query: str) -> str | None:
+        return self.category.get(query)
+
+    def __len__(self) -> int:
+        return len(self.category)
+
+    def members(self, category: str) -> list[tuple[str, float]]:
+        return list(self._members.get(category, ()))
+
+
+def log_worded(candidates: Sequence[tuple[str, float]], vocabulary: QueryVocabulary) -> list[str]:
+    """Interest-marginal ranking (``Decoding.wording`` ``log``, ours) of the model's candidate
+    queries with their log-probabilities: an interest's mass is the model's probability summed over
+    its candidates of one category, and every query of that category in the log scores mass x its
+    share of the category's searches (``QueryVocabulary.members``); a candidate the log does not
+    know keeps its own probability. Best first, ties by text.
+
+    >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 1, "a2": 5, "b1": 2})
+    >>> log_worded([("b1", math.log(0.5)), ("a1", math.log(0.3)), ("a2", math.log(0.2)), ("new", math.log(0.1))], v)
+    ['b1', 'a2', 'a1', 'new']
+    """
+    mass: dict[object, float] = {}
+    for text, logp in candidates:
+        q = normalize_query(text)
+        if not q:
+            continue
+        cat = vocabulary(q)
+        key = ("?", q) if cat is None else cat
+        mass[key] = mass.get(key, 0.0) + math.exp(logp)
+    scored: dict[str, float] = {}
+    for key, m in mass.items():
+        members = [(key[1], 1.0)] if isinstance(key, tuple) else vocabulary.members(key)
+        for q, share in members:
+            scored[q] = max(scored.get(q, 0.0), m * share)
+    return sorted(scored, key=lambda q: (-scored[q], q))
+
+
 def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
     ids = encode_prompt(tokenizer, build_prompt(sample, style=style, max_history=max_history))
     return ids[-max_prompt_tokens:]  # the oldest behaviours go first, as in training
@@ -291,6 +369,9 @@ def generate_lists(
         decoding = dataclasses.replace(decoding, max_new_tokens=decoding.max_new_tokens_think)
     if cold_start not in ("fallback", "model"):
         raise ValueError("cold_start must be 'fallback' or 'model'")
+    if decoding.strategy == "query_beam" and decoding.wording == "log" and not isinstance(category_of, QueryVocabulary):
+        raise ValueError("wording 'log' needs the click log's QueryVocabulary as category_of "
+                         "(evaluate.build_query_vocabulary)")
     was_training = model.training
     model.eval()
     results: list[GenResult | None] = [None] * len(samples)
@@ -358,10 +439,12 @@ def _token_id(tokenizer, token: str) -> int | None:
     return None if i is None or i == tokenizer.unk_token_id else int(i)
 
 
-def next_queries(model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding) -> list[list[str]]:
-    """For each prefix (token ids ending in ``<q>``), the ``num_beams`` most probable next queries,
-    best first: one beam search per prefix over a single query, ended by ``<q>``, ``<think>`` or
-    eos and ranked by joint log-probability (no length normalisation). Queries cut at
+def next_queries(
+    model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding
+) -> list[list[tuple[str, float]]]:
+    """For each prefix (token ids ending in ``<q>``), the ``num_beams`` most probable next queries
+    with their joint log-probabilities (no length normalisation), best first: one beam search per
+    prefix over a single query, ended by ``<q>``, ``<think>`` or eos. Queries cut at
     ``query_max_tokens`` or holding a marker are dropped."""
     import torch
 
@@ -378,17 +461,19 @@ def next_queries(model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: 
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=decoding.query_max_tokens,
             eos_token_id=stops, pad_token_id=pad, use_cache=True, num_beams=n, num_return_sequences=n,
             do_sample=False, length_penalty=0.0, early_stopping=True, temperature=None, top_k=None, top_p=None,
-        )  # (len(prefixes) * n, width + new), beams of a prefix adjacent, best first
+            return_dict_in_generate=True, output_scores=True,
+        )  # sequences (len(prefixes) * n, width + new), beams of a prefix adjacent, best first
+    seqs, scores = out.sequences, out.sequences_scores.tolist()
     lists = []
-    for start in range(0, out.shape[0], n):
+    for start in range(0, seqs.shape[0], n):
         queries = []
-        for row in out[start : start + n, ids.shape[1] :].tolist():
+        for row, score in zip(seqs[start : start + n, ids.shape[1] :].tolist(), scores[start : start + n], strict=True):
             end = next((j for j, t in enumerate(row) if t in stops), None)
             if end is None:
                 continue  # cut at query_max_tokens
             text = tokenizer.decode(row[:end], skip_special_tokens=False)
             if not any(m in text for m in TARGET_MARKERS):
-                queries.append(text)
+                queries.append((text, float(score)))
         lists.append(queries)
     return lists
 
@@ -403,19 +488,32 @@ def query_beam_results(
     points (triggers, rationale); each of the first ``think_points`` complete points is then
     expanded with its most probable queries (``next_queries`` after ``... </think><q>``) and the
     points' lists are interleaved, strongest point first. ``decoding.group_queries`` N > 0 takes N
-    queries per point (Think) or per category (Direct / plain, ``group_by_category``) per round."""
+    queries per point (Think) or per category (Direct / plain, ``group_by_category``) per round.
+    ``decoding.wording`` ``log`` words every candidate list with ``log_worded`` (Direct / plain:
+    the one list, not regrouped; Think: each point's list) from ``category_of``, a
+    ``QueryVocabulary``."""
     from aigq_model.parsing import THINK_CLOSE
 
     q_id = _token_id(tokenizer, Q_MARK)
     if q_id is None:
         raise ValueError(f"the tokenizer has no {Q_MARK} token; query_beam needs a trained AIGQ policy")
+    log_words = decoding.wording == "log"
+    if log_words and not isinstance(category_of, QueryVocabulary):
+        raise ValueError("wording 'log' needs the click log's QueryVocabulary as category_of")
+
+    def ranked(cands: Sequence[tuple[str, float]], limit: int) -> list[str]:
+        if log_words:
+            return postprocess(log_worded(cands, category_of), blocklist, max_queries=limit)
+        return postprocess([q for q, _ in cands], blocklist, max_queries=max(len(cands), 1))
+
     if kind != "think":
         lists = next_queries(model, tokenizer, [[*p, q_id] for p in prompts], decoding)
         out = []
-        for queries, popular in zip(lists, fallbacks, strict=True):
-            cleaned = postprocess(queries, blocklist, max_queries=max(len(queries), 1))
-            own = group_by_category(cleaned, category_of, decoding.group_queries)[:k]
-            out.append(_finish(own, "", False, None, k, popular, blocklist, {"n_sequences": len(queries)}))
+        for cands, popular in zip(lists, fallbacks, strict=True):
+            own = ranked(cands, k)
+            if not log_words:
+                own = group_by_category(own, category_of, decoding.group_queries)
+            out.append(_finish(own[:k], "", False, None, k, popular, blocklist, {"n_sequences": len(cands)}))
         return out
     greedy = generate_texts(model, tokenizer, prompts, dataclasses.replace(decoding, strategy="greedy", num_return_sequences=1))
     prefixes, owner = [], []
@@ -434,8 +532,8 @@ def query_beam_results(
             owner.append(b)
     expanded = next_queries(model, tokenizer, prefixes, decoding) if prefixes else []
     per_sample: list[list[list[str]]] = [[] for _ in prompts]
-    for b, queries in zip(owner, expanded, strict=True):
-        per_sample[b].append(queries)
+    for b, cands in zip(owner, expanded, strict=True):
+        per_sample[b].append(ranked(cands, k) if log_words else [q for q, _ in cands])
     out = []
     for b, parsed in enumerate(parsed_all):
         lists = per_sample[b] or [parsed.queries]

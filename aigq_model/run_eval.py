@@ -142,7 +142,7 @@ def evaluate_model(
     """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model and each baseline,
     and generation facts (seconds, malformed share, share of slots filled by the model)."""
     from aigq_model.baselines import BASELINES, PopularityBaseline
-    from aigq_model.evaluate import build_query_category_map, evaluate_records
+    from aigq_model.evaluate import build_query_category_map, build_query_vocabulary, evaluate_records
     from aigq_model.generate import Decoding, blocklist_from_config, generate_lists
 
     gen_config = dict(gen_config or {})
@@ -151,10 +151,12 @@ def evaluate_model(
     category_of = build_query_category_map(events, items) if items is not None else None
     decoding = Decoding.from_dict(gen_config)
     decode_categories = None
-    if decoding.group_queries and items is not None and samples:
+    if decoding.wording == "log" and items is None:
+        raise ValueError("aigq.generate.wording 'log' needs the items table (the query vocabulary's categories)")
+    if (decoding.group_queries or decoding.wording == "log") and items is not None and samples:
         # decoding may only use the log before the samples: the map of the scored day's clicks is
         # for the Category HR metric alone
-        decode_categories = build_query_category_map(_before(events, min(s["event_time"] for s in samples)), items)
+        decode_categories = build_query_vocabulary(_before(events, min(s["event_time"] for s in samples)), items)
     t0 = time.perf_counter()
     gens = generate_lists(
         model,
@@ -190,6 +192,7 @@ def evaluate_model(
         "n_samples": len(samples),
         "generation_seconds": round(gen_seconds, 2),
         "group_queries": decoding.group_queries,
+        "wording": decoding.wording,
         "decode_category_map_size": None if decode_categories is None else len(decode_categories),
         "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
         "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,

@@ -18,6 +18,7 @@ from aigq_model.baselines import (
 from aigq_model.evaluate import (
     EvalRecord,
     build_query_category_map,
+    build_query_vocabulary,
     evaluate_records,
     issued_queries,
     markdown_table,
@@ -153,6 +154,14 @@ def test_truth_and_category_map():
                  _ev("u4", 6, "click", item="i2", request="r9"), _ev("u4", 7, "click", item="i9", request="r9")]
     # trainers: i1 (r3), i2 (r3), i2 (r9) -> Boots 2 : Running 1; sandals: i1 in r5; red shoe: no click.
     assert build_query_category_map(log, items) == {"trainers": "Boots", "sandals": "Running"}
+    # the vocabulary of wording "log": the same categories, each query's searches counted
+    vocab = build_query_vocabulary(log, items)
+    searched = {q: sum(e["event_type"] == "search" and (e["query"] or "").strip().lower() == q for e in log)
+                for q in ("trainers", "sandals")}
+    assert searched["trainers"] >= 2 and searched["sandals"] >= 1
+    assert vocab.category == {"trainers": "Boots", "sandals": "Running"} and vocab.counts == searched
+    assert vocab("trainers") == "Boots" and vocab("red shoe") is None
+    assert vocab.members("Boots") == [("trainers", 1.0)] and vocab.members("Sandals") == []
     assert issued_queries(LOG, T, CUTOFF) == {
         "u1": ["red shoe", "trainers"], "u2": ["red shoe", "running shoe", "trainers", "boots"],
         "u3": ["red shoe", "sandals"]}

@@ -3,6 +3,7 @@ the entry point publishes a reloadable version, and the registration gate."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -335,6 +336,74 @@ def test_query_beam_groups_queries_by_category(trained):
     assert merge_lists([["a", "b", "c"], ["d"]], per_round=3) == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="group_queries"):
         Decoding(group_queries=-1)
+
+
+def test_query_beam_scores_are_the_joint_log_probabilities_of_the_queries(trained):
+    """``next_queries`` returns each candidate with the log-probability the model gives its tokens
+    and the closing marker after ``prompt <q>`` (teacher-forced forward pass), best first."""
+    import torch
+
+    from aigq_model.generate import _encode, next_queries
+
+    model, tok, _ = trained
+    model.eval()
+    prompt = _encode(tok, make_rows(1, seed=5)[0], "compressed", 20, 384)
+    q_id = tok.convert_tokens_to_ids("<q>")
+    (cands,) = next_queries(model, tok, [[*prompt, q_id]], Decoding(strategy="query_beam", num_beams=5))
+    assert len(cands) >= 3
+    assert [s for _, s in cands] == sorted((s for _, s in cands), reverse=True)
+    stops = {q_id, tok.eos_token_id}
+    for text, score in cands[:3]:
+        body = tok(text, add_special_tokens=False)["input_ids"]
+        best = None
+        for stop in stops:  # the query ended with whichever marker the beam chose
+            ids = torch.tensor([[*prompt, q_id, *body, stop]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            n = len(body) + 1
+            lp = float(logp[-n:].gather(1, ids[0, -n:, None]).sum())
+            best = lp if best is None else max(best, lp)
+        assert best == pytest.approx(score, abs=1e-3)
+
+
+def test_query_beam_log_wording_ranks_interest_mass_times_the_logs_share(trained):
+    """``wording: log``: the model's candidate mass per category, spread over the category's log
+    queries by their share of its searches; queries the log does not know keep their own mass;
+    without a vocabulary the call is refused instead of silently falling back."""
+    import math
+
+    from aigq_model.generate import QueryVocabulary, _encode, next_queries
+    from aigq_model.parsing import normalize_query
+
+    model, tok, _ = trained
+    rows = make_rows(6, seed=11)
+    dec = Decoding(strategy="query_beam", num_beams=6)
+    q_id = tok.convert_tokens_to_ids("<q>")
+    cands = next_queries(model, tok, [[*_encode(tok, r, "compressed", 20, 384), q_id] for r in rows], dec)
+    cands = [[(normalize_query(q), s) for q, s in c if normalize_query(q)] for c in cands]
+    seen = sorted({q for c in cands for q, _ in c})
+    assert len(seen) >= 3
+    # every candidate but the last in one category "c", with a log-only query "z" searched most
+    category = {q: "c" for q in seen[:-1]} | {"zz top": "c"}
+    counts = {"zz top": 97, seen[0]: 1}
+    vocab = QueryVocabulary(category, counts)
+    worded = generate_lists(model, tok, rows, k=10, decoding=dataclasses.replace(dec, wording="log"),
+                            cold_start="model", category_of=vocab)
+    total = sum(counts.values()) + len(category)
+    for c, r in zip(cands, worded, strict=True):
+        mass_c = sum(math.exp(s) for q, s in c if q in category)
+        own = {q: math.exp(s) for q, s in c if q not in category}
+        want = {q: mass_c * (counts.get(q, 0) + 1) / total for q in category} if mass_c else {}
+        want |= own
+        expected = sorted(want, key=lambda q: (-want[q], q))[:10]
+        assert r.queries[: r.n_model] == expected
+        if mass_c:
+            assert r.queries[0] == "zz top"  # the log's most searched query of the model's interest
+    with pytest.raises(ValueError, match="QueryVocabulary"):
+        generate_lists(model, tok, rows, k=10, decoding=dataclasses.replace(dec, wording="log"),
+                       category_of=category)
+    with pytest.raises(ValueError, match="wording"):
+        Decoding(wording="mine")
 
 
 def think_rows(n: int, seed: int) -> list[dict]:
