@@ -107,6 +107,7 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
         + f". Decoding: {args.strategy or 'config'}"
         + (f" (width {args.num_beams})" if args.num_beams else "")
         + (f", interest-grouped lists (group_queries {args.group_queries})" if args.group_queries else "")
+        + (", log wording (the model's interest mass x the log's query shares)" if args.wording == "log" else "")
         + f", {args.num_return_sequences or 1} list(s) per prompt merged; "
         f"max_steps {args.max_steps or 'config'}, SFT lr {args.sft_lr or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
         "baselines are deterministic."
@@ -142,6 +143,7 @@ def _scored_alike(path: Path, args, baselines_needed: bool) -> bool:
         and (args.num_return_sequences is None or dec.get("num_return_sequences") == args.num_return_sequences)
         and (args.num_beams is None or dec.get("num_beams") == args.num_beams)
         and (args.group_queries is None or dec.get("group_queries", 0) == args.group_queries)
+        and (args.wording is None or dec.get("wording", "model") == args.wording)
     )
     return same and (not baselines_needed or len(m.get("results") or {}) > 1)
 
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: aigq.generate.num_beams)")
     parser.add_argument("--group-queries", type=int, default=None,
                         help="query_beam interest-grouped lists (aigq.generate.group_queries; default: config)")
+    parser.add_argument("--wording", choices=("model", "log"), default=None,
+                        help="query_beam wording (aigq.generate.wording; default: config)")
     parser.add_argument("--max-samples", type=int, default=None, help="score the first N samples only")
     parser.add_argument("--sft-lr", type=float, default=None, help="IL-SFT learning rate (default: aigq.sft)")
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
@@ -228,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_env = {"PIPELINE__AIGQ__GENERATE__NUM_BEAMS": str(args.num_beams)} if args.num_beams else {}
     if args.group_queries is not None:
         eval_env["PIPELINE__AIGQ__GENERATE__GROUP_QUERIES"] = str(args.group_queries)
+    if args.wording is not None:
+        eval_env["PIPELINE__AIGQ__GENERATE__WORDING"] = args.wording
     for label, slug, _seed, model_dir, (module, train_args) in jobs:
         t0 = time.perf_counter()
         if not (args.reuse and (model_dir / "_SUCCESS").is_file()):

@@ -5,7 +5,8 @@
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (32),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
-#        SESSION_ANCHORS (false), GROUP (10: aigq.generate.group_queries of the scoring; 0 = off), PYTHON
+#        SESSION_ANCHORS (false), GROUP (10: aigq.generate.group_queries of the scoring; 0 = off),
+#        WORDING (log: aigq.generate.wording of the scoring; model = the model's own queries), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
 #    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
@@ -15,7 +16,7 @@
 #    (base_lm.behaviour_sequences), BASE_STEPS steps.
 # 3. IL-SFT of every kind x seed on those days (STEPS steps, lr LR), each scored on the first
 #    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams, interest-grouped
-#    lists with GROUP), PARALLEL
+#    lists with GROUP, WORDING), PARALLEL
 #    runs at a time (one thread each); scripts/aigq_ablation.py then writes the one table.
 # About 90 min on 2 CPU cores with the defaults (the Think scoring takes 7-12 min a seed).
 set -euo pipefail
@@ -23,7 +24,7 @@ ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-32}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-10}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-10}; WORDING=${WORDING:-log}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
@@ -60,7 +61,8 @@ run_one() {
   fi
   local extra=(--baselines "")
   [ "$baselines" = yes ] && extra=()
-  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__GROUP_QUERIES=$GROUP "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
+  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__GROUP_QUERIES=$GROUP \
+    PIPELINE__AIGQ__GENERATE__WORDING=$WORDING "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
     --report-name "ablation_$kind-seed$seed" "${extra[@]}" >>"$dir.log" 2>&1
   echo "$kind seed $seed trained and scored"
 }
@@ -78,5 +80,5 @@ wait
 # shellcheck disable=SC2086
 "$PY" scripts/aigq_ablation.py --data-root "$ROOT" --train-ds "$TRAIN_DS" --eval-ds "$EVAL_DS" \
   --kinds $KINDS --seeds $SEEDS --max-steps "$STEPS" --sft-lr "$LR" --base-model "$BASE" \
-  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
+  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --wording "$WORDING" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
   --samples-note "training days built with samples.session_anchors=$SESSION_ANCHORS"
