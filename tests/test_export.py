@@ -255,8 +255,36 @@ def test_u2q_interest_grouping_reads_categories_from_the_click_log(root):
     cfg["export"]["generate"] = {**cfg["export"]["generate"], "group_queries": 10}
     gen = _Generation(cfg, str(root), D3, "run-g", ExportConfig.from_config(cfg))
     assert gen.decoding.group_queries == 10
-    assert gen.category_of and gen.category_of == build_query_category_map(gen.inputs.events, gen.inputs.items)
+    assert gen.category_of and gen.category_of.category == build_query_category_map(gen.inputs.events, gen.inputs.items)
     assert _Generation(_cfg(root), str(root), D3, "run-0", ExportConfig.from_config(_cfg(root))).category_of is None
+
+
+def test_u2q_log_wording_reads_the_window_vocabulary_and_needs_the_items(root):
+    """``wording: log``: the run's query vocabulary is the window's click-log categories with each
+    query's search count in the window (the ranking itself is tested on a trained policy in
+    test_aigq_sft); the published manifest records the wording; without the items snapshot the
+    run refuses to start instead of serving the fallback."""
+    from collections import Counter
+
+    from aigq_model.evaluate import build_query_category_map
+    from aigq_model.parsing import normalize_query
+    from export.data import ExportConfig
+    from export.u2q import _Generation, export_u2q
+
+    cfg = _cfg(root)
+    cfg["export"]["generate"] = {**cfg["export"]["generate"], "strategy": "query_beam", "num_beams": 4,
+                                 "wording": "log"}
+    gen = _Generation(cfg, str(root), D3, "run-v", ExportConfig.from_config(cfg))
+    vocab, events = gen.category_of, gen.inputs.events.to_pylist()
+    assert vocab.category == build_query_category_map(gen.inputs.events, gen.inputs.items) and len(vocab) > 0
+    searched = Counter(normalize_query(e["query"]) for e in events if e["event_type"] == "search")
+    assert vocab.counts == {q: searched[q] for q in vocab.category} and sum(vocab.counts.values()) > 0
+    export_u2q(cfg, str(root), D3, "run-log")
+    manifest = json.loads((root / "exports" / "u2q" / f"ds={D3}" / "_manifest.json").read_text())
+    assert manifest["decoding"]["wording"] == "log"
+    shutil.rmtree(root / "clean" / "items")
+    with pytest.raises(ValueError, match="wording 'log'"):
+        _Generation(cfg, str(root), D3, "run-x", ExportConfig.from_config(cfg))
 
 
 def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):
