@@ -5,8 +5,9 @@
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (32),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
-#        SESSION_ANCHORS (false), GROUP (10: aigq.generate.group_queries of the scoring; 0 = off),
-#        WORDING (log: aigq.generate.wording of the scoring; model = the model's own queries), PYTHON
+#        SESSION_ANCHORS (false), GROUP (0: aigq.generate.group_queries of the scoring; 10 = the
+#        interest-grouped model-worded lists of stop 13), WORDING (log: aigq.generate.wording of the
+#        scoring; model = the model's own queries), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
 #    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
@@ -24,7 +25,7 @@ ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-32}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-10}; WORDING=${WORDING:-log}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-0}; WORDING=${WORDING:-log}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
