@@ -282,8 +282,8 @@ class QueryVocabulary:
     category's queries with their share of its searches (add-one smoothed), most searched first.
 
     >>> v = QueryVocabulary({"a": "A", "b": "A", "c": "C"}, {"a": 3, "b": 1})
-    >>> v("b"), v.members("A"), v.members("?")
-    ('A', [('a', 0.666...), ('b', 0.333...)], [])
+    >>> v("b"), [(q, round(p, 3)) for q, p in v.members("A")], v.members("?")
+    ('A', [('a', 0.667), ('b', 0.333)], [])
     """
 
     def __init__(self, category: Mapping[str, str], counts: Mapping[str, int]):

@@ -428,3 +428,13 @@ def test_query_beam_expands_each_think_point(base_dir, tmp_path):
         assert e.n_model >= g.n_model
     assert sum(e.n_model for e in expanded) > sum(g.n_model for g in greedy)
     assert any(e.triggers for e in expanded)
+
+
+@pytest.mark.parametrize("module", ["aigq_model.generate", "aigq_model.parsing", "aigq_model.prompts",
+                                    "aigq_model.targets", "scripts.aigq_interest_ceiling"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

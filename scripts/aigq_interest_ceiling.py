@@ -1,0 +1,105 @@
+"""How far interest estimation can take log-worded lists on synthetic data (analysis, ours).
+
+On the samples ``run_eval`` scores (Direct samples of ``--ds``, truth = the user's searches from
+the sample's time to the end of its day), lists are built the way ``aigq.generate.wording: log``
+builds them — an interest weight per category spread over the category's queries in the click
+log before the samples by their share of its searches (``generate.log_worded``) — with the
+interest weights taken from:
+
+- ``true_interests``: the generator's own interest mixture of the user on ``--ds``
+  (``raw/true_interests``, which the pipeline never reads): the ceiling of the decoding for a
+  policy that knew the user's interests exactly;
+- ``history_categories``: how often each category occurs in the prompt's behaviour window
+  (searched queries by the log's category, clicked/carted/bought items by their leaf category) —
+  a counting heuristic with the policy's own inputs and no model.
+
+Prints one JSON line with Query HR@10/@30 of each. Usage::
+
+    python scripts/aigq_interest_ceiling.py --data-root /tmp/aigq_12k --ds 2026-11-06 --max-samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def history_weights(sample, vocabulary, max_history: int = 20) -> Counter:
+    """Category -> count of the behaviours in the prompt's window that point to it."""
+    from aigq_model.parsing import normalize_query
+    from aigq_model.prompts import history_window
+
+    shown, _ = history_window(sample.get("history"), max_history)
+    weights: Counter = Counter()
+    for b in shown:
+        cat = vocabulary(normalize_query(b.get("text"))) if b.get("event_type") == "search" else b.get("category")
+        if cat:
+            weights[cat] += 1
+    return weights
+
+
+def worded(weights, vocabulary, k: int) -> list[str]:
+    """``log_worded`` with given category weights (as candidates: one per category, its best query).
+
+    >>> from aigq_model.generate import QueryVocabulary
+    >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 3, "a2": 1, "b1": 0})
+    >>> worded({"A": 1.0, "B": 0.9, "C": 5.0}, v, 3)  # A: 1.0 x 4/6, 1.0 x 2/6; B: 0.9 x 1/1
+    ['b1', 'a1', 'a2']
+    """
+    from aigq_model.generate import log_worded
+
+    cands = []
+    for cat, w in weights.items():
+        members = vocabulary.members(cat)
+        if members and w > 0:
+            cands.append((members[0][0], math.log(w)))
+    return log_worded(cands, vocabulary)[:k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from aigq_model.evaluate import build_query_vocabulary, query_hits
+    from aigq_model.run_eval import _before, eval_samples, read_events, read_items, sample_truth
+    from common.config import load_config
+    from common.paths import previous_ds
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--ds", required=True)
+    parser.add_argument("--max-samples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    root = args.data_root
+    days = int(((load_config().get("aigq") or {}).get("eval") or {}).get("days", 7))
+    samples = eval_samples(root, args.ds, "direct", "all", args.max_samples, 0, 1)
+    if not samples:
+        raise SystemExit(f"no Direct samples of {args.ds} under {root}")
+    events = read_events(root, [*previous_ds(args.ds, days - 1), args.ds])
+    truth = sample_truth(samples, events, "issued")
+    vocab = build_query_vocabulary(_before(events, min(s["event_time"] for s in samples)), read_items(root, args.ds))
+    interests_path = Path(root) / "raw" / "true_interests" / f"ds={args.ds}"
+    if not interests_path.exists():
+        raise SystemExit(f"{interests_path} not found: the ceiling needs the synthetic generator's true interests")
+    mixture: dict[str, Counter] = {}
+    for r in pq.read_table(interests_path).to_pylist():
+        mixture.setdefault(r["user_id"], Counter())[r["category"]] = r["weight"]
+    lists = {
+        "true_interests": [worded(mixture.get(s["user_id"], Counter()), vocab, 30) for s in samples],
+        "history_categories": [worded(history_weights(s, vocab), vocab, 30) for s in samples],
+    }
+    out = {"ds": args.ds, "n_samples": len(samples), "vocabulary": len(vocab)}
+    for name, ls in lists.items():
+        out[name] = {f"query_hr@{k}": round(float(np.nanmean(query_hits(ls, truth, k))), 4) for k in (10, 30)}
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
