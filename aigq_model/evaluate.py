@@ -103,11 +103,15 @@ def window_truth(samples: Sequence[Mapping], events) -> list[list[str]]:
 
 def build_query_category_map(events, items) -> dict[str, str]:
     """query -> most frequent leaf category of the items clicked in the query's request."""
-    import pandas as pd
-
     from aigq_model.baselines import events_frame
 
-    df = events_frame(events)
+    return _category_map(events_frame(events), items)
+
+
+def _category_map(df, items) -> dict[str, str]:
+    """``build_query_category_map`` of a log already read by ``baselines.events_frame``."""
+    import pandas as pd
+
     if "request_id" not in df.columns:
         return {}
     if hasattr(items, "to_pandas"):
@@ -135,7 +139,7 @@ def build_query_vocabulary(events, items):
 
     df = events_frame(events)
     searched = Counter(df.loc[(df["event_type"] == "search") & (df["query"] != ""), "query"])
-    return QueryVocabulary(build_query_category_map(events, items), searched)
+    return QueryVocabulary(_category_map(df, items), searched)
 
 
 def _category_fn(category_of: CategoryOf | None) -> Callable[[str], str | None] | None:
