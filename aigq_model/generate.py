@@ -26,13 +26,14 @@ from aigq_model.parsing import (
     postprocess,
     with_fallback,
 )
-from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
+from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, history_window, sample_field
 from aigq_model.targets import encode_prompt
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("greedy", "sample", "beam", "query_beam")
 WORDINGS = ("model", "log")
+THINK_INTERESTS = ("points", "triggers")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
 #: query -> category (a mapping or a function; ``None`` = unknown), for ``Decoding.group_queries``.
@@ -76,6 +77,13 @@ class Decoding:
     #: category's searches in the click log before the samples, so the model picks the
     #: interests and the log the words (needs a ``QueryVocabulary`` as ``category_of``).
     wording: str = "model"
+    #: Think ``query_beam`` interests under log wording (ours). ``points``: the greedy pass's
+    #: interest points, each expanded by ``next_queries``, log-worded and interleaved.
+    #: ``triggers``: the policy's exact distribution of where its first interest point's trigger
+    #: list starts (``trigger_masses``: P(``<think>[i,`` or ``<think>[i]``) for every behaviour
+    #: index i of the prompt), collected by the behaviours' interests (``behaviour_interests``)
+    #: and worded by the log (``interest_worded``), the way Direct's first-query distribution is.
+    think_interests: str = "points"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -92,6 +100,10 @@ class Decoding:
             raise ValueError("group_queries must be >= 0")
         if self.wording not in WORDINGS:
             raise ValueError(f"wording must be one of {WORDINGS}, got {self.wording!r}")
+        if self.think_interests not in THINK_INTERESTS:
+            raise ValueError(f"think_interests must be one of {THINK_INTERESTS}, got {self.think_interests!r}")
+        if self.think_interests == "triggers" and self.wording != "log":
+            raise ValueError("think_interests 'triggers' needs wording 'log' (the log words the interests)")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -327,12 +339,91 @@ def log_worded(candidates: Sequence[tuple[str, float]], vocabulary: QueryVocabul
         cat = vocabulary(q)
         key = ("?", q) if cat is None else cat
         mass[key] = mass.get(key, 0.0) + math.exp(logp)
+    return interest_worded(mass, vocabulary)
+
+
+def interest_worded(mass: Mapping[object, float], vocabulary: QueryVocabulary) -> list[str]:
+    """Queries ranked by interest mass x share: ``mass`` maps a category to its weight (every
+    query of the category in the log scores weight x ``QueryVocabulary.members`` share) or
+    ``("?", query)`` to the weight of a query the log does not know. Best first, ties by text.
+
+    >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 1, "a2": 5, "b1": 2})
+    >>> interest_worded({"A": 0.5, "B": 0.2, ("?", "new"): 0.1}, v)  # a2: 0.5 x 6/8, b1: 0.2, a1: 0.5 x 2/8
+    ['a2', 'b1', 'a1', 'new']
+    """
     scored: dict[str, float] = {}
     for key, m in mass.items():
         members = [(key[1], 1.0)] if isinstance(key, tuple) else vocabulary.members(key)
         for q, share in members:
             scored[q] = max(scored.get(q, 0.0), m * share)
     return sorted(scored, key=lambda q: (-scored[q], q))
+
+
+def behaviour_interests(sample, vocabulary: QueryVocabulary, max_history: int = DEFAULT_MAX_HISTORY) -> list:
+    """The interest of every behaviour of the prompt's window, in the prompt's numbering (index
+    i is element i - 1): a search's query category in the log (``("?", query)`` when the log does
+    not know the query), an item behaviour's leaf ``category``; ``None`` when neither is known.
+
+    >>> v = QueryVocabulary({"red shoe": "shoes"}, {"red shoe": 4})
+    >>> behaviour_interests({"history": [{"event_type": "search", "text": "Red  Shoe"},
+    ...     {"event_type": "click", "text": "Nike", "category": "shoes"},
+    ...     {"event_type": "search", "text": "tent"}, {"event_type": "buy", "text": "x"}]}, v)
+    ['shoes', 'shoes', ('?', 'tent'), None]
+    """
+    shown, _ = history_window(sample_field(sample, "history"), max_history)
+    out: list = []
+    for b in shown:
+        if b.get("event_type") == "search":
+            q = normalize_query(b.get("text"))
+            out.append((vocabulary(q) or ("?", q)) if q else None)
+        else:
+            out.append(b.get("category") or None)
+    return out
+
+
+def trigger_masses(
+    model, tokenizer, prompts: Sequence[Sequence[int]], interests: Sequence[Sequence], batch_rows: int = 64
+) -> list[dict]:
+    """For each prompt, ``{interest: mass}``: the policy's probability that its Think output opens
+    with an interest point whose trigger list starts at a behaviour of that interest, i.e. the sum
+    over the window's behaviour indices i of P(``<think>[i,``) + P(``<think>[i]``) (teacher-forced,
+    exact; the point's later triggers and the ``[]`` new-interest point are not counted).
+    ``interests[b][i - 1]`` is behaviour i's interest (``behaviour_interests``); ``None`` skips it.
+    Rows are scored ``batch_rows`` at a time, left-padded, with explicit position ids."""
+    import inspect
+
+    import torch
+
+    from aigq_model.parsing import THINK_OPEN
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows: list[tuple[int, object, list[int], list[int]]] = []  # (prompt, interest, prompt ids, continuation)
+    for b, (prompt, keys) in enumerate(zip(prompts, interests, strict=True)):
+        for i, key in enumerate(keys, start=1):
+            if key is None:
+                continue
+            for end in (",", "]"):
+                cont = tokenizer(f"{THINK_OPEN}[{i}{end}", add_special_tokens=False)["input_ids"]
+                rows.append((b, key, list(prompt), list(cont)))
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+    device = next(model.parameters()).device
+    out: list[dict] = [{} for _ in prompts]
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start : start + batch_rows]
+        ids, mask = left_pad([p + c for _b, _k, p, c in chunk], pad)
+        keep = max(len(c) for *_, c in chunk) + 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            kw = {"logits_to_keep": keep} if keep_arg else {}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device), use_cache=False, **kw).logits
+        logp = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()  # (rows, keep, vocab)
+        for r, (b, key, _p, cont) in enumerate(chunk):
+            # the continuation fills the row's last len(cont) positions; logits at t predict t + 1
+            first = keep - 1 - len(cont)
+            lp = sum(float(logp[r, first + j, t]) for j, t in enumerate(cont))
+            out[b][key] = out[b].get(key, 0.0) + math.exp(lp)
+    return out
 
 
 def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
@@ -391,10 +482,13 @@ def generate_lists(
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         if decoding.strategy == "query_beam":
+            interests = None
+            if kind == "think" and decoding.think_interests == "triggers":
+                interests = [behaviour_interests(samples[i], category_of, max_history) for i in chunk]
             try:
                 done = query_beam_results(model, tokenizer, [encoded[i] for i in chunk], kind, k, decoding,
                                           [_fallback_for(fallback, samples[i]) for i in chunk], blocklist,
-                                          category_of)
+                                          category_of, interests)
             except Exception:
                 logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
                 done = [_to_result([("", False)], kind, k, _fallback_for(fallback, samples[i]), blocklist)
@@ -481,6 +575,7 @@ def next_queries(
 def query_beam_results(
     model, tokenizer, prompts: Sequence[Sequence[int]], kind: str, k: int, decoding: Decoding,
     fallbacks: Sequence[Sequence[str]], blocklist, category_of: CategoryOf | None = None,
+    interests: Sequence[Sequence] | None = None,
 ) -> list[GenResult]:
     """``query_beam`` decoding of one batch. Direct / plain: the ``num_beams`` most probable first
     queries of the list (``next_queries`` after ``prompt <q>``), which is the model's ranking of
@@ -491,7 +586,9 @@ def query_beam_results(
     queries per point (Think) or per category (Direct / plain, ``group_by_category``) per round.
     ``decoding.wording`` ``log`` words every candidate list with ``log_worded`` (Direct / plain:
     the one list, not regrouped; Think: each point's list) from ``category_of``, a
-    ``QueryVocabulary``."""
+    ``QueryVocabulary``. Think with ``decoding.think_interests`` ``triggers`` skips the
+    expansions: its list is ``interest_worded`` of ``trigger_masses`` over ``interests`` (per
+    prompt, ``behaviour_interests`` of its sample); the greedy pass still writes the points."""
     from aigq_model.parsing import THINK_CLOSE
 
     q_id = _token_id(tokenizer, Q_MARK)
@@ -530,10 +627,17 @@ def query_beam_results(
             head = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
             prefixes.append([*prompt, *head, q_id])
             owner.append(b)
-    expanded = next_queries(model, tokenizer, prefixes, decoding) if prefixes else []
     per_sample: list[list[list[str]]] = [[] for _ in prompts]
-    for b, cands in zip(owner, expanded, strict=True):
-        per_sample[b].append(ranked(cands, k) if log_words else [q for q, _ in cands])
+    if decoding.think_interests == "triggers":
+        if interests is None:
+            raise ValueError("think_interests 'triggers' needs the behaviours' interests (behaviour_interests)")
+        for b, mass in enumerate(trigger_masses(model, tokenizer, prompts, interests)):
+            if mass:
+                per_sample[b].append(postprocess(interest_worded(mass, category_of), blocklist, max_queries=k))
+    else:
+        expanded = next_queries(model, tokenizer, prefixes, decoding) if prefixes else []
+        for b, cands in zip(owner, expanded, strict=True):
+            per_sample[b].append(ranked(cands, k) if log_words else [q for q, _ in cands])
     out = []
     for b, parsed in enumerate(parsed_all):
         lists = per_sample[b] or [parsed.queries]

@@ -193,6 +193,7 @@ def evaluate_model(
         "generation_seconds": round(gen_seconds, 2),
         "group_queries": decoding.group_queries,
         "wording": decoding.wording,
+        "think_interests": decoding.think_interests if kind == "think" else None,
         "decode_category_map_size": None if decode_categories is None else len(decode_categories),
         "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
         "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,

@@ -108,6 +108,7 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
         + (f" (width {args.num_beams})" if args.num_beams else "")
         + (f", interest-grouped lists (group_queries {args.group_queries})" if args.group_queries else "")
         + (", log wording (the model's interest mass x the log's query shares)" if args.wording == "log" else "")
+        + (f", Think interests: {args.think_interests}" if args.think_interests else "")
         + f", {args.num_return_sequences or 1} list(s) per prompt merged; "
         f"max_steps {args.max_steps or 'config'}, SFT lr {args.sft_lr or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
         "baselines are deterministic."
@@ -128,7 +129,7 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
                                                   sort_keys=True, default=str))
 
 
-def _scored_alike(path: Path, args, baselines_needed: bool) -> bool:
+def _scored_alike(path: Path, args, baselines_needed: bool, kind: str = "direct") -> bool:
     """Whether ``path`` (a run's metrics.json) was scored on the same samples with the same
     decoding as this invocation asks for (and holds the baselines when this run must give them)."""
     if not path.is_file():
@@ -144,6 +145,8 @@ def _scored_alike(path: Path, args, baselines_needed: bool) -> bool:
         and (args.num_beams is None or dec.get("num_beams") == args.num_beams)
         and (args.group_queries is None or dec.get("group_queries", 0) == args.group_queries)
         and (args.wording is None or dec.get("wording", "model") == args.wording)
+        and (kind != "think" or args.think_interests is None
+             or dec.get("think_interests", "points") == args.think_interests)
     )
     return same and (not baselines_needed or len(m.get("results") or {}) > 1)
 
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="query_beam interest-grouped lists (aigq.generate.group_queries; default: config)")
     parser.add_argument("--wording", choices=("model", "log"), default=None,
                         help="query_beam wording (aigq.generate.wording; default: config)")
+    parser.add_argument("--think-interests", choices=("points", "triggers"), default=None,
+                        help="Think query_beam interests (aigq.generate.think_interests; default: config)")
     parser.add_argument("--max-samples", type=int, default=None, help="score the first N samples only")
     parser.add_argument("--sft-lr", type=float, default=None, help="IL-SFT learning rate (default: aigq.sft)")
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_env["PIPELINE__AIGQ__GENERATE__GROUP_QUERIES"] = str(args.group_queries)
     if args.wording is not None:
         eval_env["PIPELINE__AIGQ__GENERATE__WORDING"] = args.wording
+    if args.think_interests is not None:
+        eval_env["PIPELINE__AIGQ__GENERATE__THINK_INTERESTS"] = args.think_interests
     for label, slug, _seed, model_dir, (module, train_args) in jobs:
         t0 = time.perf_counter()
         if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
@@ -251,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_args += ["--max-samples", str(args.max_samples)]
         if not first:
             eval_args += ["--baselines", ""]
-        if not (args.reuse and _scored_alike(model_dir / "metrics.json", args, baselines_needed=first)):
+        if not (args.reuse and _scored_alike(model_dir / "metrics.json", args, baselines_needed=first,
+                                                 kind=slug.split("-")[0])):
             run_module("aigq_model.run_eval", eval_args, args.omp_threads, eval_env)
         metrics = json.loads((model_dir / "metrics.json").read_text())
         results = metrics["results"]

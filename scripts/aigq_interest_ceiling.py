@@ -31,17 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def history_weights(sample, vocabulary, max_history: int = 20) -> Counter:
-    """Category -> count of the behaviours in the prompt's window that point to it."""
-    from aigq_model.parsing import normalize_query
-    from aigq_model.prompts import history_window
+    """Category -> count of the behaviours in the prompt's window that point to it
+    (``generate.behaviour_interests``; searches the log does not know are not counted)."""
+    from aigq_model.generate import behaviour_interests
 
-    shown, _ = history_window(sample.get("history"), max_history)
-    weights: Counter = Counter()
-    for b in shown:
-        cat = vocabulary(normalize_query(b.get("text"))) if b.get("event_type") == "search" else b.get("category")
-        if cat:
-            weights[cat] += 1
-    return weights
+    return Counter(k for k in behaviour_interests(sample, vocabulary, max_history) if isinstance(k, str))
 
 
 def worded(weights, vocabulary, k: int) -> list[str]:

@@ -6,7 +6,8 @@
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (32),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
 #        SESSION_ANCHORS (false), GROUP (0: aigq.generate.group_queries of the scoring; 10 = the
-#        interest-grouped model-worded lists of stop 13), WORDING (log: aigq.generate.wording of the
+#        interest-grouped model-worded lists of stop 13), THINK_INTERESTS (triggers with log wording,
+#        else points: aigq.generate.think_interests of the Think scoring), WORDING (log: aigq.generate.wording of the
 #        scoring; model = the model's own queries), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
@@ -26,6 +27,7 @@ PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-32}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
 PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-0}; WORDING=${WORDING:-log}
+THINK_INTERESTS=${THINK_INTERESTS:-$([ "$WORDING" = log ] && echo triggers || echo points)}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
@@ -63,7 +65,7 @@ run_one() {
   local extra=(--baselines "")
   [ "$baselines" = yes ] && extra=()
   PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__GROUP_QUERIES=$GROUP \
-    PIPELINE__AIGQ__GENERATE__WORDING=$WORDING "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
+    PIPELINE__AIGQ__GENERATE__WORDING=$WORDING PIPELINE__AIGQ__GENERATE__THINK_INTERESTS=$THINK_INTERESTS "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
     --report-name "ablation_$kind-seed$seed" "${extra[@]}" >>"$dir.log" 2>&1
   echo "$kind seed $seed trained and scored"
 }
@@ -81,5 +83,6 @@ wait
 # shellcheck disable=SC2086
 "$PY" scripts/aigq_ablation.py --data-root "$ROOT" --train-ds "$TRAIN_DS" --eval-ds "$EVAL_DS" \
   --kinds $KINDS --seeds $SEEDS --max-steps "$STEPS" --sft-lr "$LR" --base-model "$BASE" \
-  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --wording "$WORDING" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
+  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --wording "$WORDING" \
+  --think-interests "$THINK_INTERESTS" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
   --samples-note "training days built with samples.session_anchors=$SESSION_ANCHORS"

@@ -410,7 +410,7 @@ def think_rows(n: int, seed: int) -> list[dict]:
     """Think rows: one interest point triggered by the last search, its queries the Direct target."""
     rows = make_rows(n, seed=seed)
     for r in rows:
-        last = max(i for i, h in enumerate(r["history"], start=1) if h["event_type"] == "search")
+        last = max(i for i, h in enumerate(r["history"]) if h["event_type"] == "search")  # 0-based
         r["targets"] = [{"query": q, "source": "search", "triggers": [last]} for q in r.pop("target_queries")]
     return rows
 
@@ -428,6 +428,92 @@ def test_query_beam_expands_each_think_point(base_dir, tmp_path):
         assert e.n_model >= g.n_model
     assert sum(e.n_model for e in expanded) > sum(g.n_model for g in greedy)
     assert any(e.triggers for e in expanded)
+
+
+def two_interest_rows(n: int, seed: int) -> list[dict]:
+    """Think rows with two interests: 1-4 older behaviours about a distractor noun, then a search
+    (and sometimes a click) about the target noun; the one interest point is triggered by the
+    target noun's behaviours, so its trigger list starts at a varying index."""
+    rng = random.Random(seed)
+    rows = []
+    for i, r in enumerate(make_rows(n, seed=seed)):
+        noun, other = rng.sample(NOUNS, 2)
+        hist = []
+        for j in range(rng.randint(1, 4)):
+            search = j % 2 == 0
+            hist.append({"event_time": T0 - dt.timedelta(hours=9 - j), "event_type": "search" if search else "click",
+                         "time_bucket": rng.choice(BUCKETS), "item_id": None if search else f"o{j}",
+                         "text": f"{rng.choice(ADJ)} {other}" if search else f"{rng.choice(BRANDS)} {other}",
+                         "category": None if search else other})
+        first = len(hist) + 1
+        hist.append({"event_time": T0 - dt.timedelta(hours=2), "event_type": "search", "time_bucket": "lt_1d",
+                     "item_id": None, "text": f"{rng.choice(ADJ)} {noun}", "category": None})
+        if i % 2:
+            hist.append({"event_time": T0 - dt.timedelta(hours=1), "event_type": "click", "time_bucket": "lt_1h",
+                         "item_id": "t", "text": f"{rng.choice(BRANDS)} {noun}", "category": noun})
+        triggers = list(range(first - 1, len(hist)))  # schema indices are 0-based
+        r["history"] = hist
+        r["targets"] = [{"query": q, "source": "search", "triggers": triggers}
+                        for q in (noun, f"{rng.choice(ADJ)} {noun}")]
+        r["noun"] = noun
+        r.pop("target_queries")
+        rows.append(r)
+    return rows
+
+
+def test_think_trigger_interests_are_the_first_trigger_distribution(base_dir, tmp_path):
+    """``think_interests: triggers``: each interest's mass is the policy's teacher-forced
+    probability of opening its first point with ``[i,`` or ``[i]`` for a behaviour i of that
+    interest (checked against unbatched forward passes); a trained policy puts most of it on the
+    interest its targets were about; the list is that mass worded by the log; the greedy pass
+    still writes the points."""
+    import math
+
+    from aigq_model.generate import (
+        QueryVocabulary,
+        _encode,
+        behaviour_interests,
+        interest_worded,
+        trigger_masses,
+    )
+    from aigq_model.parsing import postprocess
+
+    config = SFTConfig(kind="think", max_steps=400, **TINY_SFT)
+    model, tok, _state, _m = train_sft(config, base_dir, two_interest_rows(64, 0), tmp_path / "ckpt")
+    model.eval()
+    rows = two_interest_rows(8, 31)
+    vocab = QueryVocabulary({f"{a} {n}": n for a in ADJ for n in NOUNS} | {n: n for n in NOUNS},
+                            {f"{ADJ[0]} {n}": 5 for n in NOUNS})
+    prompts = [_encode(tok, r, "compressed", 20, 384) for r in rows]
+    interests = [behaviour_interests(r, vocab) for r in rows]
+    masses = trigger_masses(model, tok, prompts, interests, batch_rows=7)  # chunks cut across prompts
+    right = 0
+    for prompt, keys, mass, row in zip(prompts, interests, masses, rows, strict=True):
+        want: dict = {}
+        for i, key in enumerate(keys, start=1):
+            for end in (",", "]"):
+                cont = tok(f"<think>[{i}{end}", add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(torch.tensor([prompt + cont])).logits[0].float(), -1)
+                lp = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(cont))
+                want[key] = want.get(key, 0.0) + math.exp(lp)
+        assert set(mass) == set(want)
+        assert all(abs(mass[key] - want[key]) < 1e-4 for key in want)
+        assert sum(mass.values()) <= 1 + 1e-6
+        right += max(mass, key=mass.get) == row["noun"]
+    assert right >= 6, f"the target interest has the largest mass in only {right} of 8 rows"
+    dec = Decoding(strategy="query_beam", num_beams=4, max_new_tokens_think=64, wording="log",
+                   think_interests="triggers")
+    got = generate_lists(model, tok, rows, kind="think", k=10, decoding=dec, cold_start="model", category_of=vocab)
+    greedy = generate_lists(model, tok, rows, kind="think", decoding=Decoding(max_new_tokens_think=64),
+                            cold_start="model")
+    for r, mass, g in zip(got, masses, greedy, strict=True):
+        assert r.queries[: r.n_model] == postprocess(interest_worded(mass, vocab), max_queries=10)
+        assert r.raw_text == g.raw_text and r.triggers == g.triggers
+    with pytest.raises(ValueError, match="wording 'log'"):
+        Decoding(think_interests="triggers")
+    with pytest.raises(ValueError, match="think_interests"):
+        Decoding(wording="log", think_interests="mine")
 
 
 @pytest.mark.parametrize("module", ["aigq_model.generate", "aigq_model.parsing", "aigq_model.prompts",
