@@ -98,6 +98,22 @@ def decoding(cfg: Mapping, export_section: Mapping | None, max_new_tokens: int |
     return Decoding.from_dict(section), int(section.get("batch_size", 16))
 
 
+def query_vocabulary(decoding, inputs, ds: str, root):
+    """The window's query vocabulary (``evaluate.build_query_vocabulary`` of the loaded events and
+    items) when ``decoding`` needs one (``group_queries`` or ``wording: log``), else ``None``;
+    ``wording: log`` without the items snapshot is refused instead of serving the fallback."""
+    if not (decoding.group_queries or decoding.wording == "log"):
+        return None
+    if inputs.items is not None and inputs.events is not None:
+        from aigq_model.evaluate import build_query_vocabulary
+
+        return build_query_vocabulary(inputs.events, inputs.items)
+    if decoding.wording == "log":
+        raise ValueError("aigq.generate.wording 'log' needs the window's events and the items table "
+                         f"(items of {ds} not found under {root})")
+    return None
+
+
 def blocklist(cfg: Mapping, extra: Sequence[str] = ()):
     """``aigq.generate.blocklist`` plus ``export.blocklist``."""
     from aigq_model.parsing import Blocklist

@@ -150,15 +150,7 @@ class _Generation:
         self.popular = models.popular_queries(inputs.events, ds, ex.u2q_k, self.blocked)
         # the window's query vocabulary, for query_beam interest-grouped or log-worded lists
         # (aigq.generate.group_queries / wording)
-        self.category_of = None
-        wants = self.decoding.group_queries or self.decoding.wording == "log"
-        if wants and inputs.items is not None and inputs.events is not None:
-            from aigq_model.evaluate import build_query_vocabulary
-
-            self.category_of = build_query_vocabulary(inputs.events, inputs.items)
-        elif self.decoding.wording == "log":
-            raise ValueError("aigq.generate.wording 'log' needs the window's events and the items table "
-                             f"(items of {ds} not found under {root})")
+        self.category_of = models.query_vocabulary(self.decoding, inputs, ds, root)
         self.generated_at = anchor_time(ds)
         self.manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
                                                      "preferred": reg.preferred, "fallback_used": reg.fallback_used},

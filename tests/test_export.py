@@ -270,6 +270,7 @@ def test_u2q_log_wording_reads_the_window_vocabulary_and_needs_the_items(root):
     from aigq_model.parsing import normalize_query
     from export.data import ExportConfig
     from export.u2q import _Generation, export_u2q
+    from export.x2q import export_x2q
 
     cfg = _cfg(root)
     cfg["export"]["generate"] = {**cfg["export"]["generate"], "strategy": "query_beam", "num_beams": 4,
@@ -282,9 +283,17 @@ def test_u2q_log_wording_reads_the_window_vocabulary_and_needs_the_items(root):
     export_u2q(cfg, str(root), D3, "run-log")
     manifest = json.loads((root / "exports" / "u2q" / f"ds={D3}" / "_manifest.json").read_text())
     assert manifest["decoding"]["wording"] == "log"
+    # x2q reads the same vocabulary: Think under log wording with trigger interests publishes
+    cfg["export"]["generate"]["think_interests"] = "triggers"
+    x2q = export_x2q(cfg, str(root), D3, "run-log")
+    assert not x2q.get("skipped") and _table(root, "x2q", D3).num_rows > 0
+    manifest = json.loads((root / "exports" / "x2q" / f"ds={D3}" / "_manifest.json").read_text())
+    assert manifest["decoding"]["think_interests"] == "triggers"
     shutil.rmtree(root / "clean" / "items")
     with pytest.raises(ValueError, match="wording 'log'"):
         _Generation(cfg, str(root), D3, "run-x", ExportConfig.from_config(cfg))
+    with pytest.raises(ValueError, match="wording 'log'"):
+        export_x2q(cfg, str(root), D3, "run-x")
 
 
 def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):
