@@ -619,7 +619,7 @@ def query_beam_results(
         parsed = parse_think(text, complete=done)
         parsed_all.append(parsed)
         cut = 0
-        for _ in range(decoding.think_points):
+        for _ in range(decoding.think_points if decoding.think_interests == "points" else 0):
             at = text.find(THINK_CLOSE, cut)
             if at < 0:
                 break
