@@ -396,21 +396,23 @@ def trigger_masses(
 
     from aigq_model.parsing import THINK_OPEN
 
+    if len(interests) != len(prompts):
+        raise ValueError(f"{len(interests)} interest lists for {len(prompts)} prompts")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows: list[tuple[int, object, list[int], list[int]]] = []  # (prompt, interest, prompt ids, continuation)
-    for b, (prompt, keys) in enumerate(zip(prompts, interests, strict=True)):
+    rows: list[tuple[int, object, list[int]]] = []  # (prompt index, interest, continuation ids)
+    for b, keys in enumerate(interests):
         for i, key in enumerate(keys, start=1):
             if key is None:
                 continue
             for end in (",", "]"):
                 cont = tokenizer(f"{THINK_OPEN}[{i}{end}", add_special_tokens=False)["input_ids"]
-                rows.append((b, key, list(prompt), list(cont)))
+                rows.append((b, key, list(cont)))
     keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     device = next(model.parameters()).device
     out: list[dict] = [{} for _ in prompts]
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
-        ids, mask = left_pad([p + c for _b, _k, p, c in chunk], pad)
+        ids, mask = left_pad([[*prompts[b], *c] for b, _k, c in chunk], pad)
         keep = max(len(c) for *_, c in chunk) + 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
@@ -418,7 +420,7 @@ def trigger_masses(
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=pos.to(device), use_cache=False, **kw).logits
         logp = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()  # (rows, keep, vocab)
-        for r, (b, key, _p, cont) in enumerate(chunk):
+        for r, (b, key, cont) in enumerate(chunk):
             # the continuation fills the row's last len(cont) positions; logits at t predict t + 1
             first = keep - 1 - len(cont)
             lp = sum(float(logp[r, first + j, t]) for j, t in enumerate(cont))
