@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from aigq_model.parsing import normalize_query
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     register(root, name, version, area=area)
-    print(json.dumps({"model_dir": str(final), "name": name, "version": version, "metrics": metrics}, sort_keys=True))
+    emit_result({"model_dir": str(final), "name": name, "version": version, "metrics": metrics})
     return 0
 
 

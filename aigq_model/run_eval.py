@@ -27,8 +27,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -263,76 +265,6 @@ def write_report(
 
 
 # --- registration gate -------------------------------------------------------------------------
-def read_metrics(model_dir: str | Path) -> dict:
-    file = Path(model_dir) / METRICS_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-def _metric(metrics: Mapping, method: str | None, metric: str) -> float | None:
-    method = method or metrics.get("model")
-    v = metrics.get("results", {}).get(method, {}).get("all", {}).get(metric)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def sft_gate(
-    root: str | Path,
-    metric: str = "query_hr@30",
-    popularity_tolerance: float = 0.02,
-    regression_tolerance: float = 0.02,
-    area: str = "models",
-) -> Callable[[dict, dict | None], list[str]]:
-    """A ``common.registry.register`` gate: the candidate's ``metric`` (from its ``metrics.json``)
-    must be >= the popularity baseline's minus ``popularity_tolerance`` and >= the current
-    version's minus ``regression_tolerance``. Returns the list of failures."""
-    from common.registry import model_dir
-
-    def gate(candidate: dict, current: dict | None) -> list[str]:
-        cand = read_metrics(model_dir(root, candidate["name"], candidate["version"], area))
-        value, pop = _metric(cand, None, metric), _metric(cand, "popularity", metric)
-        if value is None:
-            return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
-        failures = []
-        if pop is not None and value < pop - popularity_tolerance:
-            failures.append(f"{metric} {value:.4f} < popularity {pop:.4f} - {popularity_tolerance}")
-        if current is not None:
-            old = _metric(
-                read_metrics(model_dir(root, current["name"], current["version"], area)), None, metric
-            )
-            if old is not None and value < old - regression_tolerance:
-                failures.append(
-                    f"{metric} {value:.4f} < current {current['version']} {old:.4f} - {regression_tolerance}"
-                )
-        return failures
-
-    return gate
-
-
-def policy_gate(
-    reference_metrics: str | Path, metric: str = "query_hr@30", tolerance: float = 0.02, area: str = "models"
-) -> Callable[[dict, dict | None], list[str]]:
-    """A ``register`` gate for a policy update (IL-GRPO): the candidate's ``metric`` must be >=
-    the reference policy's (the SFT policy scored on the same samples, ``reference_metrics``)
-    minus ``tolerance``. Returns the list of failures."""
-
-    def gate(candidate: dict, current: dict | None) -> list[str]:
-        from common.registry import model_dir
-
-        root = Path(reference_metrics).resolve().parents[3]  # <root>/models/<name>/<version>/<file>
-        cand = read_metrics(model_dir(root, candidate["name"], candidate["version"], area))
-        ref_file = Path(reference_metrics)
-        ref = json.loads(ref_file.read_text()) if ref_file.is_file() else {}
-        value, base = _metric(cand, None, metric), _metric(ref, None, metric)
-        if value is None:
-            return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
-        if base is None:
-            return [f"reference policy metrics {ref_file} have no {metric}"]
-        if value < base - tolerance:
-            return [f"{metric} {value:.4f} < SFT policy {base:.4f} - {tolerance}"]
-        return []
-
-    return gate
-
-
 def main(argv: list[str] | None = None) -> int:
     from aigq_model.train_sft import load_aigq
     from base_lm.pretrain import quiet_offline_hf
@@ -447,14 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest,
     )
     summary = {m: {k: v for k, v in r["all"].items() if k.startswith("query_hr")} for m, r in results.items()}
-    print(
-        json.dumps(
-            _nan_to_none(
-                {"metrics": str(metrics_path), "report": str(report), "query_hr": summary, "info": info}
-            ),
-            sort_keys=True,
-        )
-    )
+    emit_result(_nan_to_none(
+        {"metrics": str(metrics_path), "report": str(report), "query_hr": summary, "info": info}
+    ))
     return 0
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from aigq_model.grpo import MODES, GRPOConfig
+from common.steps import emit_result
 
 
 def model_name(kind: str, mode: str) -> str:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     final = publish_aigq(model, tokenizer, root, name, version, manifest, area)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    print(json.dumps({"model_dir": str(final), "name": name, "version": version, "history": summary}, sort_keys=True))
+    emit_result({"model_dir": str(final), "name": name, "version": version, "history": summary})
     return 0
 
 

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -46,6 +45,7 @@ from aigq_model.targets import (
     sft_text_pair,
     tokenize_sft_example,
 )
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -405,12 +405,7 @@ def _main(argv: list[str] | None) -> int:
     }
     final = publish_aigq(model, tokenizer, root, name, version, manifest, area, state=state)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    print(
-        json.dumps(
-            {"model_dir": str(final), "name": config.name, "version": version, "metrics": metrics},
-            sort_keys=True,
-        )
-    )
+    emit_result({"model_dir": str(final), "name": config.name, "version": version, "metrics": metrics})
     return 0
 
 

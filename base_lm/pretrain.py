@@ -19,7 +19,6 @@ Usage: ``python -m base_lm.pretrain --ds 2026-11-03 [--data-root D] [--out DIR] 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from base_lm.load import code_version, make_readable, write_manifest
 from base_lm.tokenizer import save_tokenizer, train_tokenizer
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def _main(argv: list[str] | None) -> int:
         write_trainer_state(state, tmp)
         save_base_lm(model, tokenizer, tmp, manifest)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    print(json.dumps({"model_dir": str(final), "metrics": metrics}, sort_keys=True))
+    emit_result({"model_dir": str(final), "metrics": metrics})
     return 0
 
 

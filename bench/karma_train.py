@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no base LM under {root}/models/base_lm: pass --base-model")
     section = dict(load_config().get("karma") or {})
     section.pop("base_model", None)
+    section.pop("gate", None)
     config = dataclasses.replace(KarmaConfig.from_dict(section), batch_size=args.batch_size)
     catalog = ItemCatalog.from_table(read_item_corpus(root, args.ds))
     samples = read_samples(root, [args.ds])

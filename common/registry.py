@@ -18,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.paths import SUCCESS
+from common.steps import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
+DECISIONS_DIR = "decisions"
 
 
 class RegistryError(RuntimeError):
@@ -38,12 +40,6 @@ def model_dir(root: str | Path, name: str, version: str | None = None, area: str
     return base / version if version else base
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def stage_version(root, name: str, version: str, area: str = "models") -> Path:
     """A hidden temporary folder beside the version; pass it to ``commit_version`` when full."""
     final = model_dir(root, name, version, area)
@@ -57,7 +53,7 @@ def commit_version(tmp: str | Path, root, name: str, version: str, manifest: dic
     """Write the manifest into ``tmp`` and swap it into place as ``version``."""
     tmp = Path(tmp)
     final = model_dir(root, name, version, area)
-    _write_json_atomic(tmp / MANIFEST_FILE, {"name": name, "version": version, **manifest})
+    write_json_atomic(tmp / MANIFEST_FILE, {"name": name, "version": version, **manifest})
     (tmp / SUCCESS).touch()
     old = None
     if final.exists():
@@ -100,7 +96,7 @@ def current_path(root, name: str, area: str = "models") -> Path:
 
 def set_current(root, name: str, version: str, area: str = "models") -> None:
     read_manifest(model_dir(root, name, version, area))
-    _write_json_atomic(model_dir(root, name, area=area) / CURRENT_FILE, {"version": version})
+    write_json_atomic(model_dir(root, name, area=area) / CURRENT_FILE, {"version": version})
 
 
 def register(
@@ -122,7 +118,50 @@ def register(
             logger.warning("current version %s of %s is unreadable; gating against nothing", current_v, name)
     failures = gate(candidate, current) if gate else []
     if failures:
+        record_decision(root, name, version, registered=False, failures=failures, serving=current_v, area=area)
         raise GateRejected(f"{name}/{version} not registered: " + "; ".join(failures))
     set_current(root, name, version, area)
+    record_decision(root, name, version, registered=True, failures=[], serving=version, area=area)
     logger.info("registered %s/%s", name, version)
     return candidate
+
+
+def record_decision(root, name: str, version: str, registered: bool, failures: list[str], serving: str | None,
+                    area: str = "models") -> Path:
+    """Write the gate's verdict on ``version`` to ``models/<name>/decisions/<version>.json``:
+    ``{"name", "version", "registered", "failures", "serving"}`` (``serving`` = the version
+    ``CURRENT`` points at afterwards, None when none is registered). The export reads it to say
+    which version served a day and why."""
+    payload = {"name": name, "version": version, "registered": registered, "failures": list(failures),
+               "serving": serving}
+    return write_json_atomic(model_dir(root, name, area=area) / DECISIONS_DIR / f"{version}.json", payload)
+
+
+def read_decision(root, name: str, version: str, area: str = "models") -> dict | None:
+    """The gate decision recorded for ``version`` (:func:`record_decision`), or None."""
+    path = model_dir(root, name, area=area) / DECISIONS_DIR / f"{version}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def serving_status(root, name: str, ds: str, area: str = "models") -> dict:
+    """Which version of ``name`` serves on ``ds`` and why: ``{"version", "reason", "decision"}``.
+
+    ``reason`` is ``registered <ds>`` when the day's candidate passed its gate, ``gate refused
+    <ds>: ...; serving <v>`` when it was refused (the previous version keeps serving), ``no
+    candidate for <ds>; serving <v>`` when none was gated that day, ``none registered`` else.
+
+    >>> import tempfile
+    >>> serving_status(tempfile.mkdtemp(), "karma", "2026-11-01")["reason"]
+    'none registered'
+    """
+    version = current_version(root, name, area)
+    decision = read_decision(root, name, ds, area)
+    if decision is not None and decision.get("registered"):
+        reason = f"registered {ds}"
+    elif decision is not None:
+        reason = f"gate refused {ds}: {'; '.join(decision.get('failures') or [])}; serving {version or 'nothing'}"
+    elif version is not None:
+        reason = f"no candidate gated for {ds}; serving {version}"
+    else:
+        reason = "none registered"
+    return {"name": name, "version": version, "reason": reason, "decision": decision}

@@ -26,3 +26,15 @@ SAMPLE_ASSETS = {
     "ctr_samples": CTR_SAMPLES,
     "item_corpus": ITEM_CORPUS,
 }
+
+#: A training DAG run's outcome, emitted by its last task whether the gate registered the day's
+#: version or refused it: ``extra = {"ds", "path", "version", "registered", "reason"}`` (``path``
+#: is the version that serves from now on, the previous one after a refusal). nightly_export
+#: runs on both, so a refused gate never stops the day's export.
+KARMA_MODEL = _asset("models", "karma")
+AIGQ_POLICY = _asset("models", "aigq_policy")
+#: An extra IL-SFT policy (e.g. Think, for x2q) registered by a manual aigq_training run.
+AIGQ_EXTRA_POLICY = _asset("models", "aigq_extra_policy")
+
+EXPORT_ASSETS = {table: _asset("exports", table) for table in ("u2q", "x2q", "u2i", "user_interest_embedding")}
+REPORT = _asset("reports", "report")

@@ -1,16 +1,23 @@
 """
 ### behavior_etl
 
-Daily Spark ETL over the raw logs of one logical date (`ds`):
+Daily Spark ETL over the raw logs of one date (`ds`):
 
-`validate` (contract checks, quarantine) → `sessionize` (gap, HintQ-exposure and day-level
-sessions) → `build_samples` (KARMA, AIGQ Direct/Think, CTR samples, item corpus) →
-`publish_samples` (checks the published partitions, emits one Asset event per sample table).
+`resolve_ds` → `validate` (contract checks, quarantine) → `sessionize` (gap, HintQ-exposure and
+day-level sessions) → `build_samples` (KARMA, AIGQ Direct/Think, CTR samples, item corpus) →
+`publish_samples` (checks the published partitions, emits one Asset event per sample table with
+`{"ds", "path", "rows"}`; `karma_training` and `aigq_training` run on them).
 
-Each Spark job is `spark-submit jobs/<job>.py --ds {{ ds }}` on the `spark_default`
-connection (`local[*]` by default; a cluster master by connection or profile). A job that
-rejects its input (bad file, missing column, wrong type) fails at once without retries and
-publishes nothing for the date. Re-running a date replaces its partitions whole.
+**Schedule**: `ops.etl_schedule` (default `0 0 * * *`, UTC) as a data-interval timetable: the run
+started at 00:00 of D+1 has logical date D and builds D, the day that ended. `null` leaves only
+manual and backfill runs. **Date**: the `ds` Param when set, else the logical date
+(`dags/runner.py: resolve_ds`).
+
+Each Spark job is `spark-submit common/steps.py jobs.<job> --ds <ds>` through the step runner
+(`dags/runner.py`): master from the `spark_default` connection (else the profile), driver memory
+and `spark.conf` from the profile. Bad input (a file or column breaking the contract), bad config
+or a missing Java fail the task at once without retries and publish nothing for the date; other
+failures retry twice. Re-running a date replaces its partitions whole.
 """
 
 from __future__ import annotations
@@ -19,52 +26,82 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
+from dags import ops, runner
 from dags.assets import SAMPLE_ASSETS
-from dags.spark_tasks import spark_job
+
+
+def _schedule():
+    """The ``ops.etl_schedule`` cron as a data-interval timetable (read when the file is parsed)."""
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    try:
+        from common.config import load_config
+
+        cron = (load_config().get("ops") or {}).get("etl_schedule", "0 0 * * *")
+    except Exception:  # noqa: BLE001 - a broken config must not hide the DAG: its tasks report it
+        cron = "0 0 * * *"
+    return CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
+
 
 PARAMS = {
     "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
     "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
     "data_root": Param("", type="string", description="data root; empty = the profile's"),
+    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                description="date to build; empty = the logical date (scheduled: the day that ended)"),
 }
 
 
 @dag(
     dag_id="behavior_etl",
-    schedule="@daily",
+    schedule=_schedule(),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     tags=["etl", "spark"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2)},
+    default_args=ops.default_args(retries=2, timeout=dt.timedelta(hours=2)),
     doc_md=__doc__,
 )
 def behavior_etl():
-    validate = spark_job("validate", "validate")
-    sessionize = spark_job("sessionize", "sessionize")
-    build_samples = spark_job("build_samples", "build_samples")
+    @task
+    def resolve_ds(params=None, logical_date=None) -> str:
+        return runner.resolve_ds(params, logical_date)
+
+    @task
+    def validate(day: str, params=None) -> dict:
+        return runner.spark_step("validate", day, params)
+
+    @task
+    def sessionize(day: str, params=None) -> dict:
+        return runner.spark_step("sessionize", day, params)
+
+    @task
+    def build_samples(day: str, params=None) -> dict:
+        return runner.spark_step("build_samples", day, params)
 
     @task(outlets=list(SAMPLE_ASSETS.values()))
-    def publish_samples(params=None, ds=None, outlet_events=None) -> dict:
-        """Check every sample partition of ds is published; announce them as Asset events."""
-        from common.config import load_config
+    def publish_samples(day: str, params=None, outlet_events=None) -> dict:
+        """Check every sample partition of the day is published; announce them as Asset events."""
         from common.paths import is_published, partition_path
         from common.publish import read_manifest
 
-        cfg = load_config(params.get("config") or None, params.get("profile") or None)
-        root = params.get("data_root") or cfg["data_root"]
+        _cfg, root = runner.settings(params)
         published = {}
         for table, asset in SAMPLE_ASSETS.items():
-            path = partition_path(root, "samples", table, ds)
+            path = partition_path(root, "samples", table, day)
             if not is_published(path):
                 raise FileNotFoundError(f"{table}: partition {path} was not published")
             rows = read_manifest(path).get("rows")
-            outlet_events[asset].extra = {"ds": ds, "path": str(path), "rows": rows}
+            outlet_events[asset].extra = {"ds": day, "path": str(path), "rows": rows}
             published[table] = {"path": str(path), "rows": rows}
         return published
 
-    validate >> sessionize >> build_samples >> publish_samples()
+    day = resolve_ds()
+    validated = validate(day)
+    sessions = sessionize(day)
+    samples = build_samples(day)
+    validated >> sessions >> samples >> publish_samples(day)
 
 
 behavior_etl()

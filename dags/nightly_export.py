@@ -1,7 +1,16 @@
 """
 ### nightly_export
 
-What search serving reads every morning, for the logical date `ds` (`export/`):
+What search serving reads every morning, for one date `ds` (`export/`).
+
+**Schedule**: on `models.karma` **and** `models.aigq_policy`, which `karma_training` and
+`aigq_training` emit at the end of every run whether their gate registered the day's model or
+refused it. **Date**: the `ds` Param, else the newest `ds` of the triggering events, else the
+logical date (`dags/runner.py: resolve_ds`). **Rule for a refused gate**: the export still runs
+that day with the versions registered before; every published manifest carries `serving`
+(`{model name: {"version", "reason"}}`, e.g. `gate refused 2026-11-02: ...; serving 2026-11-01`)
+and the report shows it. Each publishing task emits its `exports.<table>` Asset with
+`{"ds", "path"}`; `report` emits `reports.report`.
 
 - `u2q`: AIGQ-Direct query lists of every user active in the window (registered
   `aigq_direct_grpo`, else `aigq_direct`; cold-start users get the popularity list); the table
@@ -41,23 +50,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import sys
-from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-logger = logging.getLogger(__name__)
+from dags import ops, runner
+from dags.assets import AIGQ_POLICY, EXPORT_ASSETS, KARMA_MODEL, REPORT
 
-#: export.publish.EXIT_GATE / EXIT_INPUT, and argparse's 2 (not imported: parsing stays light).
-NO_RETRY_EXITS = {2: "bad arguments", 3: "validation gate failed", 4: "model, index or input missing or corrupt"}
+logger = logging.getLogger(__name__)
 MAX_SHARDS = 1024
 
 PARAMS = {
     "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
     "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
     "data_root": Param("", type="string", description="data root; empty = the profile's"),
+    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                description="date to export; empty = the triggering asset events' ds, else the logical date"),
     "batch_users": Param(0, type="integer", minimum=0, maximum=10_000_000,
                          description="users per generation/retrieval batch; 0 = export.batch_users"),
     "min_coverage": Param(-1.0, type="number", minimum=-1.0, maximum=1.0,
@@ -71,10 +78,7 @@ PARAMS = {
 
 
 def _args(params: dict, ds: str, run_id: str, table: str) -> list[str]:
-    args = ["--ds", ds, "--run-id", run_id]
-    for name in ("config", "profile", "data_root"):
-        if params.get(name):
-            args += [f"--{name.replace('_', '-')}", str(params[name])]
+    args = ["--ds", ds, "--run-id", run_id, *runner.common_args(params)]
     if params.get("batch_users"):
         args += ["--batch-users", str(params["batch_users"])]
     if table != "x2q" and params.get("min_coverage", -1.0) >= 0:
@@ -88,9 +92,7 @@ def shard_count(params: dict) -> int:
     """The ``shards`` Param, else ``runtime.export_shards`` of the run's config (>= 1)."""
     n = int(params.get("shards") or 0)
     if n == 0:
-        from common.config import load_config
-
-        cfg = load_config(params.get("config") or None, params.get("profile") or None)
+        cfg, _root = runner.settings(params)
         n = int((cfg.get("runtime") or {}).get("export_shards") or 1)
     if not 1 <= n <= MAX_SHARDS:
         raise ValueError(f"export shards must be in [1, {MAX_SHARDS}], got {n}")
@@ -98,55 +100,31 @@ def shard_count(params: dict) -> int:
 
 
 def _run_export(table: str, params: dict, ds: str, run_id: str, extra: list[str] | tuple = ()) -> dict:
-    """``python -m export.<table> … *extra`` with the step environment; its output goes to the task
-    log; returns its last JSON line. Gate and model failures raise ``AirflowFailException`` (no retry)."""
-    import json
-    import subprocess
+    """``export.<table> … *extra`` through the step runner; gate and model failures fail the task
+    without retry (exit 3 / 4)."""
+    return runner.python_step(f"export.{table}", [*_args(params, ds, run_id, table), *extra], params)
 
-    from airflow.sdk.exceptions import AirflowFailException
 
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [sys.executable, "-m", f"export.{table}", *_args(params, ds, run_id, table), *extra]
-    logger.info("running %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    last = None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        logger.info("%s", line)
-        if line.startswith("{"):
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                pass
-    code = proc.wait()
-    if code in NO_RETRY_EXITS:
-        raise AirflowFailException(f"export.{table}: {NO_RETRY_EXITS[code]} (exit {code}): {last}")
-    if code != 0:
-        raise RuntimeError(f"export.{table} exited with status {code}")
-    if last is None:
-        raise RuntimeError(f"export.{table} printed no JSON result line")
-    return last
+def _emit(outlet_events, table: str, ds: str, path: str) -> None:
+    outlet_events[EXPORT_ASSETS[table]].extra = {"ds": ds, "path": path}
 
 
 @dag(
     dag_id="nightly_export",
-    schedule="@daily",
+    schedule=(KARMA_MODEL & AIGQ_POLICY),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     tags=["export", "serving", "nightly"],
-    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=5)},
+    default_args=ops.default_args(retries=1, timeout=dt.timedelta(hours=4), retry_delay=dt.timedelta(minutes=5)),
     doc_md=__doc__,
 )
 def nightly_export():
+    @task
+    def resolve_ds(params=None, logical_date=None, triggering_asset_events=None) -> str:
+        return runner.resolve_ds(params, logical_date, triggering_asset_events)
+
     @task
     def export_shards(params=None) -> list[dict]:
         """The shard list ``[{"shard": i, "num_shards": N}, …]`` the u2q / u2i tasks are mapped over."""
@@ -162,56 +140,48 @@ def nightly_export():
         return _run_export(table, params, ds, run_id, ["--shard", str(shard), "--num-shards", str(n), "--stage-only"])
 
     @task(map_index_template="{{ shard_label }}")
-    def u2q(part: dict, params=None, ds=None, run_id=None) -> str:
+    def u2q(part: dict, day: str, params=None, run_id=None) -> str:
         """One shard's AIGQ-Direct lists → its staging part; returns the part path."""
-        return _stage("u2q", part, params, ds, run_id)["part"]
+        return _stage("u2q", part, params, day, run_id)["part"]
 
-    @task
-    def publish_u2q(parts: list[dict], params=None, ds=None, run_id=None) -> str:
+    @task(outlets=[EXPORT_ASSETS["u2q"]])
+    def publish_u2q(parts: list[dict], day: str, params=None, run_id=None, outlet_events=None) -> str:
         """The N parts → previous runs carried → gates → ``exports/u2q/ds=<ds>``; returns its path."""
-        return _run_export("u2q", params, ds, run_id, ["--publish-parts", "--num-shards", str(len(parts))])["path"]
+        path = _run_export("u2q", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])["path"]
+        _emit(outlet_events, "u2q", day, path)
+        return path
 
-    @task
-    def x2q(params=None, ds=None, run_id=None) -> str:
+    @task(outlets=[EXPORT_ASSETS["x2q"]])
+    def x2q(day: str, params=None, run_id=None, outlet_events=None) -> str:
         """AIGQ-Think trigger → queries → gates → ``exports/x2q/ds=<ds>``; skipped without a Think policy."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        result = _run_export("x2q", params, ds, run_id)
+        result = _run_export("x2q", params, day, run_id)
         if result.get("skipped"):
             raise AirflowSkipException(result.get("reason", "no Think policy registered"))
+        _emit(outlet_events, "x2q", day, result["path"])
         return result["path"]
 
     @task(map_index_template="{{ shard_label }}")
-    def u2i(part: dict, params=None, ds=None, run_id=None) -> str:
+    def u2i(part: dict, day: str, params=None, run_id=None) -> str:
         """One shard's KARMA retrieval + embeddings → its staging part; returns the part path."""
-        return _stage("u2i", part, params, ds, run_id)["part"]
+        return _stage("u2i", part, params, day, run_id)["part"]
 
-    @task
-    def publish_u2i(parts: list[dict], params=None, ds=None, run_id=None) -> dict:
+    @task(outlets=[EXPORT_ASSETS["u2i"], EXPORT_ASSETS["user_interest_embedding"]])
+    def publish_u2i(parts: list[dict], day: str, params=None, run_id=None, outlet_events=None) -> dict:
         """The N parts → gates → ``exports/u2i`` and ``exports/user_interest_embedding`` together."""
-        result = _run_export("u2i", params, ds, run_id, ["--publish-parts", "--num-shards", str(len(parts))])
+        result = _run_export("u2i", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])
+        _emit(outlet_events, "u2i", day, result["path"])
+        _emit(outlet_events, "user_interest_embedding", day, result["embedding_path"])
         return {"u2i": result["path"], "user_interest_embedding": result["embedding_path"]}
 
-    @task(trigger_rule="all_done")
-    def report(params=None, ds=None) -> str:
-        """The analyst report ``reports/ds=<ds>/index.html`` (ETL, quarantine, model metrics,
-        ablations, export samples) — also after a skipped or failed export, which it shows."""
-        import json
-        import subprocess
-
-        args = ["--ds", ds]
-        for name in ("config", "profile", "data_root"):
-            if params.get(name):
-                args += [f"--{name.replace('_', '-')}", str(params[name])]
-        env = {**os.environ, "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        proc = subprocess.run([sys.executable, "-m", "export.report", *args], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, check=False)
-        for line in (proc.stdout + proc.stderr).splitlines():
-            logger.info("%s", line)
-        if proc.returncode != 0:
-            raise RuntimeError(f"export.report exited with status {proc.returncode}")
-        return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])["path"]
+    @task(trigger_rule="all_done", outlets=[REPORT])
+    def report(day: str, params=None, outlet_events=None) -> str:
+        """The analyst report ``reports/ds=<ds>/index.html`` (ETL, quarantine, model metrics, which
+        versions served and why, export samples) — also after a skipped or failed export."""
+        path = runner.python_step("export.report", ["--ds", day, *runner.common_args(params)], params)["path"]
+        outlet_events[REPORT].extra = {"ds": day, "path": path}
+        return path
 
     @task(trigger_rule="one_failed", retries=0)
     def watcher() -> None:
@@ -222,15 +192,17 @@ def nightly_export():
         raise AirflowFailException("a nightly_export task failed (see the failed tasks); the tables whose "
                                    "publish did not run kept their earlier partitions")
 
+    day = resolve_ds()
     shards = export_shards()
-    u2q_parts, u2i_parts = u2q.expand(part=shards), u2i.expand(part=shards)
-    published_u2q, published_u2i = publish_u2q(shards), publish_u2i(shards)
+    u2q_parts = u2q.partial(day=day).expand(part=shards)
+    u2i_parts = u2i.partial(day=day).expand(part=shards)
+    published_u2q, published_u2i = publish_u2q(shards, day), publish_u2i(shards, day)
     u2q_parts >> published_u2q
     u2i_parts >> published_u2i
-    x2q_list = x2q()
-    the_report = report()
+    x2q_list = x2q(day)
+    the_report = report(day)
     [published_u2q, x2q_list, published_u2i] >> the_report
-    [shards, u2q_parts, u2i_parts, published_u2q, x2q_list, published_u2i, the_report] >> watcher()
+    [day, shards, u2q_parts, u2i_parts, published_u2q, x2q_list, published_u2i, the_report] >> watcher()
 
 
 nightly_export()

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.paths import partition_path, published_ds
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class StagedTable:
         self.final = partition_path(root, AREA, table, ds)
         self.manifest = {} if manifest is None else manifest  # the caller may keep updating it
         self.manifest.update(table=table, ds=ds)
+        if "model" in self.manifest and "serving" not in self.manifest:
+            self.manifest["serving"] = serving_note(root, ds, self.manifest["model"])
         self.tmp = batch.stage(self.final, self.manifest)
         self.rows = 0
         self._parts = 0
@@ -103,6 +106,21 @@ class StagedTable:
         if not files:
             return self.schema.empty_table()
         return pa.concat_tables([pq.ParquetFile(f).read().cast(self.schema) for f in files])
+
+
+def serving_note(root: str | Path, ds: str, model: dict) -> dict:
+    """Which versions serve this export on ``ds`` and why, per registry name the export looked at
+    (``model["preferred"]``, then ``model["name"]``): ``{name: {"version", "reason"}}`` from the
+    gate decisions (:func:`common.registry.serving_status`). A refused gate shows here as
+    ``gate refused <ds>: ...; serving <previous version>``."""
+    from common.registry import serving_status
+
+    names = [n for n in (model.get("preferred"), model.get("name")) if n]
+    out = {}
+    for name in dict.fromkeys(names):
+        status = serving_status(root, name, ds)
+        out[name] = {"version": status["version"], "reason": status["reason"]}
+    return out
 
 
 def content_hash(table: pa.Table, sort_keys: Sequence[str], exclude: Sequence[str] = ("run_id",)) -> str:
@@ -486,14 +504,14 @@ def run_main(name: str, body: Callable[[argparse.Namespace], dict], parser: argp
         result = body(args)
     except GateFailed as exc:
         logger.error("%s: %s (nothing published)", name, exc)
-        print(json.dumps({"error": "gate", "table": exc.table, "failures": exc.failures}, sort_keys=True))
+        emit_result({"error": "gate", "table": exc.table, "failures": exc.failures})
         return EXIT_GATE
     except (ExportInputError, RegistryError) as exc:
         logger.error("%s: %s (nothing published)", name, exc)
-        print(json.dumps({"error": "input", "message": str(exc)}, sort_keys=True))
+        emit_result({"error": "input", "message": str(exc)})
         return EXIT_INPUT
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(result, sort_keys=True, default=str))
+    emit_result(result)
     sys.stdout.flush()
     return 0
 
@@ -516,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     root = str(Path(args.data_root).resolve()) if args.data_root else load_config(args.config, args.profile)["data_root"]
     removed = clean_staging(root, args.table, args.older_than_hours * 3600)
-    print(json.dumps({"removed": [str(p) for p in removed]}))
+    emit_result({"removed": [str(p) for p in removed]})
     return 0
 
 

@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.steps import emit_result
+
 logger = logging.getLogger(__name__)
 
 ETL_TABLES: dict[str, tuple[str, ...]] = {
@@ -569,16 +571,16 @@ def section_samples(ctx: Context) -> Section:
 
     parts, found = [], 0
     parts.append("<h3>u2q: ranked query lists</h3>")
-    u2q = _read_export(ctx, "u2q", ["user_id", "ds", "rank", "query", "source", "model_name", "model_version"])
+    u2q = _read_export(ctx, "u2q", ["user_id", "run_ds", "rank", "query", "source", "model_name", "model_version"])
     if u2q is None:
         parts.append(missing(f"u2q not published: {partition_path(ctx.root, 'exports', 'u2q', ctx.ds)}"))
     else:
         found += 1
-        df = u2q.to_pandas().sort_values(["user_id", "ds", "rank"], ascending=[True, False, True], kind="stable")
+        df = u2q.to_pandas().sort_values(["user_id", "run_ds", "rank"], ascending=[True, False, True], kind="stable")
         users = list(dict.fromkeys(df["user_id"]))[: ctx.rows]
         rows = []
         for uid in users:
-            for run_ds, g in df[df["user_id"] == uid].groupby("ds", sort=False):
+            for run_ds, g in df[df["user_id"] == uid].groupby("run_ds", sort=False):
                 queries = "".join(f"<li>{esc(q)}{' <i>(fallback)</i>' if s == 'fallback' else ''}</li>"
                                   for q, s in zip(g["query"], g["source"], strict=True))
                 rows.append([esc(uid), esc(run_ds), esc(f"{g['model_name'].iloc[0]}/{g['model_version'].iloc[0]}"),
@@ -707,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         result = build_report(root, args.ds, args.days, args.rows, args.ablation)
     except ValueError as exc:
         parser.error(str(exc))
-    print(json.dumps(result, sort_keys=True))
+    emit_result(result)
     return 0
 
 

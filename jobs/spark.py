@@ -12,6 +12,7 @@ from common import schemas
 from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import check_ds, is_published, latest_published_ds, partition_path
+from common.steps import write_result
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
     if args.data_root:
         cfg["data_root"] = str(Path(args.data_root).resolve())
     spark = build_spark(cfg, name)
+    results = {}
     try:
         for ds in dates:
             try:
@@ -88,9 +90,25 @@ def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
                 print(f"ERROR: {exc}", file=sys.stderr)
                 return CONTRACT_ERROR_EXIT
             print(json.dumps({"ds": ds, name: result}, sort_keys=True), flush=True)
+            results[ds] = result
+        write_result({"job": name, "dates": dates, "results": results, "spark_conf": spark_settings(spark)})
     finally:
         spark.stop()
     return 0
+
+
+#: Spark settings a job reports in its result, so an operator (and a test) can see what the
+#: running application got from the profile and spark-submit.
+REPORTED_SPARK_SETTINGS = ("spark.master", "spark.app.name", "spark.driver.memory", "spark.driver.cores",
+                           "spark.executor.memory", "spark.executor.cores", "spark.cores.max",
+                           "spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled",
+                           "spark.sql.session.timeZone")
+
+
+def spark_settings(spark) -> dict[str, str]:
+    """The :data:`REPORTED_SPARK_SETTINGS` of the running application (those that are set)."""
+    conf = spark.sparkContext.getConf()
+    return {key: conf.get(key) for key in REPORTED_SPARK_SETTINGS if conf.contains(key)}
 
 
 def read_partition(spark, root: str | Path, area: str, table: str, ds: str, schema_name: str | None = None):

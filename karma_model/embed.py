@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
     info = embed_catalogue(args.model_dir, data_root, check_ds(args.ds), args.out, args.version,
                            cfg.get("karma_index"), args.factory, args.batch_size)
-    print(json.dumps({"index_dir": info["index_dir"], "n": info["n"], "factory": info["factory"],
-                      "embed_seconds": info["embed_seconds"], "build_seconds": info["build_seconds"]},
-                     sort_keys=True))
+    emit_result({"index_dir": info["index_dir"], "n": info["n"], "factory": info["factory"],
+                      "embed_seconds": info["embed_seconds"], "build_seconds": info["build_seconds"]})
     return 0
 
 

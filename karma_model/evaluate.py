@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.steps import emit_result
 from karma_model.metrics import DEFAULT_KS, exact_topk_and_ranks, recall_loss, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -602,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     model_metrics = write_json_atomic(Path(args.model_dir) / METRICS_FILE, metrics)
     if args.out:
         write_json_atomic(Path(args.out), metrics)
-    print(json.dumps({"metrics_path": str(model_metrics), "report_dir": str(report_dir),
-                      "summary": metrics["summary"]}, sort_keys=True, default=_json_default))
+    emit_result({"metrics_path": str(model_metrics), "report_dir": str(report_dir),
+                 "summary": metrics["summary"]}, default=_json_default)
     return 0
 
 

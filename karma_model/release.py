@@ -35,6 +35,30 @@ def published_base_model(data_root: str | Path, ds: str) -> Path | None:
     return versions[-1] if versions else None
 
 
+def ensure_base_model(data_root: str | Path, ds: str, pretrain) -> Path:
+    """The newest published base LM at or before ``ds``, after calling ``pretrain()`` when there
+    is none. Both training DAGs call this for the same day: an exclusive lock on
+    ``models/base_lm/.lock`` makes the second wait and then find the first one's model instead of
+    pre-training another."""
+    import fcntl
+
+    lock_dir = Path(data_root) / "models" / "base_lm"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            found = published_base_model(data_root, ds)
+            if found is None:
+                logger.info("no base LM at or before %s: pre-training one", ds)
+                pretrain()
+                found = published_base_model(data_root, ds)
+            if found is None:
+                raise FileNotFoundError(f"base_lm.pretrain published nothing under {lock_dir} for {ds}")
+            return found
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_METRIC,
                min_ratio: float = MIN_RATIO_TO_CURRENT) -> list[str]:
     """Failures (empty = pass) of a candidate manifest against the registered one.

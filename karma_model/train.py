@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from base_lm.load import code_version, make_readable, read_manifest, write_manifest
+from common.steps import emit_result
 from karma_model.config import VARIANTS, KarmaConfig
 from karma_model.data import (
     ItemCatalog,
@@ -207,6 +207,7 @@ def _main(argv: list[str] | None) -> int:
     section = dict(cfg.get("karma") or {})
     base_model = args.base_model or section.pop("base_model", None)
     section.pop("base_model", None)
+    section.pop("gate", None)  # the release gate (karma_model.release), not a training setting
     overrides = {
         "variant": args.variant,
         "use_images": args.images,
@@ -253,7 +254,7 @@ def _main(argv: list[str] | None) -> int:
         write_trainer_state(state, tmp)
         save_karma(model.to("cpu"), tokenizer, tmp, manifest)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    print(json.dumps({"model_dir": str(final), "metrics": metrics}, sort_keys=True))
+    emit_result({"model_dir": str(final), "metrics": metrics})
     return 0
 
 

@@ -242,7 +242,7 @@ def test_entry_point_publishes_a_version_through_the_registry(tmp_path, base_dir
 
 
 def test_gate_compares_with_popularity_and_the_current_version(tmp_path):
-    from aigq_model.run_eval import sft_gate
+    from aigq_model.release import sft_gate
     from common.registry import GateRejected, commit_version, current_version, register, stage_version
 
     root = tmp_path / "data"

@@ -1,0 +1,247 @@
+"""The one step runner of the DAGs: every heavy step is a subprocess started here.
+
+A task never imports torch, transformers or pyspark: it calls :func:`python_step` (``python -m
+common.steps <module> ...``, under torchrun for DDP) or :func:`spark_step` (``spark-submit
+common/steps.py jobs.<job> ...``). The runner
+
+- streams the step's output (stdout and stderr) line by line into the task log;
+- reads the step's result from the file it names in ``PIPELINE_RESULT_FILE`` (no stdout scraping);
+- applies one exit-code policy (``common.steps``): 2 bad input / arguments / config, 3 gate
+  refused, 4 model, index or input missing: the task fails at once without retrying
+  (``AirflowFailException``); any other failure raises ``StepFailed`` and Airflow retries it;
+- stops the step's whole process group when the task is killed or times out.
+
+Spark settings of the profile reach the application as spark-submit options: ``--master`` from
+the ``spark_default`` connection (the profile's ``spark.master`` when there is none),
+``--driver-memory`` from ``spark.driver_memory`` (it must be set before the driver JVM starts, so
+it cannot come from the session builder), and every ``spark.conf`` entry as ``--conf``. A
+missing Java fails the task without retrying, saying so.
+
+Also here: the date a run processes (:func:`resolve_ds`) and the run's config (:func:`settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from common.steps import NO_RETRY_EXITS, RESULT_FILE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = "common.steps"
+MIN_JAVA = 17
+logger = logging.getLogger(__name__)
+
+
+class StepFailed(RuntimeError):
+    """A step failed in a way a retry may fix (crash, lost worker, out of memory, ...)."""
+
+
+def settings(params: Mapping) -> tuple[dict, str]:
+    """``(config, data_root)`` of a run: the config file / profile of its Params (empty = the
+    defaults), the ``data_root`` Param over the profile's. Raises ``AirflowFailException`` on a
+    bad config (no retry can fix it)."""
+    from common.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params.get("config") or None, params.get("profile") or None)
+    except ConfigError as exc:
+        raise AirflowFailException(f"bad configuration: {exc}") from exc
+    root = str(Path(params["data_root"]).resolve()) if params.get("data_root") else cfg["data_root"]
+    return cfg, root
+
+
+def common_args(params: Mapping) -> list[str]:
+    """``--config/--profile/--data-root`` of the run's Params, for every entry point."""
+    out: list[str] = []
+    for name in ("config", "profile", "data_root"):
+        if params.get(name):
+            out += [f"--{name.replace('_', '-')}", str(params[name])]
+    return out
+
+
+def resolve_ds(params: Mapping, logical_date=None, triggering_asset_events=None) -> str:
+    """The date a run processes, by one rule for every DAG:
+
+    1. the ``ds`` Param when set (manual runs and backfills by hand);
+    2. else the newest ``ds`` in the extras of the asset events that triggered the run (an
+       asset-triggered run has no logical date of its own);
+    3. else the logical date. Scheduled ``behavior_etl`` runs use a data-interval timetable, so
+       the run started at 00:00 of D+1 has logical date D: it processes the day that ended.
+
+    >>> resolve_ds({"ds": "2026-11-03"})
+    '2026-11-03'
+    >>> class E:
+    ...     def __init__(self, ds): self.extra = {"ds": ds}
+    >>> resolve_ds({}, None, {"a": [E("2026-11-01"), E("2026-11-02")], "b": [E("2026-11-02")]})
+    '2026-11-02'
+    """
+    from common.paths import check_ds
+
+    if params.get("ds"):
+        return check_ds(params["ds"])
+    dates = [e.extra.get("ds") for events in (triggering_asset_events or {}).values() for e in events
+             if getattr(e, "extra", None) and e.extra.get("ds")]
+    if dates:
+        if len(set(dates)) > 1:
+            logger.warning("triggering asset events carry several dates %s: processing the newest", sorted(set(dates)))
+        return check_ds(max(dates))
+    if logical_date is not None:
+        return logical_date.strftime("%Y-%m-%d")
+    raise AirflowFailException("no date to process: set the ds Param, or let the run be triggered by its asset events")
+
+
+def step_env(params: Mapping, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a step: the worker's, plus the repository on ``PYTHONPATH``,
+    ``OMP_NUM_THREADS`` from the Params, and the offline Hugging Face switches."""
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(params.get("omp_threads") or 1),
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
+
+
+def python_command(module: str, args: list[str], nproc: int = 1) -> list[str]:
+    """``python -m common.steps module args``, under ``torch.distributed.run`` (torchrun) with
+    ``nproc`` processes on this node when ``nproc > 1``."""
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                "-m", LAUNCHER, module, *args]
+    return [sys.executable, "-m", LAUNCHER, module, *args]
+
+
+def run_step(cmd: list[str], name: str, env: Mapping[str, str]) -> dict:
+    """Run one step; return the result it wrote. See the module docstring for the exit policy."""
+    fd, result_path = tempfile.mkstemp(prefix=f"step-{name.replace('/', '_')}-", suffix=".json")
+    os.close(fd)
+    os.unlink(result_path)
+    env = {**env, RESULT_FILE_ENV: result_path}
+    logger.info("running %s", " ".join(cmd))
+    tail: list[str] = []
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            logger.info("%s", line)
+            tail = [*tail[-19:], line]
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # the task was killed or timed out: stop the step's whole group
+            _stop_group(proc)
+    try:
+        if code in NO_RETRY_EXITS:
+            raise AirflowFailException(f"{name}: {NO_RETRY_EXITS[code]} (exit {code}, no retry): "
+                                       + _last_error(tail))
+        if code != 0:
+            raise StepFailed(f"{name} exited with status {code} (retryable): {_last_error(tail)}")
+        if not os.path.isfile(result_path):
+            raise StepFailed(f"{name} exited 0 but wrote no result to {RESULT_FILE_ENV}")
+        with open(result_path) as fh:
+            return json.load(fh)
+    finally:
+        if os.path.exists(result_path):
+            os.unlink(result_path)
+
+
+def _last_error(tail: list[str]) -> str:
+    """The most telling line of a failed step's output: its ``STEP FAILED``/``ERROR`` line, else the last."""
+    for line in reversed(tail):
+        if line.startswith(("STEP FAILED", "ERROR")) or "Error:" in line:
+            return line.strip()
+    return tail[-1].strip() if tail else "(no output)"
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def python_step(module: str, args: list[str], params: Mapping, nproc: int = 1) -> dict:
+    """``python -m common.steps module args --config/--profile`` of the run (torchrun when ``nproc > 1``)."""
+    for key in ("config", "profile"):
+        if params.get(key) and f"--{key}" not in args:
+            args = [*args, f"--{key}", str(params[key])]
+    return run_step(python_command(module, args, nproc), module, step_env(params))
+
+
+def java_version(java: str) -> int | None:
+    """The major version ``java -version`` reports, or None when it cannot be read."""
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major  # "1.8" = Java 8
+
+
+def check_java(env: Mapping[str, str]) -> str:
+    """The ``java`` Spark will start; ``AirflowFailException`` (no retry) when none is usable."""
+    java_home = env.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java", path=env.get("PATH"))
+    if not java or not os.access(java, os.X_OK):
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no `java` on PATH and JAVA_HOME unset"
+        raise AirflowFailException(f"Spark cannot start: Java >= {MIN_JAVA} is required ({where}); install a JDK "
+                                   f"{MIN_JAVA} (e.g. Debian's openjdk-17-jre-headless) or set JAVA_HOME")
+    version = java_version(java)
+    if version is None or version < MIN_JAVA:
+        raise AirflowFailException(f"Spark cannot start: Java >= {MIN_JAVA} is required, {java} reports "
+                                   f"{version if version is not None else 'no version'}")
+    return java
+
+
+def spark_master(cfg: Mapping) -> str:
+    """``--master``: the ``spark_default`` Airflow connection when defined, else the profile's."""
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection("spark_default")
+    except Exception:  # noqa: BLE001 - no connection (or no Airflow context): the profile decides
+        return str((cfg.get("spark") or {}).get("master") or "local[2]")
+    host = str(conn.host or "")
+    return f"{host}:{conn.port}" if conn.port and "://" in host else host or str(cfg["spark"]["master"])
+
+
+def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -> list[str]:
+    """``spark-submit --master M --name N --driver-memory X --conf k=v ... common/steps.py jobs.<job> args``."""
+    spark = cfg.get("spark") or {}
+    binary = shutil.which("spark-submit", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                 os.environ.get("PATH", "")])) or "spark-submit"
+    cmd = [binary, "--master", master, "--name", f"{spark.get('app_name_prefix', 'pipeline')}-{job}"]
+    if spark.get("driver_memory"):
+        cmd += ["--driver-memory", str(spark["driver_memory"])]
+    conf = {"spark.sql.session.timeZone": "UTC", **{str(k): str(v) for k, v in (spark.get("conf") or {}).items()}}
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(REPO_ROOT / "common" / "steps.py"), f"jobs.{job}", *args]
+
+
+def spark_step(job: str, ds: str, params: Mapping) -> dict:
+    """``jobs.<job>`` for ``ds`` under spark-submit with the run's profile; returns its result
+    (per date, and the Spark settings the running application reports)."""
+    cfg, root = settings(params)
+    python = sys.executable
+    env = step_env(params, {"SPARK_SUBMITTED": "1", "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+                            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                            "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
+    check_java(env)
+    args = ["--ds", ds, "--data-root", root, *common_args({k: v for k, v in params.items() if k != "data_root"})]
+    return run_step(spark_submit_command(job, args, cfg, spark_master(cfg)), f"jobs.{job}", env)
