@@ -15,16 +15,21 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast lint bench-etl airflow-ui clean backfill report
+.PHONY: venv prereqs demo test test-fast lint bench-etl airflow-ui clean backfill report
 
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+# Python 3.11 and Java >= 17, checked before the venv is made (and on every venv / demo / test):
+# one line per missing prerequisite, then stop. The interpreter checked is the venv's once it exists.
+prereqs:
+	@$(if $(wildcard $(VENV)/bin/python),VENV_DIR=$(VENV) $(SHELL) scripts/check_prereqs.sh $(VENV)/bin/python,$(SHELL) scripts/check_prereqs.sh "$(PYTHON_BOOT)")
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml | prereqs
 	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip==25.3
 	$(VENV)/bin/pip install --quiet -r requirements.txt -c constraints.txt
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.installed
+venv: prereqs $(VENV)/.installed
 
 demo: venv
 	$(PY) scripts/demo.py

@@ -17,8 +17,10 @@ browser=${CHROMIUM:-/usr/bin/chromium}
 [[ -x "$browser" ]] || { echo "no Chromium at $browser (apt-get install chromium)" >&2; exit 3; }
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
-"$browser" --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
-  --disable-extensions --hide-scrollbars --user-data-dir="$profile" --screenshot="$out" \
-  --window-size="$size" "file://$page" >/dev/null 2>&1
+# CI-safe: no sandbox (root in a container), no GPU, small /dev/shm tolerated, no network
+# (updates, sync, first-run), a fresh profile each time.
+"$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
+  --disable-component-update --disable-sync --no-first-run --disable-extensions --hide-scrollbars \
+  --user-data-dir="$profile" --screenshot="$out" --window-size="$size" "file://$page" >/dev/null 2>&1
 [[ -s "$out" ]] || { echo "Chromium wrote no screenshot to $out" >&2; exit 1; }
 echo "$out"
