@@ -165,3 +165,56 @@ def serving_status(root, name: str, ds: str, area: str = "models") -> dict:
     else:
         reason = "none registered"
     return {"name": name, "version": version, "reason": reason, "decision": decision}
+
+
+READY_DIR = "_ready"
+
+
+def record_day_outcome(root, ds: str, producer: str, outcome: dict, required: tuple[str, ...]) -> bool:
+    """Record that ``producer`` (a training DAG) finished ``ds`` with ``outcome`` (registered or
+    refused); return True when this record completes ``required`` for ``ds``, i.e. the caller is
+    the last of the producers to finish that day and should announce it.
+
+    The check runs under an exclusive lock on ``models/_ready/.lock``, so when two producers
+    finish together exactly one of them announces. A producer that reruns a finished day
+    announces it again (its outcome may have changed, so the day's export should rerun).
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> record_day_outcome(root, "2026-11-01", "karma_training", {}, ("karma_training", "aigq_training"))
+    False
+    >>> record_day_outcome(root, "2026-11-01", "aigq_training", {}, ("karma_training", "aigq_training"))
+    True
+    """
+    import fcntl
+
+    base = Path(root) / "models" / READY_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            write_json_atomic(base / ds / f"{producer}.json", {"ds": ds, "producer": producer, **outcome})
+            return all((base / ds / f"{name}.json").is_file() for name in required)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def day_outcomes(root, ds: str) -> dict[str, dict]:
+    """The outcomes recorded for ``ds`` by :func:`record_day_outcome`, by producer."""
+    folder = Path(root) / "models" / READY_DIR / ds
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def reset_day_outcomes(root, ds: str) -> None:
+    """Forget the training outcomes of ``ds`` (new samples start a new training cycle for the day)."""
+    import fcntl
+
+    base = Path(root) / "models" / READY_DIR
+    if not (base / ds).is_dir():
+        return
+    with open(base / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            shutil.rmtree(base / ds, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -17,15 +17,16 @@ Daily cycle (`grpo=true`, for the first policy only — the one u2q serves): `tr
 else from the SFT policy) → `evaluate_grpo` (candidate and the policy it started from on the same
 samples) → `register_grpo` (`aigq_<kind>_grpo` moves only if its Query HR@30 >= the reference's
 minus `aigq.gate.grpo_tolerance`) → `publish_policy` (emits `models.aigq_policy` with
-`{"ds", "path", "version", "registered", "reason", "policies"}`: the policy u2q serves from now on).
+`{"ds", "path", "version", "registered", "reason", "policies"}`: the policy u2q serves from now on)
+→ `announce` (emits `models.ready` when `karma_training` has finished the same day: the export's trigger).
 
 **Schedule**: on `samples.aigq_direct_sft`, `samples.aigq_think_sft` and `samples.ctr_samples`.
 **Date**: the `ds` Param, else the triggering events' `ds`, else the logical date.
 
 **A refused gate** (SFT or update) is an outcome, not a failure: the previous version keeps
 serving, the verdict is recorded under `models/<name>/decisions/` and alerted, and
-`publish_policy` still emits, so that day's `nightly_export` runs and says which versions served
-and why. A manual run for another kind only (`kind` Param not the first of `aigq.train_policies`)
+`publish_policy` and `announce` still run, so that day's `nightly_export` runs and says which
+versions served and why. A manual run for another kind only (`kind` Param not the first of `aigq.train_policies`)
 does not emit: it registers e.g. a Think policy that x2q reads from the registry.
 
 Each step is a subprocess through the step runner (`dags/runner.py`); XCom carries folder paths.
@@ -42,7 +43,7 @@ from pathlib import Path
 from airflow.sdk import Param, dag, task
 
 from dags import ops, runner, training_tasks
-from dags.assets import AIGQ_DIRECT_SFT, AIGQ_POLICY, AIGQ_THINK_SFT, CTR_SAMPLES
+from dags.assets import AIGQ_DIRECT_SFT, AIGQ_POLICY, AIGQ_THINK_SFT, CTR_SAMPLES, MODELS_READY
 
 logger = logging.getLogger(__name__)
 # Entry points that train under torchrun when nproc_per_node > 1: they publish from rank 0 only.
@@ -269,10 +270,15 @@ def aigq_training():
         outlet_events[AIGQ_POLICY].extra = outcome
         return outcome
 
+    @task(outlets=[MODELS_READY])
+    def announce(day: str, outcome: dict, params=None, outlet_events=None) -> dict:
+        """Emit ``models.ready`` when karma_training has finished the day too (else skip)."""
+        return ops.announce_day(params, day, "aigq_training", outcome, outlet_events, MODELS_READY)
+
     day = resolve_ds()
     serving = register(day, evaluate(day, train_sft(day, base_lm(day))))
     update = grpo_update(day, serving, train_ctr(day))
-    publish_policy(day, serving, register_grpo(day, evaluate_grpo(day, update)))
+    announce(day, publish_policy(day, serving, register_grpo(day, evaluate_grpo(day, update))))
 
 
 aigq_training()

@@ -33,8 +33,12 @@ SAMPLE_ASSETS = {
 #: runs on both, so a refused gate never stops the day's export.
 KARMA_MODEL = _asset("models", "karma")
 AIGQ_POLICY = _asset("models", "aigq_policy")
-#: An extra IL-SFT policy (e.g. Think, for x2q) registered by a manual aigq_training run.
-AIGQ_EXTRA_POLICY = _asset("models", "aigq_extra_policy")
+#: A day whose models are all settled: emitted by whichever of the training DAGs of
+#: :data:`TRAINING_DAGS` finishes a ``ds`` last (``common.registry.record_day_outcome``), with
+#: ``extra = {"ds", "path", "outcomes"}``. nightly_export runs on it: one event per day, so the
+#: export of D never waits for (or takes the date of) another day's training.
+MODELS_READY = _asset("models", "ready")
+TRAINING_DAGS = ("karma_training", "aigq_training")
 
 EXPORT_ASSETS = {table: _asset("exports", table) for table in ("u2q", "x2q", "u2i", "user_interest_embedding")}
 REPORT = _asset("reports", "report")

@@ -82,11 +82,15 @@ def behavior_etl():
 
     @task(outlets=list(SAMPLE_ASSETS.values()))
     def publish_samples(day: str, params=None, outlet_events=None) -> dict:
-        """Check every sample partition of the day is published; announce them as Asset events."""
+        """Check every sample partition of the day is published; announce them as Asset events.
+        The day's training outcomes are reset: the export of the day waits for both trainings
+        on these samples."""
         from common.paths import is_published, partition_path
         from common.publish import read_manifest
+        from common.registry import reset_day_outcomes
 
         _cfg, root = runner.settings(params)
+        reset_day_outcomes(root, day)
         published = {}
         for table, asset in SAMPLE_ASSETS.items():
             path = partition_path(root, "samples", table, day)

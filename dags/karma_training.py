@@ -9,8 +9,8 @@ and neither the `base_model` param nor `karma.base_model` names one; a file lock
 (variant from the params, default `act+gen+rec`) → `evaluate` (HR/NDCG exact + faiss, baselines
 tuned on valid, sink/collapse diagnostics, report) → `embed` (catalogue → `indexes/karma/<ds>`) →
 `register` (`models/karma/<ds>`; `CURRENT` moves only through the gate of
-`karma_model/release.py`: test HR@200 >= popularity and >= `karma.gate.min_ratio` x the registered
-version's).
+`karma_model/release.py`: test HR@200 >= `karma.gate.popularity_ratio` x popularity's and >=
+`karma.gate.min_ratio` x the registered version's).
 
 **Schedule**: on `samples.karma_samples` **and** `samples.item_corpus` (one run after each
 `behavior_etl` run). **Date**: the `ds` Param when set, else the `ds` of the triggering asset
@@ -19,8 +19,9 @@ events, else the logical date (`dags/runner.py: resolve_ds`).
 **A refused gate** is an outcome, not a failure: the version stays on disk, the previous version
 keeps serving, the verdict is recorded (`models/karma/decisions/<ds>.json`) and alerted
 (`<data_root>/alerts/alerts.jsonl`), and `register` still emits `models.karma` with
-`{"ds", "path", "version", "registered": false, "reason"}`, so that day's `nightly_export` runs with
-the current version and says so in its manifests and report.
+`{"ds", "path", "version", "registered": false, "reason"}`. `announce` then records the day's
+outcome; when `aigq_training` has finished the same day it emits `models.ready`, which starts that
+day's `nightly_export` with the current versions (its manifests and report say why).
 
 Every heavy step is a subprocess through the step runner (`dags/runner.py`); XCom carries paths.
 With `runtime.nproc_per_node` N > 1 (or the `nproc_per_node` param) `base_lm` (when it pre-trains)
@@ -35,7 +36,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from dags import ops, runner, training_tasks
-from dags.assets import ITEM_CORPUS, KARMA_MODEL, KARMA_SAMPLES
+from dags.assets import ITEM_CORPUS, KARMA_MODEL, KARMA_SAMPLES, MODELS_READY
 
 VARIANTS = ["act", "act+gen", "act+rec", "act+gen+rec"]  # karma_model.config.VARIANTS
 BASELINES = ["popularity", "cooccurrence", "text"]
@@ -136,10 +137,11 @@ def karma_training():
         from karma_model.release import REGISTRY_NAME, register_karma
 
         cfg, root = runner.settings(params)
-        min_ratio = params["min_ratio"] if params["min_ratio"] >= 0 else \
-            float(((cfg.get("karma") or {}).get("gate") or {}).get("min_ratio", 0.9))
+        gate = dict((cfg.get("karma") or {}).get("gate") or {})
+        min_ratio = params["min_ratio"] if params["min_ratio"] >= 0 else float(gate.get("min_ratio", 0.9))
         try:
-            register_karma(root, model_dir, day, index_dir, metrics_path, min_ratio=min_ratio)
+            register_karma(root, model_dir, day, index_dir, metrics_path, min_ratio=min_ratio,
+                           popularity_ratio=float(gate.get("popularity_ratio", 1.0)))
         except GateRejected as exc:
             ops.record_gate_refusal(params, "karma_training", "register", run_id, day, str(exc))
         status = serving_status(root, REGISTRY_NAME, day)
@@ -149,12 +151,17 @@ def karma_training():
         outlet_events[KARMA_MODEL].extra = outcome
         return outcome
 
+    @task(outlets=[MODELS_READY])
+    def announce(day: str, outcome: dict, params=None, outlet_events=None) -> dict:
+        """Emit ``models.ready`` when aigq_training has finished the day too (else skip)."""
+        return ops.announce_day(params, day, "karma_training", outcome, outlet_events, MODELS_READY)
+
     day = resolve_ds()
     model = train(day, base_lm(day))
     metrics = evaluate(day, model)
     index = embed(day, model)
     metrics >> index
-    register(day, model, metrics, index)
+    announce(day, register(day, model, metrics, index))
 
 
 karma_training()

@@ -3,10 +3,10 @@
 
 What search serving reads every morning, for one date `ds` (`export/`).
 
-**Schedule**: on `models.karma` **and** `models.aigq_policy`, which `karma_training` and
-`aigq_training` emit at the end of every run whether their gate registered the day's model or
-refused it. **Date**: the `ds` Param, else the newest `ds` of the triggering events, else the
-logical date (`dags/runner.py: resolve_ds`). **Rule for a refused gate**: the export still runs
+**Schedule**: on `models.ready`, which the training DAG that finishes a day last
+(`karma_training` or `aigq_training`) emits once both have settled that day's models — whether
+their gates registered the day's versions or refused them. **Date**: the `ds` Param, else the
+`ds` of the triggering event, else the logical date (`dags/runner.py: resolve_ds`). **Rule for a refused gate**: the export still runs
 that day with the versions registered before; every published manifest carries `serving`
 (`{model name: {"version", "reason"}}`, e.g. `gate refused 2026-11-02: ...; serving 2026-11-01`)
 and the report shows it. Each publishing task emits its `exports.<table>` Asset with
@@ -54,7 +54,7 @@ import logging
 from airflow.sdk import Param, dag, task
 
 from dags import ops, runner
-from dags.assets import AIGQ_POLICY, EXPORT_ASSETS, KARMA_MODEL, REPORT
+from dags.assets import EXPORT_ASSETS, MODELS_READY, REPORT
 
 logger = logging.getLogger(__name__)
 MAX_SHARDS = 1024
@@ -111,7 +111,7 @@ def _emit(outlet_events, table: str, ds: str, path: str) -> None:
 
 @dag(
     dag_id="nightly_export",
-    schedule=(KARMA_MODEL & AIGQ_POLICY),
+    schedule=MODELS_READY,
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

@@ -105,3 +105,21 @@ def record_gate_refusal(params: Mapping, dag_id: str, task_id: str, run_id: str,
     root, command = _alert_settings(params)
     record_alert(root, {"kind": "gate_refused", "dag_id": dag_id, "task_id": task_id, "run_id": run_id, "ds": ds,
                         "reason": reason}, command)
+
+
+def announce_day(params: Mapping, day: str, producer: str, outcome: Mapping, outlet_events, asset) -> dict:
+    """The last task of a training DAG: record its outcome for ``day`` and, when it is the last of
+    ``TRAINING_DAGS`` to finish the day, emit ``asset`` (``models.ready``) with the day's outcomes;
+    otherwise skip (no event), leaving the announcement to the DAG still training."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from common.registry import day_outcomes, record_day_outcome
+    from dags.assets import TRAINING_DAGS
+
+    root, _command = _alert_settings(params)
+    if not record_day_outcome(root, day, producer, dict(outcome), TRAINING_DAGS):
+        missing = [d for d in TRAINING_DAGS if d not in day_outcomes(root, day)]
+        raise AirflowSkipException(f"{day}: {producer} recorded; waiting for {missing} to announce the day")
+    extra = {"ds": day, "path": str(Path(root) / "models"), "outcomes": day_outcomes(root, day)}
+    outlet_events[asset].extra = extra
+    return extra

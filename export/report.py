@@ -374,6 +374,23 @@ def section_etl(ctx: Context) -> Section:
     return Section("etl", "ETL", "".join(parts))
 
 
+def serving_rows(root: Path, ds: str) -> list[list]:
+    """``[name, serving version, reason]`` for every model an export of ``ds`` names in its
+    manifest's ``serving`` (KARMA, the AIGQ policies), else from the registry."""
+    from common.registry import serving_status
+
+    seen: dict[str, dict] = {}
+    for table in EXPORT_TABLES:
+        _n, manifest = partition_rows(root, "exports", table, ds)
+        for name, status in (manifest.get("serving") or {}).items():
+            seen.setdefault(name, status)
+    for name in ("karma", "aigq_direct", "aigq_direct_grpo", "aigq_think"):
+        if name not in seen and (root / "models" / name).is_dir():
+            status = serving_status(root, name, ds)
+            seen[name] = {"version": status["version"], "reason": status["reason"]}
+    return [[name, s.get("version"), s.get("reason")] for name, s in sorted(seen.items())]
+
+
 def section_exports(ctx: Context) -> Section:
     rows, published = [], 0
     for table in EXPORT_TABLES:
@@ -390,6 +407,11 @@ def section_exports(ctx: Context) -> Section:
                      f"{len(gate) - len(failed)}/{len(gate)} passed" + (f" (failed: {', '.join(failed)})" if failed
                                                                         else "")])
     body = html_table(["table", "status", "rows", "run id", "model", "gates"], rows)
+    serving = serving_rows(ctx.root, ctx.ds)
+    if serving:
+        body += ('<h3>Which model versions served, and why</h3><p class="meta">From the gate decisions of '
+                 f"{ctx.ds} (<code>models/&lt;name&gt;/decisions/</code>): a refused gate leaves the previous "
+                 "version serving.</p>" + html_table(["model", "serving version", "why"], serving))
     if not published:
         return Section("exports", "Exports", missing(f"no export of {ctx.ds} is published under "
                                                      f"{ctx.root / 'exports'}") + body, "missing")

@@ -60,11 +60,12 @@ def ensure_base_model(data_root: str | Path, ds: str, pretrain) -> Path:
 
 
 def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_METRIC,
-               min_ratio: float = MIN_RATIO_TO_CURRENT) -> list[str]:
+               min_ratio: float = MIN_RATIO_TO_CURRENT, popularity_ratio: float = 1.0) -> list[str]:
     """Failures (empty = pass) of a candidate manifest against the registered one.
 
     Reads ``manifest["metrics"]`` (the flat test summary of :mod:`karma_model.evaluate`): the model's
-    test ``metric`` must be >= the popularity baseline's and >= ``min_ratio`` x the current version's.
+    test ``metric`` must be >= ``popularity_ratio`` x the popularity baseline's and >= ``min_ratio`` x
+    the current version's.
 
     >>> karma_gate({"metrics": {"hr@200": 0.3, "popularity_hr@200": 0.4}}, None)
     ['test hr@200 0.3000 < popularity baseline 0.4000']
@@ -79,8 +80,9 @@ def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_M
     if value is None or popularity is None:
         return [f"candidate metrics lack {metric} or popularity_{metric} (evaluate with the popularity baseline)"]
     failures = []
-    if value < popularity:
-        failures.append(f"test {metric} {value:.4f} < popularity baseline {popularity:.4f}")
+    if value < popularity_ratio * popularity:
+        scale = "" if popularity_ratio == 1.0 else f"{popularity_ratio:g} x "
+        failures.append(f"test {metric} {value:.4f} < {scale}popularity baseline {popularity:.4f}")
     if current is not None:
         previous = (current.get("metrics") or {}).get(metric)
         if previous is None:
@@ -106,7 +108,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def register_karma(data_root: str | Path, model_dir: str | Path, version: str, index_dir: str | Path | None = None,
                    metrics_path: str | Path | None = None, min_ratio: float = MIN_RATIO_TO_CURRENT,
-                   name: str = REGISTRY_NAME) -> dict:
+                   name: str = REGISTRY_NAME, popularity_ratio: float = 1.0) -> dict:
     """Stage ``model_dir`` as ``models/<name>/<version>`` and register it through the gate.
 
     Raises :class:`common.registry.GateRejected` when the gate refuses (the version stays on disk,
@@ -143,5 +145,5 @@ def register_karma(data_root: str | Path, model_dir: str | Path, version: str, i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gate = functools.partial(karma_gate, min_ratio=min_ratio)
+    gate = functools.partial(karma_gate, min_ratio=min_ratio, popularity_ratio=popularity_ratio)
     return register(data_root, name, version, gate=gate)

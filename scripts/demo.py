@@ -1,17 +1,21 @@
-"""`make demo`: generate a few days of synthetic logs and run all four DAGs through Airflow for
-every day, the way the scheduler chains them.
+"""`make demo`: generate a few days of synthetic logs and run the four DAGs under a real Airflow 3
+scheduler, the way production runs them.
 
-Steps: migrate Airflow's SQLite DB under ``.airflow/`` → ``python -m sources.synthetic`` for
-``synthetic.days`` days → per logical date, ``airflow dags test`` of ``behavior_etl`` →
-``karma_training`` and ``aigq_training`` (base LM and IL-SFT on the first date, plus an
-AIGQ-Think IL-SFT run for x2q; every date a new KARMA version, the daily CTR model and an IL-GRPO
-update of the previous date's policy) → ``nightly_export`` (u2q, x2q, u2i + embeddings, the
-analyst report). Each DAG runs its dates in order
-(``max_active_runs=1``), and a date's run starts as soon as what it reads is published — as the
-asset-triggered schedule would start it — so the ETL of the next date overlaps the training of
-this one (four lanes, one per DAG; the SQLite DB waits on locks instead of failing). Training runs
-are short, sized for a 2-core machine (``DEMO_STEPS`` steps). At the end: rows per table, quarantine
-counts, registered model versions and metrics, the export partitions and the report path.
+Steps: ``python -m sources.synthetic`` for ``synthetic.days`` days → ``airflow standalone`` on
+127.0.0.1 (``common/airflow_local.py``; metadata DB and logs under ``$AIRFLOW_HOME``, default
+``.airflow/``) → unpause the four DAGs → trigger ``behavior_etl`` once per date (``{"ds": …}``;
+the scheduler runs them in order, ``max_active_runs=1``). Everything else is started by the
+scheduler from Asset events: ``karma_training`` and ``aigq_training`` when the day's samples are
+published (base LM and the IL-SFT policies — Direct, and Think for x2q — on the first date; every
+date a new KARMA version, the daily CTR model and an IL-GRPO update of the previous policy),
+``nightly_export`` when both trainings have settled the day (u2q, x2q, u2i + embeddings, report).
+Training runs are short, sized for a 2-core machine (``DEMO_STEPS``), set through ``PIPELINE__…``
+config overrides in the scheduler's environment. The cron schedule is off
+(``PIPELINE__OPS__ETL_SCHEDULE=null``) so that the scheduler does not also build "yesterday".
+
+At the end: rows per table, quarantine counts, registered model versions and metrics, the export
+partitions and the report paths, and the seconds of every DAG run; Airflow is stopped (process
+group) whatever happened, and the UI is reachable while it runs (port printed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,26 +47,16 @@ class StepFailed(RuntimeError):
     pass
 
 
-_print_lock = threading.Lock()
-
-
-def say(msg: str) -> None:
-    with _print_lock:
-        print(msg, flush=True)
-
-
-def run(cmd: list[str], log: Path, lane: str = "") -> float:
-    """Run one step, its output into ``log``; raises :class:`StepFailed` (log tail printed)."""
+def run(cmd: list[str], log: Path) -> float:
+    """Run one set-up step, its output into ``log``; raises :class:`StepFailed` (log tail printed)."""
     started = time.monotonic()
-    tag = f"[{lane}] " if lane else ""
-    say(f"{tag}$ {' '.join(cmd)}")
+    print(f"$ {' '.join(cmd)}", flush=True)
     with log.open("a") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
     seconds = time.monotonic() - started
-    say(f"{tag}  ... exit {proc.returncode} in {seconds:.0f}s (log: {log})")
+    print(f"  ... exit {proc.returncode} in {seconds:.0f}s (log: {log})", flush=True)
     if proc.returncode != 0:
-        with _print_lock:
-            print(log.read_text()[-4000:], file=sys.stderr, flush=True)
+        print(log.read_text()[-4000:], file=sys.stderr, flush=True)
         raise StepFailed(f"demo step failed: {' '.join(cmd)}")
     return seconds
 
@@ -118,83 +111,77 @@ def registered(root: str, name: str) -> str:
     return f"{current_version(root, name)} at {path}\n      {json.dumps(key_metrics(name, metrics))}"
 
 
-def base_lm_published(root: str, ds: str) -> bool:
-    """A published ``models/base_lm/<v>`` with v <= ds (what both training DAGs start from)."""
-    base = Path(root) / "models" / "base_lm"
-    return any(p.name <= ds and (p / "manifest.json").is_file() for p in base.glob("20*")) if base.is_dir() else False
+def demo_overrides(steps: int) -> dict[str, str]:
+    """Config overrides (``PIPELINE__…``) of the demo: short training, every sample scored, both
+    IL-SFT policies on the first date (Think so that x2q has a model), the cron schedule off.
+
+    The Think policy is demo-sized: the SFT gate is opened wide (popularity tolerance 1.0) so that
+    it registers; its metrics are printed below next to the baselines."""
+    return {
+        "PIPELINE__OPS__ETL_SCHEDULE": "null",
+        "PIPELINE__BASE_LM__MAX_STEPS": str(2 * steps),
+        "PIPELINE__KARMA__MAX_STEPS": str(steps),
+        "PIPELINE__AIGQ__SFT__MAX_STEPS": str(2 * steps),
+        "PIPELINE__AIGQ__GRPO__MAX_STEPS": str(max(steps // 5, 1)),
+        "PIPELINE__AIGQ__EVAL__SPLIT": "all",
+        "PIPELINE__AIGQ__TRAIN_POLICIES": "[direct, think]",
+        "PIPELINE__AIGQ__GATE__POPULARITY_TOLERANCE": "1.0",
+    }
 
 
-def run_lanes(days: list[str], root: str, airflow: str, logs: Path, training: dict,
-              first_day: dict | None = None) -> dict[str, dict[str, float]]:
-    """One lane per DAG, each running its dates in order; a date starts when its inputs are
-    published: karma/aigq after that date's ETL (aigq also after the base LM exists, so the two
-    never pre-train it twice), the export after both trainings. ``first_day`` adds runs of a DAG
-    on the first date only, after its usual one. Returns seconds per DAG and date."""
-    first_day = first_day or {}
-    done = {dag: {ds: threading.Event() for ds in days} for dag in ("behavior_etl", *training, "nightly_export")}
-    failed = threading.Event()
-    errors: list[BaseException] = []
-    times: dict[str, dict[str, float]] = {dag: {} for dag in done}
+def run_seconds(run: dict) -> int | None:
+    import datetime as dt
 
-    def wait(events) -> bool:
-        while not failed.is_set():
-            if all(e.wait(0.5) for e in events):
-                return True
-        return False
+    if not run.get("start_date") or not run.get("end_date"):
+        return None
+    start, end = (dt.datetime.fromisoformat(str(run[k])) for k in ("start_date", "end_date"))
+    return round((end - start).total_seconds())
 
-    def lane(dag_id: str, inputs, extra_wait=None) -> None:
-        try:
-            for ds in days:
-                if not wait(inputs(ds)):
-                    return
-                while extra_wait and not extra_wait(ds):
-                    if failed.wait(2.0):
-                        return
-                seconds = 0.0
-                confs = [training.get(dag_id)] + (first_day.get(dag_id, []) if ds == days[0] else [])
-                for i, conf in enumerate(confs):
-                    cmd = [airflow, "dags", "test", dag_id, ds] + (["--conf", json.dumps(conf)] if conf else [])
-                    log = logs / f"{dag_id}-{ds}{'' if i == 0 else f'-{i}'}.log"
-                    seconds += run(cmd, log, dag_id)
-                times[dag_id][ds] = round(seconds)
-                done[dag_id][ds].set()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-            failed.set()
 
-    lanes = [
-        threading.Thread(target=lane, args=("behavior_etl", lambda ds: [])),
-        threading.Thread(target=lane, args=("karma_training", lambda ds: [done["behavior_etl"][ds]])),
-        threading.Thread(target=lane, args=("aigq_training", lambda ds: [done["behavior_etl"][ds]],
-                                            lambda ds: base_lm_published(root, ds))),
-        threading.Thread(target=lane, args=("nightly_export", lambda ds: [done["karma_training"][ds],
-                                                                           done["aigq_training"][ds]])),
-    ]
-    for t in lanes:
-        t.start()
-    for t in lanes:
-        t.join()
-    if errors:
-        raise SystemExit(str(errors[0]))
-    return times
+def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
+    """Unpause, trigger behavior_etl per date, wait for one nightly_export run per date; returns
+    ``{dag_id: [(ds, run type, state, seconds), …]}``. Raises when a run fails."""
+    from common.airflow_local import DAG_IDS, TERMINAL
+
+    airflow.unpause(DAG_IDS)
+    for ds in days:
+        airflow.trigger("behavior_etl", {"ds": ds}, run_id=f"demo__{ds}")
+    reported: set[str] = set()
+
+    def settled() -> bool:
+        runs = airflow.runs()
+        for r in runs:
+            if r["state"] in TERMINAL and r["run_id"] not in reported:
+                reported.add(r["run_id"])
+                print(f"  {r['dag_id']:16s} {r['run_type']:16s} {r['state']:8s} {run_seconds(r)}s  {r['run_id']}",
+                      flush=True)
+        failed = [r for r in runs if r["state"] == "failed"]
+        if failed:
+            raise StepFailed(f"failed runs: {[(r['dag_id'], r['run_id']) for r in failed]}\n"
+                             + airflow.failed_task_logs())
+        exports = [r for r in runs if r["dag_id"] == "nightly_export"]
+        return len(exports) >= len(days) and all(r["state"] in TERMINAL for r in runs)
+
+    airflow.wait(settled, timeout_s, f"{len(days)} nightly_export runs", every=5.0)
+    out: dict[str, list] = {dag: [] for dag in DAG_IDS}
+    for r in airflow.runs():
+        ds = airflow.xcom(r["dag_id"], r["run_id"], "resolve_ds")
+        out[r["dag_id"]].append((ds, r["run_type"], r["state"], run_seconds(r)))
+    return out
 
 
 def main() -> int:
+    from common.airflow_local import LocalAirflow
+
     cfg = load_config()
     root = cfg["data_root"]
     syn = cfg["synthetic"]
     days = ds_range(str(syn["start_ds"]), int(syn["days"]))
-    logs = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow")) / "demo-logs"
+    home = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow"))
+    logs = home / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    # Four `airflow dags test` processes share the SQLite DB: wait on its locks instead of failing.
-    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "common.airflow_db.SQLITE_CONNECT_ARGS")
-    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC",
-                          "common.airflow_db.SQLITE_CONNECT_ARGS_ASYNC")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     started = time.monotonic()
-    airflow = str(Path(sys.executable).parent / "airflow")
     try:
-        run([airflow, "db", "migrate"], logs / "airflow-db.log")
         # A few corrupted rows (0.2%) so the quarantine has something to show.
         run([sys.executable, "-m", "sources.synthetic", "--days", str(len(days)), "--bad-row-rate", "0.002"],
             logs / "generate.log")
@@ -202,18 +189,21 @@ def main() -> int:
         raise SystemExit(str(exc)) from exc
     last = days[-1]
     steps = int(os.environ.get("DEMO_STEPS", "150"))
-    training = {
-        "karma_training": {"max_steps": steps, "base_max_steps": 2 * steps},
-        # IL-SFT once (first date), then every date: CTR model + IL-GRPO update of the previous policy.
-        "aigq_training": {"max_steps": 2 * steps, "base_max_steps": 2 * steps, "eval_split": "all",
-                          "grpo_max_steps": max(steps // 5, 1), "sft": "if_missing"},
-    }
-    # The first date also trains an AIGQ-Think policy (IL-SFT only), so that nightly_export writes
-    # x2q too. Demo-sized, it is registered through a gate opened wide (popularity tolerance 1.0);
-    # its metrics are printed below next to the baselines.
-    first_day = {"aigq_training": [{"kind": "think", "max_steps": 2 * steps, "eval_split": "all", "grpo": False,
-                                    "sft": "if_missing", "gate_popularity_tolerance": 1.0}]}
-    times = run_lanes(days, root, airflow, logs, training, first_day)
+    for stale in ("airflow.db", "airflow.db-shm", "airflow.db-wal"):  # each demo starts a fresh metadata DB
+        (home / stale).unlink(missing_ok=True)
+    airflow = LocalAirflow(home, port=int(os.environ.get("DEMO_AIRFLOW_PORT", "0")) or None, env=demo_overrides(steps))
+    try:
+        print(f"starting airflow standalone (UI http://127.0.0.1:{airflow.port}, log {airflow.log_path})", flush=True)
+        airflow.start()
+        print(f"triggering behavior_etl for {', '.join(days)}; the scheduler starts the rest from asset events",
+              flush=True)
+        times = drive(airflow, days, float(os.environ.get("DEMO_TIMEOUT_S", "3600")))
+    except Exception as exc:  # noqa: BLE001 - the deployment is stopped below, the error reported
+        survivors = airflow.stop()
+        raise SystemExit(f"demo failed: {exc}" + (f" (survivors: {survivors})" if survivors else "")) from exc
+    survivors = airflow.stop()
+    if survivors:
+        raise SystemExit(f"processes survived the demo's Airflow: {survivors}")
     table = summary(root, days)
     print("\nrows per table and ds (" + ", ".join(days) + "):")
     for name, rows in table.items():
@@ -237,9 +227,9 @@ def main() -> int:
     print("analyst reports:")
     for ds in days:
         print(f"  {Path(root) / 'reports' / f'ds={ds}' / 'index.html'}")
-    print("\nseconds per DAG run:")
-    for dag_id, per_ds in times.items():
-        print(f"  {dag_id:16s} {json.dumps(per_ds)}")
+    print("\nseconds per DAG run (ds, how the run was created, state, seconds):")
+    for dag_id, per_run in times.items():
+        print(f"  {dag_id:16s} {json.dumps(per_run)}")
     print(f"\noutputs under {root}:")
     for area in ("raw", "clean", "quarantine", "sessions", "samples", "models", "indexes", "exports", "reports"):
         print(f"  {Path(root) / area}")

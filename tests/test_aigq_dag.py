@@ -25,21 +25,28 @@ def dag(airflow_db):
 
 def test_aigq_training_structure(dag):
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    day_tasks = ["announce", "base_lm", "evaluate", "evaluate_grpo", "grpo_update", "publish_policy", "register",
+                 "register_grpo", "train_ctr", "train_sft"]
     assert downstream == {
+        "resolve_ds": day_tasks,
         "base_lm": ["train_sft"],
         "train_sft": ["evaluate"],
         "evaluate": ["register"],
-        "register": ["evaluate_grpo", "grpo_update"],
+        "register": ["grpo_update", "publish_policy"],
         "train_ctr": ["grpo_update"],
         "grpo_update": ["evaluate_grpo"],
         "evaluate_grpo": ["register_grpo"],
-        "register_grpo": [],
+        "register_grpo": ["publish_policy"],
+        "publish_policy": ["announce"],
+        "announce": [],
     }
+    assert {a.name for a in dag.get_task("publish_policy").outlets} == {"models.aigq_policy"}
+    assert {a.name for a in dag.get_task("announce").outlets} == {"models.ready"}
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
     assert {"data_root", "kind", "max_steps", "omp_threads", "eval_split", "sft", "grpo", "grpo_mode"} <= set(
         dag.params.keys()
     )
-    assert dag.params.get_param("kind").schema["enum"] == ["direct", "think", "plain"]
+    assert dag.params.get_param("kind").schema["enum"] == ["", "direct", "think", "plain"]
     assert dag.params.get_param("max_steps").schema["minimum"] == 0
     assert dag.params.get_param("grpo_mode").schema["enum"] == ["il", "sequence"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -40,6 +41,7 @@ def test_behavior_etl_structure(dagbag):
     dag = dagbag.get_dag("behavior_etl")
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
+        "resolve_ds": ["build_samples", "publish_samples", "sessionize", "validate"],
         "validate": ["sessionize"],
         "sessionize": ["build_samples"],
         "build_samples": ["publish_samples"],
@@ -47,7 +49,58 @@ def test_behavior_etl_structure(dagbag):
     }
     outlets = {a.name for a in dag.get_task("publish_samples").outlets}
     assert outlets == {f"samples.{t}" for t in schemas.SAMPLE_TABLES}
-    assert set(dag.params.keys()) == {"config", "profile", "data_root"}
+    assert set(dag.params.keys()) == {"config", "profile", "data_root", "ds"}
+
+
+def test_every_task_has_a_timeout_and_the_failure_alert(dagbag):
+    from dags.ops import record_failure
+
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+            assert task.execution_timeout <= dt.timedelta(hours=8), f"{dag_id}.{task.task_id}"
+            callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) \
+                else [task.on_failure_callback]
+            assert record_failure in callbacks, f"{dag_id}.{task.task_id} records no alert"
+
+
+def test_the_scheduled_etl_run_after_midnight_builds_the_day_that_ended(dagbag):
+    """Data-interval timetable: the run the scheduler starts at 00:00 of D+1 has logical date D,
+    and resolve_ds turns that into D."""
+    import pendulum
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    from dags.runner import resolve_ds
+
+    dag = dagbag.get_dag("behavior_etl")
+    previous = DataInterval(pendulum.datetime(2026, 12, 2, tz="UTC"), pendulum.datetime(2026, 12, 3, tz="UTC"))
+    info = dag.timetable.next_dagrun_info(last_automated_data_interval=previous,
+                                          restriction=TimeRestriction(earliest=None, latest=None, catchup=True))
+    assert info.run_after == pendulum.datetime(2026, 12, 4, tz="UTC")  # started at 00:00 of D+1 ...
+    assert info.logical_date == pendulum.datetime(2026, 12, 3, tz="UTC")
+    assert resolve_ds({}, info.logical_date) == "2026-12-03"  # ... it builds D
+    assert resolve_ds({"ds": "2026-11-05"}, info.logical_date) == "2026-11-05"  # the Param wins (reruns)
+
+
+def test_downstream_dags_take_their_date_from_the_triggering_asset_events(dagbag):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dags.runner import resolve_ds
+
+    class Event:
+        def __init__(self, ds):
+            self.extra = {"ds": ds, "path": f"/x/ds={ds}"}
+
+    assert resolve_ds({}, None, {"samples.karma_samples": [Event("2026-11-02")]}) == "2026-11-02"
+    with pytest.raises(AirflowFailException, match="no date to process"):
+        resolve_ds({}, None, {})
+    schedules = {d: {a.name for a in dagbag.get_dag(d).timetable.asset_condition.objects}
+                 for d in ("karma_training", "aigq_training", "nightly_export")}
+    assert schedules == {
+        "karma_training": {"samples.karma_samples", "samples.item_corpus"},
+        "aigq_training": {"samples.aigq_direct_sft", "samples.aigq_think_sft", "samples.ctr_samples"},
+        "nightly_export": {"models.ready"},
+    }
 
 
 def test_dag_files_do_not_import_heavy_libraries_at_parse_time():
@@ -104,7 +157,13 @@ def test_dag_test_with_a_bad_input_file_fails_and_publishes_nothing(dagbag, gene
     run = dag.test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf={"data_root": str(generated_root)})
     assert "failed" in str(run.state).lower()
     validate_ti = run.get_task_instance("validate")
-    assert "failed" in str(validate_ti.state).lower() and validate_ti.try_number == 1  # no retry on bad data
+    assert "failed" in str(validate_ti.state).lower()
+    assert validate_ti.try_number == 1  # no retry on bad data
+    alerts = [json.loads(line) for line in (generated_root / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    (alert,) = [a for a in alerts if a["ds"] == ds]
+    assert (alert["kind"], alert["dag_id"], alert["task_id"]) == ("task_failed", "behavior_etl", "validate")
+    assert "bad input" in alert["reason"]
+    assert alert["log_path"].endswith("attempt=1.log")
     for area in ("clean", "quarantine", "sessions", "samples"):
         area_root = generated_root / area
         leftovers = [p for p in area_root.rglob(f"ds={ds}")] + [p for p in area_root.rglob(f".tmp-ds={ds}-*")]

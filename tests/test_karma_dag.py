@@ -26,13 +26,16 @@ def test_karma_training_structure_params_and_schedule(dagbag):
     dag = dagbag.get_dag("karma_training")
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
-        "resolve_ds": ["base_lm", "embed", "evaluate", "register", "train"],
+        "resolve_ds": ["announce", "base_lm", "embed", "evaluate", "register", "train"],
         "base_lm": ["train"],
         "train": ["embed", "evaluate", "register"],
         "evaluate": ["embed", "register"],
         "embed": ["register"],
-        "register": [],
+        "register": ["announce"],
+        "announce": [],
     }
+    assert {a.name for a in dag.get_task("register").outlets} == {"models.karma"}
+    assert {a.name for a in dag.get_task("announce").outlets} == {"models.ready"}
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
     assert dag.params["variant"] == "act+gen+rec" and dag.params["omp_threads"] == 1
     assert {a.name for a in dag.timetable.asset_condition.objects} == {

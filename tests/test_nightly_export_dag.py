@@ -27,6 +27,7 @@ def dag(airflow_db):
 
 def test_nightly_export_structure(dag):
     assert {t.task_id: sorted(set(t.downstream_task_ids) - {"watcher"}) for t in dag.tasks} == {
+        "resolve_ds": ["publish_u2i", "publish_u2q", "report", "u2i", "u2q", "x2q"],
         "export_shards": ["publish_u2i", "publish_u2q", "u2i", "u2q"],
         "u2q": ["publish_u2q"], "u2i": ["publish_u2i"], "publish_u2q": ["report"], "publish_u2i": ["report"],
         "x2q": ["report"], "report": [], "watcher": []}
@@ -36,11 +37,15 @@ def test_nightly_export_structure(dag):
     assert dag.get_task("u2q").is_mapped and dag.get_task("u2i").is_mapped  # .expand over the shard list
     assert not dag.get_task("publish_u2q").is_mapped and dag.get_task("publish_u2q").trigger_rule == "all_success"
     assert dag.tags and all(t.retries >= 1 for t in dag.tasks if t.task_id != "watcher")
-    assert {"config", "profile", "data_root", "batch_users", "min_coverage", "max_new_tokens", "omp_threads",
+    assert {"config", "profile", "data_root", "ds", "batch_users", "min_coverage", "max_new_tokens", "omp_threads",
             "shards"} == set(dag.params.keys())
+    outlets = {t.task_id: sorted(a.name for a in t.outlets) for t in dag.tasks if t.outlets}
+    assert outlets == {"publish_u2q": ["exports.u2q"], "x2q": ["exports.x2q"],
+                       "publish_u2i": ["exports.u2i", "exports.user_interest_embedding"], "report": ["reports.report"]}
     assert dag.params.get_param("batch_users").schema["minimum"] == 0
     assert dag.params.get_param("shards").schema["minimum"] == 0
-    assert dag.max_active_runs == 1 and "0 0 * * *" in repr(dag.timetable)
+    assert dag.max_active_runs == 1
+    assert {a.name for a in dag.timetable.asset_condition.objects} == {"models.ready"}
 
 
 def test_a_missing_model_fails_without_retry_and_no_think_policy_skips(airflow_db, tmp_path):
@@ -49,7 +54,7 @@ def test_a_missing_model_fails_without_retry_and_no_think_policy_skips(airflow_d
     from dags.nightly_export import _run_export
 
     params = {"data_root": str(tmp_path / "empty"), "omp_threads": 1}
-    with pytest.raises(AirflowFailException, match="model, index or input missing or corrupt"):
+    with pytest.raises(AirflowFailException, match="model, index or input is missing or corrupt"):
         _run_export("u2q", params, D2, "manual__test")
     with pytest.raises(AirflowFailException, match="exit 4"):
         _run_export("u2i", params, D2, "manual__test")
