@@ -39,12 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.schemas import UNIQUE_KEYS
+
 logger = logging.getLogger(__name__)
 
 TABLE = "u2i"
 EMBEDDING_TABLE = "user_interest_embedding"
 MODEL = "karma"
-KEYS = ["user_id", "rank"]
+KEYS = list(UNIQUE_KEYS[TABLE])  # user_id, rank
 _SCORE_EPS = 1e-3
 #: Rows of every embedding / search block, at most (``min(EMBED_BLOCK, batch_users)``; the last
 #: block of a batch is topped up with copies of its last row).
@@ -187,7 +189,7 @@ class _Retrieval:
         if index.params.ef_search < 2 * self.search_k:
             index.set_search_params(ef_search=2 * self.search_k)
         self.dim = int(config.proj_dim)
-        self.meta = {"ds": ds, "run_id": run_id, "model_name": reg.name, "model_version": reg.version,
+        self.meta = {"run_id": run_id, "model_name": reg.name, "model_version": reg.version,
                      "index_version": index_version, "generated_at": self.anchor}
         self.manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path)},
                          "index": {"version": index_version, "n": len(index), "factory": index.manifest.get("factory")},
@@ -218,7 +220,7 @@ class _Retrieval:
                 rows += [{"user_id": u, "rank": r + 1, "item_id": it, "score": sc, **self.meta}
                          for r, (it, sc) in enumerate(zip(items, item_scores, strict=True))]
             write_u2i(rows)
-            write_emb([{"user_id": u, "ds": self.ds, "model_version": reg.version,
+            write_emb([{"user_id": u, "model_version": reg.version,
                         "embedding": v.astype(np.float32).tolist()} for u, v in zip(users, vectors, strict=True)])
             done = min((i + 1) * ex.batch_users, len(inputs.active))
             logger.info("u2i batch %d/%d: %d users (%d/%d, %.1f users/s)", i + 1, n_batches, len(users), done,

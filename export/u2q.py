@@ -12,14 +12,15 @@ one per (user, rank), ``source`` = ``model`` or ``fallback``.
 
 Retention (the "most recent M runs" of each user): partition ``ds`` is a merged snapshot of
 this run's lists plus every user's earlier runs carried from the newest published partition
-before ``ds``, keeping each user's ``export.u2q_keep_runs`` newest runs (by their ``ds``;
+before ``ds``, keeping each user's ``export.u2q_keep_runs`` newest runs (by their ``run_ds``, the
+column naming the run's date: the Hive partition column ``ds`` is never a column in the files;
 earlier runs' queries blocked by today's block-list are dropped and their ranks renumbered).
 Serving reads the newest partition only; older partitions beyond ``export.keep_partitions``
 are deleted. Re-running a ds rebuilds it from the same predecessor, so it repeats exactly;
 backfilling dates in order rebuilds the chain.
 
 Gates (on this run's rows and on the merged table): coverage of the active users, null rates,
-duplicate (user, ds, rank) and (user, ds, query), ranks in [1, k], zero block-listed queries,
+duplicate (user, run_ds, rank) and (user, run_ds, query), ranks in [1, k], zero block-listed queries,
 list lengths in [``min_list_len``, k], at most M runs per user.
 
 Shards (``nightly_export`` maps one task per shard): ``--shard I --num-shards N --stage-only``
@@ -47,11 +48,13 @@ import time
 
 import pyarrow as pa
 
+from common.schemas import UNIQUE_KEYS
+
 logger = logging.getLogger(__name__)
 
 TABLE = "u2q"
 POLICIES = ("aigq_direct_grpo", "aigq_direct")
-KEYS = ["user_id", "ds", "rank"]
+KEYS = list(UNIQUE_KEYS[TABLE])  # user_id, run_ds, rank
 
 
 def u2q_rows(user_ids, gens, ds: str, run_id: str, model_name: str, model_version: str, generated_at) -> list[dict]:
@@ -59,7 +62,7 @@ def u2q_rows(user_ids, gens, ds: str, run_id: str, model_name: str, model_versio
     rows = []
     for uid, g in zip(user_ids, gens, strict=True):
         for r, q in enumerate(g.queries):
-            rows.append({"user_id": uid, "ds": ds, "run_id": run_id, "rank": r + 1, "query": q,
+            rows.append({"user_id": uid, "run_ds": ds, "run_id": run_id, "rank": r + 1, "query": q,
                          "source": "model" if r < g.n_model else "fallback", "model_name": model_name,
                          "model_version": model_version, "generated_at": generated_at})
     return rows
@@ -69,16 +72,16 @@ def carry_previous_runs(previous: pa.Table | None, ds: str, active: set[str], ke
                         blocked=None) -> pa.Table:
     """Earlier runs to keep beside today's: each user's newest runs before ``ds`` (``keep_runs - 1``
     for users in today's run, ``keep_runs`` for the others), block-listed queries dropped and
-    ranks renumbered within each (user, ds).
+    ranks renumbered within each (user, run_ds).
 
     >>> import datetime as dt
     >>> from common.schemas import U2Q
     >>> t = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
-    >>> prev = pa.Table.from_pylist([dict(user_id=u, ds=d, run_id="r", rank=1, query="q", source="model",
+    >>> prev = pa.Table.from_pylist([dict(user_id=u, run_ds=d, run_id="r", rank=1, query="q", source="model",
     ...     model_name="m", model_version="v", generated_at=t) for u in ("a", "b") for d in ("2026-10-30",
     ...     "2026-10-31", "2026-11-01")], schema=U2Q)
     >>> out = carry_previous_runs(prev, "2026-11-01", {"a"}, 2)
-    >>> sorted((r["user_id"], r["ds"]) for r in out.to_pylist())
+    >>> sorted((r["user_id"], r["run_ds"]) for r in out.to_pylist())
     [('a', '2026-10-31'), ('b', '2026-10-30'), ('b', '2026-10-31')]
     """
     from common.schemas import U2Q
@@ -86,22 +89,28 @@ def carry_previous_runs(previous: pa.Table | None, ds: str, active: set[str], ke
     if previous is None or previous.num_rows == 0:
         return U2Q.empty_table()
     df = previous.to_pandas()
-    df = df[df["ds"] < ds]
+    df = df[df["run_ds"] < ds]
     if blocked is not None and blocked:
         df = df[[not blocked.blocks(q) for q in df["query"]]]
     if df.empty:
         return U2Q.empty_table()
-    runs = df[["user_id", "ds"]].drop_duplicates().sort_values(["user_id", "ds"], ascending=[True, False])
+    runs = df[["user_id", "run_ds"]].drop_duplicates().sort_values(["user_id", "run_ds"], ascending=[True, False])
     runs["age"] = runs.groupby("user_id").cumcount()
     runs["limit"] = [keep_runs - 1 if u in active else keep_runs for u in runs["user_id"]]
-    runs = runs[runs["age"] < runs["limit"]][["user_id", "ds"]]
-    df = df.merge(runs, on=["user_id", "ds"], how="inner").sort_values(["user_id", "ds", "rank"], kind="stable")
-    df["rank"] = (df.groupby(["user_id", "ds"]).cumcount() + 1).astype("int32")
+    runs = runs[runs["age"] < runs["limit"]][["user_id", "run_ds"]]
+    df = df.merge(runs, on=["user_id", "run_ds"], how="inner")
+    df = df.sort_values(["user_id", "run_ds", "rank"], kind="stable")
+    df["rank"] = (df.groupby(["user_id", "run_ds"]).cumcount() + 1).astype("int32")
     return pa.Table.from_pandas(df.reset_index(drop=True), schema=U2Q, preserve_index=False)
 
 
 def previous_snapshot(root, ds: str) -> tuple[pa.Table | None, str | None]:
-    """The newest published u2q partition strictly before ``ds``."""
+    """The newest published u2q partition strictly before ``ds``.
+
+    A partition written before the run's date was renamed ``run_ds`` holds it as ``ds`` (which
+    clashed with the Hive partition column): it is read as ``run_ds``, so the first run after the
+    upgrade carries the earlier runs as before.
+    """
     from common.arrow_io import read_partition
     from common.paths import published_ds
     from common.schemas import U2Q
@@ -110,7 +119,10 @@ def previous_snapshot(root, ds: str) -> tuple[pa.Table | None, str | None]:
     before = [d for d in published_ds(root, AREA, TABLE) if d < ds]
     if not before:
         return None, None
-    return read_partition(root, AREA, TABLE, before[-1], schema=U2Q), before[-1]
+    table = read_partition(root, AREA, TABLE, before[-1])
+    if "run_ds" not in table.column_names and "ds" in table.column_names:
+        table = table.rename_columns(["run_ds" if c == "ds" else c for c in table.column_names])
+    return table.select(U2Q.names).cast(U2Q), before[-1]
 
 
 def gate_u2q(table: pa.Table, today: pa.Table, active, ex, blocked) -> dict:
@@ -120,12 +132,12 @@ def gate_u2q(table: pa.Table, today: pa.Table, active, ex, blocked) -> dict:
         "coverage": gates.check_coverage(today, active, ex.min_coverage),
         "null_rates": gates.check_null_rates(table, ex.max_null_rate),
         "duplicate_keys": gates.check_duplicates(table, KEYS) + gates.check_duplicates(
-            table, ["user_id", "ds", "query"]),
+            table, ["user_id", "run_ds", "query"]),
         "rank_range": gates.check_range(table, "rank", 1, ex.u2q_k),
         "blocklist": gates.check_blocklist(table, blocked),
         "list_lengths": gates.check_list_lengths(today, ["user_id"], ex.min_list_len, ex.u2q_k),
         "runs_per_user": gates.check_list_lengths(
-            table.group_by(["user_id", "ds"]).aggregate([]), ["user_id"], 1, ex.u2q_keep_runs),
+            table.group_by(["user_id", "run_ds"]).aggregate([]), ["user_id"], 1, ex.u2q_keep_runs),
     })
 
 

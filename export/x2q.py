@@ -41,11 +41,13 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from common.schemas import UNIQUE_KEYS
+
 logger = logging.getLogger(__name__)
 
 TABLE = "x2q"
 POLICIES = ("aigq_think_grpo", "aigq_think")
-KEYS = ["trigger_key", "rank"]
+KEYS = list(UNIQUE_KEYS[TABLE])  # trigger_key, rank
 _WORD_RE = re.compile(r"[\s\W_]+", re.UNICODE)
 
 
@@ -279,7 +281,7 @@ def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
         fault_hook(i)
     rows = score_pairs(acc, search_counts(inputs.events), ex.x2q_alpha, ex.x2q_ctr_weight, ex.x2q_k,
                        ex.x2q_min_support, with_ctr=ctr is not None)
-    meta = {"ds": ds, "run_id": run_id, "model_name": reg.name, "model_version": reg.version,
+    meta = {"run_id": run_id, "model_name": reg.name, "model_version": reg.version,
             "ctr_model_version": ctr_version, "generated_at": anchor_time(ds)}
     manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
                                             "preferred": reg.preferred, "fallback_used": reg.fallback_used},

@@ -59,11 +59,12 @@ def filter_clicked_exposures(exposures):
     return exposures.filter(F.col("clicked_query").isNotNull())
 
 
-def build_day_sessions(spark, events, ds: str):
+def build_day_sessions(spark, events):
+    """One row per user of the day's ``events`` (the date is the partition, not a column)."""
     from jobs.spark import load_sql
 
     events.createOrReplaceTempView("events")
-    return spark.sql(load_sql("day_sessions"), args={"ds": ds})
+    return spark.sql(load_sql("day_sessions"))
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
@@ -76,7 +77,7 @@ def run(spark, cfg: dict, ds: str) -> dict:
     outputs = {
         "behavior_sessions": with_session_id(events, gap, ds),
         "hintq_sessions": filter_clicked_exposures(exposures),
-        "day_sessions": build_day_sessions(spark, events, ds),
+        "day_sessions": build_day_sessions(spark, events),
     }
     return publish_tables(root, "sessions", ds, outputs, {"gap_minutes": gap})
 

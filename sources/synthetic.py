@@ -881,7 +881,7 @@ def generate_shard_day(
         "behavior_events": events,
         "hintq_exposures": exposures,
         "query_impressions": impressions,
-        "true_interests": true_interest_table(shard, catalog, ds),
+        "true_interests": true_interest_table(shard, catalog),
     }
 
 
@@ -897,12 +897,12 @@ def _request_ids(kind: str, ds_tag: str, user_ids: pa.Array, users: np.ndarray) 
     )
 
 
-def true_interest_table(shard: UserShard, catalog: Catalog, ds: str) -> pa.Table:
+def true_interest_table(shard: UserShard, catalog: Catalog) -> pa.Table:
+    """The day's interest mixture per user (the day is the partition, not a column)."""
     rows, slots = np.nonzero(shard.leaf >= 0)
     return pa.Table.from_arrays(
         [
             shard.user_ids.take(pa.array(rows.astype(np.int32))),
-            pa.array(np.full(len(rows), ds, dtype=object), pa.string()),
             _take(pa.array(catalog.leaf_names, pa.string()), shard.leaf[rows, slots]),
             pa.array(shard.weight[rows, slots].astype(np.float32), pa.float32()),
         ],

@@ -1,7 +1,7 @@
 -- Day-level (Think) sessions: for each user and day, from the first search-entry interaction
 -- (a search, or any event in the search / hintq scene) to the last exit at or after it; when
 -- no exit follows, the session ends at the user's last event of the day.
--- Parameters: :ds (string). Input view: events (clean behavior_events of :ds).
+-- Input view: events (clean behavior_events of one ds; the date is the partition, not a column).
 WITH entry AS (
   SELECT user_id, MIN(event_time) AS start_time
   FROM events
@@ -18,7 +18,6 @@ bounds AS (
   GROUP BY e.user_id, en.start_time
 )
 SELECT b.user_id,
-       :ds AS ds,
        b.start_time,
        COALESCE(b.last_exit, b.last_event) AS end_time,
        CAST(COUNT(e.event_time) AS INT) AS n_events,

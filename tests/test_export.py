@@ -213,7 +213,7 @@ def test_all_tables_publish_with_manifests_and_rerun_identically(root):
               "u2i": export_u2i(cfg, str(root), D3, "run-2")}
     for t in ("u2q", "x2q", "u2i"):
         assert second[t]["content_hash"] == first[t]["content_hash"], t
-    assert content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"]) == first["u2q"]["content_hash"]
+    assert content_hash(_table(root, "u2q", D3), ["user_id", "run_ds", "rank"]) == first["u2q"]["content_hash"]
     assert set(_table(root, "u2q", D3)["run_id"].to_pylist()) == {"run-2"}
     assert not [p for p in (root / "exports" / "u2q").iterdir() if p.name.startswith(".")]
 
@@ -226,22 +226,46 @@ def test_u2q_keeps_each_users_most_recent_m_runs(root):
     for ds in (D1, "2026-11-02", D3):
         out = export_u2q(cfg, str(root), ds, f"run-{ds}")
         snap = _table(root, "u2q", ds)
-        active[ds] = set(snap.filter(pc.equal(snap["ds"], ds))["user_id"].to_pylist())
+        active[ds] = set(snap.filter(pc.equal(snap["run_ds"], ds))["user_id"].to_pylist())
         assert len(active[ds]) == out["counts"]["active_users"]
     assert published_ds(root, "exports", "u2q") == ["2026-11-02", D3]  # keep_partitions=2
     snap = _table(root, "u2q", D3).to_pandas()
-    runs = snap.groupby("user_id")["ds"].apply(lambda s: sorted(set(s))).to_dict()
+    runs = snap.groupby("user_id")["run_ds"].apply(lambda s: sorted(set(s))).to_dict()
     everyone = set().union(*active.values())
     assert set(runs) == everyone  # users not active today keep their lists
     for user, dates in runs.items():
         had = sorted(d for d in active if user in active[d])
         assert dates == had[-2:], user  # the newest M=2 runs of each user
-    assert snap.groupby(["user_id", "ds"]).size().max() == 10
-    assert not snap.duplicated(["user_id", "ds", "rank"]).any()
+    assert snap.groupby(["user_id", "run_ds"]).size().max() == 10
+    assert not snap.duplicated(["user_id", "run_ds", "rank"]).any()
     # With M=1 only the newest run of each user remains.
     export_u2q(_cfg(root, u2q_keep_runs=1, keep_partitions=0), str(root), D3, "run-m1")
     snap = _table(root, "u2q", D3).to_pandas()
-    assert (snap.groupby("user_id")["ds"].nunique() == 1).all()
+    assert (snap.groupby("user_id")["run_ds"].nunique() == 1).all()
+
+
+def test_u2q_carries_runs_from_a_partition_written_with_the_old_ds_column(tmp_path):
+    """Partitions published before ``run_ds`` was named so hold the run's date as ``ds``: the next
+    run still carries their lists, dated by that column."""
+    import pyarrow.parquet as pq
+
+    from common.publish import atomic_partition
+    from common.schemas import U2Q
+    from export.u2q import carry_previous_runs, previous_snapshot
+
+    legacy = pa.schema([pa.field("ds", pa.string()) if f.name == "run_ds" else f for f in U2Q])
+    rows = [dict(user_id=u, ds=d, run_id="r", rank=1, query="q", source="model", model_name="m",
+                 model_version="v", generated_at=ts(2, 0)) for u in ("a", "b") for d in ("2026-10-31", D1)]
+    with atomic_partition(partition_path(tmp_path, "exports", "u2q", D1), {"rows": len(rows)}) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=legacy), tmp / "part-00000.parquet")
+    previous, previous_ds = previous_snapshot(tmp_path, D3)
+    assert previous_ds == D1
+    assert previous.schema.equals(U2Q)
+    assert sorted(zip(previous["user_id"].to_pylist(), previous["run_ds"].to_pylist(), strict=True)) == [
+        ("a", "2026-10-31"), ("a", D1), ("b", "2026-10-31"), ("b", D1)]
+    carried = carry_previous_runs(previous, D3, {"a"}, 2)
+    assert sorted(zip(carried["user_id"].to_pylist(), carried["run_ds"].to_pylist(), strict=True)) == [
+        ("a", D1), ("b", "2026-10-31"), ("b", D1)]
 
 
 def test_u2q_interest_grouping_reads_categories_from_the_click_log(root):
@@ -300,11 +324,11 @@ def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):
     from export.u2q import export_u2q
 
     export_u2q(_cfg(root), str(root), D3, "good")
-    before = content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"])
+    before = content_hash(_table(root, "u2q", D3), ["user_id", "run_ds", "rank"])
     with pytest.raises(GateFailed) as e:  # a block-list that blocks everything leaves empty lists
         export_u2q(_cfg(root, blocklist=["regex:."]), str(root), D3, "bad")
     assert "coverage" in e.value.failures and "0 of" in e.value.failures["coverage"][0]
-    assert content_hash(_table(root, "u2q", D3), ["user_id", "ds", "rank"]) == before
+    assert content_hash(_table(root, "u2q", D3), ["user_id", "run_ds", "rank"]) == before
     assert read_manifest(partition_path(root, "exports", "u2q", D3))["run_id"] == "good"
     assert not [p for p in (root / "exports" / "u2q").iterdir() if p.name.startswith(".")]
     with pytest.raises(GateFailed, match="list_lengths"):
@@ -349,7 +373,7 @@ def test_missing_or_corrupt_models_fail_clearly_and_leave_exports_untouched(root
         export_u2i(cfg, str(root), D3, "bad")
     for t, h in hashes.items():
         assert read_manifest(partition_path(root, "exports", t, D3))["content_hash"] == h
-        assert content_hash(_table(root, t, D3), ["user_id", "rank"] if t == "u2i" else ["user_id", "ds", "rank"]) == h
+        assert content_hash(_table(root, t, D3), ["user_id", "rank"] if t == "u2i" else ["user_id", "run_ds", "rank"]) == h
 
     # No Think policy: x2q is skipped and writes nothing.
     shutil.rmtree(root / "models" / "aigq_think")
@@ -403,7 +427,7 @@ def test_sigkill_mid_write_leaves_no_visible_partition_and_the_rerun_completes(r
         assert (path / "_SUCCESS").is_file()
         assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], t  # leftovers removed
     main = _table(root, tables[0], D3)
-    keys = ["user_id", "ds", "rank"] if tables[0] == "u2q" else ["user_id", "rank"]
+    keys = ["user_id", "run_ds", "rank"] if tables[0] == "u2q" else ["user_id", "rank"]
     assert gates.check_duplicates(main, keys) == []
     n_users = len(set(main["user_id"].to_pylist()))
     assert main.num_rows == n_users * (10 if tables[0] == "u2q" else 50) == result["rows"]

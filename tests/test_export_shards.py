@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "nightly_export.py"
 D3 = "2026-11-03"
 TABLES = ("u2q", "u2i", "user_interest_embedding")
-KEYS = {"u2q": ["user_id", "ds", "rank"], "u2i": ["user_id", "rank"], "user_interest_embedding": ["user_id"]}
+KEYS = {"u2q": ["user_id", "run_ds", "rank"], "u2i": ["user_id", "rank"], "user_interest_embedding": ["user_id"]}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -45,7 +45,7 @@ def test_nightly_export_structure(dag):
     assert dag.params.get_param("batch_users").schema["minimum"] == 0
     assert dag.params.get_param("shards").schema["minimum"] == 0
     assert dag.max_active_runs == 1
-    assert {a.name for a in dag.timetable.asset_condition.objects} == {"models.ready"}
+    assert dag.timetable.asset_condition.name == "models.ready"
 
 
 def test_a_missing_model_fails_without_retry_and_no_think_policy_skips(airflow_db, tmp_path):

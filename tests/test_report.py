@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -22,7 +23,7 @@ from export import report
 
 REPO = Path(__file__).resolve().parents[1]
 D2, DS = "2026-11-02", "2026-11-03"
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CHROMIUM") or "/usr/bin/chromium")  # as scripts/report_screenshot.sh
 XSS = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ETL_COLOUR = (0x48, 0x78, 0xA8)  # the clean-rows bars of the ETL plot
@@ -102,7 +103,7 @@ def make_report_root(root: Path) -> Path:
     _png(abl / "hr_at_k.png", "line")
 
     t = dt.datetime(2026, 11, 4, tzinfo=dt.UTC)
-    u2q = [dict(user_id=u, ds=DS, run_id="run-7", rank=r + 1, query=q, source="model", model_name="aigq_direct",
+    u2q = [dict(user_id=u, run_ds=DS, run_id="run-7", rank=r + 1, query=q, source="model", model_name="aigq_direct",
                 model_version=DS, generated_at=t)
            for u in ("u1", "u2") for r, q in enumerate(["red shoe", XSS if u == "u1" else "hat"])]
     gates = {"coverage": {"passed": True, "failures": []}, "blocklist": {"passed": True, "failures": []}}
@@ -110,10 +111,10 @@ def make_report_root(root: Path) -> Path:
     write_partition(root, "exports", "u2q", DS, u2q, {"run_id": "run-7", "model": model, "gates": gates})
     x2q = [dict(trigger_key="query:<img src=x onerror=alert(1)>", trigger_type="query", trigger_value="x", rank=1,
                 query="shoe & sock", score=0.75, s_rel=1.0, s_eff=0.2, popularity=0.2, ctr=None, support=3,
-                attribution="model", ds=DS, run_id="run-7", model_name="aigq_think", model_version=DS,
+                attribution="model", run_id="run-7", model_name="aigq_think", model_version=DS,
                 ctr_model_version=None, generated_at=t)]
     write_partition(root, "exports", "x2q", DS, x2q, {"run_id": "run-7", "model": model, "gates": gates})
-    u2i = [dict(user_id="u1", ds=DS, run_id="run-7", rank=1, item_id="i42", score=0.5, model_name="karma",
+    u2i = [dict(user_id="u1", run_id="run-7", rank=1, item_id="i42", score=0.5, model_name="karma",
                 model_version=DS, index_version=DS, generated_at=t)]
     write_partition(root, "exports", "u2i", DS, u2i, {"run_id": "run-7", "model": {"name": "karma", "version": DS},
                                                       "gates": {"coverage": {"passed": False, "failures": ["x"]}}})
@@ -315,7 +316,12 @@ def _near(pixels, colour, tol=12):
 def test_report_renders_in_headless_chromium(built, tmp_path):
     """The page as a browser draws it: a screenshot with content, the embedded plots visible."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); the screenshot check needs it")
+        # Skipped on a developer's machine without a browser; in CI (.ci/run sets CI and installs
+        # Chromium) a missing browser is a failure, so the check cannot be silently lost there.
+        missing = f"{CHROMIUM} not installed (apt-get install chromium chromium-driver); the screenshot check needs it"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI={os.environ['CI']} but {missing}", pytrace=False)
+        pytest.skip(missing)
     import numpy as np
     from PIL import Image
 

@@ -24,7 +24,7 @@ SMALL = dict(start_ds=START, days=2, n_users=120, n_items=400, events_per_user_d
 
 
 def read(root: Path, table: str, ds: str) -> pd.DataFrame:
-    # partitioning=None: true_interests carries its own ds column besides the ds= folder
+    # one partition folder, read as it is (no ds column is added from the folder name)
     return pq.read_table(partition_path(root, "raw", table, ds), partitioning=None).to_pandas()
 
 
