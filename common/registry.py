@@ -143,6 +143,21 @@ def read_decision(root, name: str, version: str, area: str = "models") -> dict |
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def serving_version(root, name: str, ds: str | None = None, area: str = "models") -> str | None:
+    """The version of ``name`` that serves on ``ds``: ``CURRENT`` when it is not newer than
+    ``ds`` (a manual rollback with :func:`set_current` is respected); when ``CURRENT`` is newer
+    (a backfill, or a demo whose later days trained before an earlier day exported), the newest
+    version at or before ``ds`` that its gate registered, so that a day is never served by a model
+    of a later day; ``CURRENT`` when there is none. ``ds=None``: ``CURRENT``."""
+    current = current_version(root, name, area)
+    if ds is None or current is None or current <= ds:
+        return current
+    folder = model_dir(root, name, area=area) / DECISIONS_DIR
+    registered = sorted(p.stem for p in folder.glob("*.json")
+                        if p.stem <= ds and json.loads(p.read_text()).get("registered")) if folder.is_dir() else []
+    return registered[-1] if registered else current
+
+
 def serving_status(root, name: str, ds: str, area: str = "models") -> dict:
     """Which version of ``name`` serves on ``ds`` and why: ``{"version", "reason", "decision"}``.
 
@@ -154,11 +169,11 @@ def serving_status(root, name: str, ds: str, area: str = "models") -> dict:
     >>> serving_status(tempfile.mkdtemp(), "karma", "2026-11-01")["reason"]
     'none registered'
     """
-    version = current_version(root, name, area)
+    version = serving_version(root, name, ds, area)
     decision = read_decision(root, name, ds, area)
-    if decision is not None and decision.get("registered"):
+    if decision is not None and decision.get("registered") and version == ds:
         reason = f"registered {ds}"
-    elif decision is not None:
+    elif decision is not None and not decision.get("registered"):
         reason = f"gate refused {ds}: {'; '.join(decision.get('failures') or [])}; serving {version or 'nothing'}"
     elif version is not None:
         reason = f"no candidate gated for {ds}; serving {version}"

@@ -26,22 +26,24 @@ class Registered:
     fallback_used: bool
 
 
-def resolve_registered(root: str | Path, names: Sequence[str]) -> Registered | None:
-    """The first of ``names`` with a registered version (``models/<name>/CURRENT``), or None
-    when none is registered. A registered but broken version raises :class:`ExportInputError`
-    (the export never silently falls back past a broken model)."""
-    from common.registry import RegistryError, current_path, current_version, model_dir, read_manifest
+def resolve_registered(root: str | Path, names: Sequence[str], ds: str | None = None) -> Registered | None:
+    """The first of ``names`` with a registered version serving on ``ds``
+    (:func:`common.registry.serving_version`: ``models/<name>/CURRENT``, or the newest version
+    registered at or before ``ds`` when ``CURRENT`` is newer), or None when none is registered.
+    A registered but broken version raises :class:`ExportInputError` (the export never silently
+    falls back past a broken model)."""
+    from common.registry import RegistryError, model_dir, read_manifest, serving_version
 
     for name in names:
         try:
-            version = current_version(root, name)
+            version = serving_version(root, name, ds)
         except (json.JSONDecodeError, KeyError, OSError) as exc:
             raise ExportInputError(f"unreadable registry pointer {model_dir(root, name)}/CURRENT: {exc}") from exc
         if version is None:
             logger.info("no registered %s under %s", name, model_dir(root, name))
             continue
         try:
-            path = current_path(root, name)
+            path = model_dir(root, name, version)
             manifest = read_manifest(path)
         except RegistryError as exc:
             raise ExportInputError(f"registered {name} is broken: {exc}") from exc
@@ -49,8 +51,8 @@ def resolve_registered(root: str | Path, names: Sequence[str]) -> Registered | N
     return None
 
 
-def require_registered(root: str | Path, names: Sequence[str], what: str) -> Registered:
-    found = resolve_registered(root, names)
+def require_registered(root: str | Path, names: Sequence[str], what: str, ds: str | None = None) -> Registered:
+    found = resolve_registered(root, names, ds)
     if found is None:
         from common.registry import model_dir
 

@@ -70,7 +70,7 @@ def top_items(found_ids, scores, exclude, k: int) -> tuple[list[str], list[float
     return items, out_scores
 
 
-def load_karma_release(root: str):
+def load_karma_release(root: str, ds: str | None = None):
     """``(Registered, model, tokenizer, ItemIndex, index version)``; :class:`ExportInputError`
     naming the path when the model or its index is missing or unreadable."""
     from export import models
@@ -78,7 +78,7 @@ def load_karma_release(root: str):
     from karma_model.index import IndexLoadError, load_index
     from karma_model.train import load_karma
 
-    reg = models.require_registered(root, (MODEL,), "KARMA model")
+    reg = models.require_registered(root, (MODEL,), "KARMA model", ds)
     index_dir = reg.manifest.get("index_dir") or str(Path(root) / "indexes" / MODEL / reg.version)
     try:
         from common.device import resolve
@@ -175,7 +175,7 @@ class _Retrieval:
         from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus
 
         self.ds, self.ex = ds, ex
-        self.reg, self.model, tok, self.index, index_version = load_karma_release(root)
+        self.reg, self.model, tok, self.index, index_version = load_karma_release(root, ds)
         reg, index, config = self.reg, self.index, self.model.config
         if config.use_images:
             catalog = ItemCatalog.from_table(read_item_corpus(root, ds))

@@ -151,7 +151,7 @@ class _Generation:
         from export.data import anchor_time, load_inputs
 
         self.ds, self.run_id, self.ex = ds, run_id, ex
-        self.reg = reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy")
+        self.reg = reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy", ds)
         if reg.fallback_used:
             logger.warning("no registered %s: using %s/%s", reg.preferred, reg.name, reg.version)
         self.style, self.max_history = models.policy_settings(reg)

@@ -211,13 +211,13 @@ def gate_x2q(table, ex, blocked) -> dict:
     })
 
 
-def load_ctr_model(root: str):
+def load_ctr_model(root: str, ds: str | None = None):
     """``(scorer, version)`` of the registered ``aigq_ctr``, ``(None, None)`` when none is
     registered; a registered but unreadable model raises :class:`ExportInputError`."""
     from export import models
     from export.data import ExportInputError
 
-    reg = models.resolve_registered(root, ("aigq_ctr",))
+    reg = models.resolve_registered(root, ("aigq_ctr",), ds)
     if reg is None:
         logger.info("no registered aigq_ctr: S_eff = popularity only")
         return None, None
@@ -240,14 +240,14 @@ def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
     from export.publish import StagedTable, apply_retention, content_hash, fault_hook
 
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
-    reg = models.resolve_registered(root, POLICIES)
+    reg = models.resolve_registered(root, POLICIES, ds)
     if reg is None:
         reason = f"no registered AIGQ-Think policy ({' / '.join(POLICIES)}): x2q not written for {ds}"
         logger.warning("%s", reason)
         return {"table": TABLE, "skipped": True, "reason": reason}
     style, max_history = models.policy_settings(reg)
     model, tok = models.load_policy(reg)
-    ctr, ctr_version = load_ctr_model(root)
+    ctr, ctr_version = load_ctr_model(root, ds)
     decoding, gen_batch = models.decoding(cfg, ex.generate, max_new_tokens)
     blocked = models.blocklist(cfg, ex.blocklist)
     inputs = load_inputs(root, ds, ex)

@@ -59,3 +59,37 @@ def test_rerun_replaces_a_version_and_broken_versions_fail_clearly(tmp_path):
     (model_dir(tmp_path, "m", "v1") / "_SUCCESS").unlink()
     with pytest.raises(RegistryError, match="not a complete model/index version"):
         current_path(tmp_path, "m")
+
+
+def test_gate_decisions_say_which_version_serves_a_day_and_why(tmp_path):
+    from common.registry import (
+        GateRejected,
+        commit_version,
+        register,
+        serving_status,
+        serving_version,
+        stage_version,
+    )
+
+    def version(v: str, hr: float) -> None:
+        commit_version(stage_version(tmp_path, "karma", v), tmp_path, "karma", v, {"hr": hr})
+
+    def gate(candidate, current):
+        return [] if current is None or candidate["hr"] >= current["hr"] else [f"hr {candidate['hr']} < current"]
+
+    version("2026-11-01", 0.5)
+    register(tmp_path, "karma", "2026-11-01", gate=gate)
+    version("2026-11-02", 0.4)
+    with pytest.raises(GateRejected):
+        register(tmp_path, "karma", "2026-11-02", gate=gate)
+    refused = serving_status(tmp_path, "karma", "2026-11-02")
+    assert refused["version"] == "2026-11-01"
+    assert refused["reason"] == "gate refused 2026-11-02: hr 0.4 < current; serving 2026-11-01"
+    assert refused["decision"]["registered"] is False
+    version("2026-11-03", 0.6)
+    register(tmp_path, "karma", "2026-11-03", gate=gate)
+    # a later day's model never serves an earlier day (backfills, demo days exported late)
+    assert serving_version(tmp_path, "karma", "2026-11-02") == "2026-11-01"
+    assert serving_version(tmp_path, "karma", "2026-11-03") == "2026-11-03"
+    assert serving_version(tmp_path, "karma") == "2026-11-03"
+    assert serving_status(tmp_path, "karma", "2026-11-04")["reason"] == "no candidate gated for 2026-11-04; serving 2026-11-03"
