@@ -132,10 +132,10 @@ def _category_map(df, items) -> dict[str, str]:
 
 
 def build_query_vocabulary(events, items):
-    """The log's ``generate.QueryVocabulary``: ``build_query_category_map`` plus how often each
+    """The log's ``interests.QueryVocabulary``: ``build_query_category_map`` plus how often each
     (normalised) query was searched, for ``aigq.generate.wording: log``."""
     from aigq_model.baselines import events_frame
-    from aigq_model.generate import QueryVocabulary
+    from aigq_model.interests import QueryVocabulary
 
     df = events_frame(events)
     searched = Counter(df.loc[(df["event_type"] == "search") & (df["query"] != ""), "query"])

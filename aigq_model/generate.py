@@ -7,26 +7,39 @@ search). Each output is decoded, parsed (``parse_direct``/``parse_think``, ``com
 sequence reached eos), cleaned (``postprocess``: normalisation, dedupe, length limits,
 block-list) and topped up to ``k`` with the fallback (popularity) list. Cold-start users (no
 history) get the fallback list without a model call unless ``cold_start="model"``.
+
+The model calls are in :mod:`aigq_model.decode` (``generate_texts``, and ``next_queries`` /
+``trigger_masses`` of ``query_beam`` decoding); the interest grouping and log wording of the lists
+in :mod:`aigq_model.interests`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from aigq_model.decode import generate_texts, next_queries, token_id, trigger_masses
+from aigq_model.interests import (
+    CategoryOf,
+    QueryVocabulary,
+    behaviour_interests,
+    group_by_category,
+    interest_worded,
+    log_worded,
+    merge_lists,
+)
 from aigq_model.parsing import (
     Q_MARK,
+    THINK_CLOSE,
     Blocklist,
-    normalize_query,
     parse_direct,
     parse_think,
     postprocess,
     with_fallback,
 )
-from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, history_window, sample_field
+from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
 from aigq_model.targets import encode_prompt
 
 logger = logging.getLogger(__name__)
@@ -36,8 +49,6 @@ WORDINGS = ("model", "log")
 THINK_INTERESTS = ("points", "triggers")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
-#: query -> category (a mapping or a function; ``None`` = unknown), for ``Decoding.group_queries``.
-CategoryOf = Mapping[str, str] | Callable[[str], str | None]
 
 
 @dataclass
@@ -156,279 +167,8 @@ def _fallback_for(fallback: Fallback, sample: Mapping) -> list[str]:
         return []
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
-    """``(input_ids, attention_mask)`` tensors, padded on the left to the longest row."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (batch, width)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-class NoRepeatQueryProcessor:
-    """A ``LogitsProcessor``: where the query being generated (the tokens since the last ``<q>``)
-    already equals an earlier complete query of the same sequence, the tokens that would close it
-    (``<q>``, eos) are forbidden, so a list never repeats a query exactly; the model must extend
-    or change it. Rows are the generated part only (``prompt_width`` tokens are skipped)."""
-
-    def __init__(self, q_id: int, close_ids: Sequence[int], prompt_width: int):
-        self.q_id, self.close_ids, self.prompt_width = q_id, list(close_ids), prompt_width
-
-    def banned(self, generated: Sequence[int]) -> bool:
-        """Whether closing now would repeat an earlier query of ``generated``.
-
-        >>> p = NoRepeatQueryProcessor(q_id=1, close_ids=[1, 0], prompt_width=0)
-        >>> p.banned([1, 5, 6, 1, 5, 6]), p.banned([1, 5, 6, 1, 5]), p.banned([1, 5, 6])
-        (True, False, False)
-        """
-        marks = [i for i, t in enumerate(generated) if t == self.q_id]
-        if len(marks) < 2:
-            return False
-        current = tuple(generated[marks[-1] + 1 :])
-        if not current:
-            return False
-        bounds = [*marks, len(generated)]
-        return any(tuple(generated[a + 1 : b]) == current for a, b in zip(bounds[:-2], bounds[1:-1], strict=True))
-
-    def __call__(self, input_ids, scores):
-        rows = input_ids[:, self.prompt_width :].tolist()
-        for b, row in enumerate(rows):
-            if self.banned(row):
-                scores[b, self.close_ids] = float("-inf")
-        return scores
-
-
-def generate_texts(
-    model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding
-) -> list[list[tuple[str, bool]]]:
-    """One batch: per prompt, ``num_return_sequences`` pairs ``(decoded continuation, reached
-    eos)`` (beams best first), from one KV-cached ``generate`` call."""
-    import torch
-
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    ids, mask = left_pad(prompt_ids, pad)
-    device = next(model.parameters()).device
-    if decoding.seed is not None:
-        torch.manual_seed(decoding.seed)
-    extra = {}
-    if decoding.no_repeat_query:
-        from transformers import LogitsProcessorList
-
-        q_id = tokenizer.convert_tokens_to_ids(Q_MARK)
-        if q_id is not None and q_id != tokenizer.unk_token_id:
-            extra["logits_processor"] = LogitsProcessorList(
-                [NoRepeatQueryProcessor(q_id, sorted({q_id, eos}), ids.shape[1])]
-            )
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=decoding.max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            use_cache=True,
-            num_return_sequences=decoding.num_return_sequences,
-            **decoding.generate_kwargs(),
-            **extra,
-        )  # (batch * n, width + new), the n sequences of a prompt adjacent
-    new = out[:, ids.shape[1] :].tolist()
-    texts = []
-    for row in new:
-        done = eos in row
-        row = row[: row.index(eos)] if done else row
-        texts.append((tokenizer.decode(row, skip_special_tokens=False), done))
-    n = decoding.num_return_sequences
-    return [texts[i : i + n] for i in range(0, len(texts), n)]
-
-
-def merge_lists(lists: Sequence[Sequence[str]], per_round: int = 1) -> list[str]:
-    """Interleave ranked lists by position (rank 1 of every list in list order, then rank 2, ...),
-    keeping the first occurrence of each query: the head of every decoded list outranks any
-    list's tail, so the strongest interests of all sequences come first. ``per_round`` > 1 takes
-    that many queries of each list per round.
-
-    >>> merge_lists([["a", "b", "c"], ["a", "d"], ["e"]])
-    ['a', 'e', 'b', 'd', 'c']
-    >>> merge_lists([["a", "b", "c"], ["d", "e"]], per_round=2)
-    ['a', 'b', 'd', 'e', 'c']
-    """
-    if per_round < 1:
-        raise ValueError("per_round must be >= 1")
-    out: dict[str, None] = {}
-    for pos in range(0, max((len(x) for x in lists), default=0), per_round):
-        for lst in lists:
-            for q in lst[pos : pos + per_round]:
-                out.setdefault(q, None)
-    return list(out)
-
-
-def group_by_category(queries: Sequence[str], category_of: CategoryOf | None, per_round: int) -> list[str]:
-    """``queries`` (best first) regrouped by category: categories in the order of their best query,
-    ``per_round`` queries of each per round (``merge_lists``); a query of unknown category is a
-    group of its own, so it keeps its rank among the groups. Without a map, or with
-    ``per_round`` 0, the order is unchanged.
-
-    >>> group_by_category(["a1", "b1", "x", "a2", "b2", "a3"], {"a1": "A", "a2": "A", "a3": "A", "b1": "B", "b2": "B"}, 10)
-    ['a1', 'a2', 'a3', 'b1', 'b2', 'x']
-    """
-    if not per_round or category_of is None:
-        return list(queries)
-    lookup = category_of.get if isinstance(category_of, Mapping) else category_of
-    groups: dict[object, list[str]] = {}
-    for i, q in enumerate(queries):
-        cat = lookup(q)
-        groups.setdefault(("?", i) if cat is None else cat, []).append(q)
-    return merge_lists(list(groups.values()), per_round)
-
-
-class QueryVocabulary:
-    """The click log's query vocabulary: each query's category (``evaluate.build_query_category_map``)
-    and how often it was searched, built from the log before the samples it serves. Called with a
-    query it gives the query's category (a ``CategoryOf``); ``members(category)`` are the
-    category's queries with their share of its searches (add-one smoothed), most searched first.
-
-    >>> v = QueryVocabulary({"a": "A", "b": "A", "c": "C"}, {"a": 3, "b": 1})
-    >>> v("b"), [(q, round(p, 3)) for q, p in v.members("A")], v.members("?")
-    ('A', [('a', 0.667), ('b', 0.333)], [])
-    """
-
-    def __init__(self, category: Mapping[str, str], counts: Mapping[str, int]):
-        self.category = dict(category)
-        self.counts = {q: int(counts.get(q, 0)) for q in self.category}
-        by_cat: dict[str, list[str]] = {}
-        for q, cat in self.category.items():
-            by_cat.setdefault(cat, []).append(q)
-        self._members = {}
-        for cat, qs in by_cat.items():
-            total = sum(self.counts[q] for q in qs) + len(qs)
-            ranked = sorted(qs, key=lambda q: (-self.counts[q], q))
-            self._members[cat] = [(q, (self.counts[q] + 1) / total) for q in ranked]
-
-    def __call__(self, query: str) -> str | None:
-        return self.category.get(query)
-
-    def __len__(self) -> int:
-        return len(self.category)
-
-    def members(self, category: str) -> list[tuple[str, float]]:
-        return list(self._members.get(category, ()))
-
-
-def log_worded(candidates: Sequence[tuple[str, float]], vocabulary: QueryVocabulary) -> list[str]:
-    """Interest-marginal ranking (``Decoding.wording`` ``log``, ours) of the model's candidate
-    queries with their log-probabilities: an interest's mass is the model's probability summed over
-    its candidates of one category, and every query of that category in the log scores mass x its
-    share of the category's searches (``QueryVocabulary.members``); a candidate the log does not
-    know keeps its own probability. Best first, ties by text.
-
-    >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 1, "a2": 5, "b1": 2})
-    >>> log_worded([("b1", math.log(0.5)), ("a1", math.log(0.3)), ("a2", math.log(0.2)), ("new", math.log(0.1))], v)
-    ['b1', 'a2', 'a1', 'new']
-    """
-    mass: dict[object, float] = {}
-    for text, logp in candidates:
-        q = normalize_query(text)
-        if not q:
-            continue
-        cat = vocabulary(q)
-        key = ("?", q) if cat is None else cat
-        mass[key] = mass.get(key, 0.0) + math.exp(logp)
-    return interest_worded(mass, vocabulary)
-
-
-def interest_worded(mass: Mapping[object, float], vocabulary: QueryVocabulary) -> list[str]:
-    """Queries ranked by interest mass x share: ``mass`` maps a category to its weight (every
-    query of the category in the log scores weight x ``QueryVocabulary.members`` share) or
-    ``("?", query)`` to the weight of a query the log does not know. Best first, ties by text.
-
-    >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 1, "a2": 5, "b1": 2})
-    >>> interest_worded({"A": 0.5, "B": 0.2, ("?", "new"): 0.1}, v)  # a2: 0.5 x 6/8, b1: 0.2, a1: 0.5 x 2/8
-    ['a2', 'b1', 'a1', 'new']
-    """
-    scored: dict[str, float] = {}
-    for key, m in mass.items():
-        members = [(key[1], 1.0)] if isinstance(key, tuple) else vocabulary.members(key)
-        for q, share in members:
-            scored[q] = max(scored.get(q, 0.0), m * share)
-    return sorted(scored, key=lambda q: (-scored[q], q))
-
-
-def behaviour_interests(sample, vocabulary: QueryVocabulary, max_history: int = DEFAULT_MAX_HISTORY) -> list:
-    """The interest of every behaviour of the prompt's window, in the prompt's numbering (index
-    i is element i - 1): a search's query category in the log (``("?", query)`` when the log does
-    not know the query), an item behaviour's leaf ``category``; ``None`` when neither is known.
-
-    >>> v = QueryVocabulary({"red shoe": "shoes"}, {"red shoe": 4})
-    >>> behaviour_interests({"history": [{"event_type": "search", "text": "Red  Shoe"},
-    ...     {"event_type": "click", "text": "Nike", "category": "shoes"},
-    ...     {"event_type": "search", "text": "tent"}, {"event_type": "buy", "text": "x"}]}, v)
-    ['shoes', 'shoes', ('?', 'tent'), None]
-    """
-    shown, _ = history_window(sample_field(sample, "history"), max_history)
-    out: list = []
-    for b in shown:
-        if b.get("event_type") == "search":
-            q = normalize_query(b.get("text"))
-            out.append((vocabulary(q) or ("?", q)) if q else None)
-        else:
-            out.append(b.get("category") or None)
-    return out
-
-
-def trigger_masses(
-    model, tokenizer, prompts: Sequence[Sequence[int]], interests: Sequence[Sequence], batch_rows: int = 64
-) -> list[dict]:
-    """For each prompt, ``{interest: mass}``: the policy's probability that its Think output opens
-    with an interest point whose trigger list starts at a behaviour of that interest, i.e. the sum
-    over the window's behaviour indices i of P(``<think>[i,``) + P(``<think>[i]``) (teacher-forced,
-    exact; the point's later triggers and the ``[]`` new-interest point are not counted).
-    ``interests[b][i - 1]`` is behaviour i's interest (``behaviour_interests``); ``None`` skips it.
-    Rows are scored ``batch_rows`` at a time, left-padded, with explicit position ids."""
-    import inspect
-
-    import torch
-
-    from aigq_model.parsing import THINK_OPEN
-
-    if len(interests) != len(prompts):
-        raise ValueError(f"{len(interests)} interest lists for {len(prompts)} prompts")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows: list[tuple[int, object, list[int]]] = []  # (prompt index, interest, continuation ids)
-    for b, keys in enumerate(interests):
-        for i, key in enumerate(keys, start=1):
-            if key is None:
-                continue
-            for end in (",", "]"):
-                cont = tokenizer(f"{THINK_OPEN}[{i}{end}", add_special_tokens=False)["input_ids"]
-                rows.append((b, key, list(cont)))
-    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-    device = next(model.parameters()).device
-    out: list[dict] = [{} for _ in prompts]
-    for start in range(0, len(rows), batch_rows):
-        chunk = rows[start : start + batch_rows]
-        ids, mask = left_pad([[*prompts[b], *c] for b, _k, c in chunk], pad)
-        keep = max(len(c) for *_, c in chunk) + 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            kw = {"logits_to_keep": keep} if keep_arg else {}
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), use_cache=False, **kw).logits
-        logp = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()  # (rows, keep, vocab)
-        for r, (b, key, cont) in enumerate(chunk):
-            # the continuation fills the row's last len(cont) positions; logits at t predict t + 1
-            first = keep - 1 - len(cont)
-            lp = sum(float(logp[r, first + j, t]) for j, t in enumerate(cont))
-            out[b][key] = out[b].get(key, 0.0) + math.exp(lp)
-    return out
-
-
-def _encode(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
+def encode_sample_prompt(tokenizer, sample, style: str, max_history: int, max_prompt_tokens: int) -> list[int]:
+    """Token ids of ``sample``'s prompt, cut to its newest ``max_prompt_tokens``."""
     ids = encode_prompt(tokenizer, build_prompt(sample, style=style, max_history=max_history))
     return ids[-max_prompt_tokens:]  # the oldest behaviours go first, as in training
 
@@ -478,7 +218,7 @@ def generate_lists(
             todo.append(i)
     # Sorting by prompt length keeps batches tight (less padding); results keep the input order.
     encoded = {
-        i: _encode(tokenizer, samples[i], style, max_history, decoding.max_prompt_tokens) for i in todo
+        i: encode_sample_prompt(tokenizer, samples[i], style, max_history, decoding.max_prompt_tokens) for i in todo
     }
     todo.sort(key=lambda i: len(encoded[i]))
     for start in range(0, len(todo), batch_size):
@@ -530,50 +270,6 @@ def _to_result(
 
 
 # --- query-level beam search --------------------------------------------------------------------
-def _token_id(tokenizer, token: str) -> int | None:
-    i = tokenizer.convert_tokens_to_ids(token)
-    return None if i is None or i == tokenizer.unk_token_id else int(i)
-
-
-def next_queries(
-    model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding
-) -> list[list[tuple[str, float]]]:
-    """For each prefix (token ids ending in ``<q>``), the ``num_beams`` most probable next queries
-    with their joint log-probabilities (no length normalisation), best first: one beam search per
-    prefix over a single query, ended by ``<q>``, ``<think>`` or eos. Queries cut at
-    ``query_max_tokens`` or holding a marker are dropped."""
-    import torch
-
-    from aigq_model.parsing import TARGET_MARKERS, THINK_OPEN
-
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    stops = sorted({t for t in (eos, _token_id(tokenizer, Q_MARK), _token_id(tokenizer, THINK_OPEN)) if t is not None})
-    n = decoding.num_beams
-    ids, mask = left_pad(prefixes, pad)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=decoding.query_max_tokens,
-            eos_token_id=stops, pad_token_id=pad, use_cache=True, num_beams=n, num_return_sequences=n,
-            do_sample=False, length_penalty=0.0, early_stopping=True, temperature=None, top_k=None, top_p=None,
-            return_dict_in_generate=True, output_scores=True,
-        )  # sequences (len(prefixes) * n, width + new), beams of a prefix adjacent, best first
-    seqs, scores = out.sequences, out.sequences_scores.tolist()
-    lists = []
-    for start in range(0, seqs.shape[0], n):
-        queries = []
-        for row, score in zip(seqs[start : start + n, ids.shape[1] :].tolist(), scores[start : start + n], strict=True):
-            end = next((j for j, t in enumerate(row) if t in stops), None)
-            if end is None:
-                continue  # cut at query_max_tokens
-            text = tokenizer.decode(row[:end], skip_special_tokens=False)
-            if not any(m in text for m in TARGET_MARKERS):
-                queries.append((text, float(score)))
-        lists.append(queries)
-    return lists
-
-
 def query_beam_results(
     model, tokenizer, prompts: Sequence[Sequence[int]], kind: str, k: int, decoding: Decoding,
     fallbacks: Sequence[Sequence[str]], blocklist, category_of: CategoryOf | None = None,
@@ -591,9 +287,7 @@ def query_beam_results(
     ``QueryVocabulary``. Think with ``decoding.think_interests`` ``triggers`` skips the
     expansions: its list is ``interest_worded`` of ``trigger_masses`` over ``interests`` (per
     prompt, ``behaviour_interests`` of its sample); the greedy pass still writes the points."""
-    from aigq_model.parsing import THINK_CLOSE
-
-    q_id = _token_id(tokenizer, Q_MARK)
+    q_id = token_id(tokenizer, Q_MARK)
     if q_id is None:
         raise ValueError(f"the tokenizer has no {Q_MARK} token; query_beam needs a trained AIGQ policy")
     log_words = decoding.wording == "log"

@@ -15,35 +15,22 @@ entropy-adaptive bounds (``eps_high`` for tokens at or above the minibatch's ent
 percentile), minus a linearly decaying entropy bonus, plus an optional k3 KL to a frozen
 reference policy.
 
-Why a hand-written loop: TRL is not in the pinned environment, and its GRPO trainer takes one
-scalar reward per completion, while IL-GRPO needs a different advantage per token. The loop
-reuses generation's prompt encoding (``generate._encode``), parsers and
-``train_sft.save_aigq``; under torchrun gradients are averaged across ranks by hand (each rank
-rolls out its own prompts) and only rank 0 writes.
+This module is the pure part (token -> slot mapping, advantages, filters, loss terms); the
+loop that samples, rewards and updates is :mod:`aigq_model.grpo_trainer`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
-import random
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aigq_model.parsing import ParsedList, ParsedThink, parse_direct, parse_think
-
-logger = logging.getLogger(__name__)
 
 SEP = -1  # format token: sequence advantage only
 TRIGGER = -2  # Think trigger-bracket token: its interest point's trigger advantage only
 MODES = ("il", "sequence")
 KINDS = ("direct", "think", "plain")
-
-#: ``reward_fn(sample, parsed_rollouts) -> (query_rewards, seq_rewards, trigger_rewards | None)``.
-RewardFn = Callable[[Mapping, Sequence], tuple]
 
 
 # --- token -> slot mapping ------------------------------------------------------------------
@@ -200,6 +187,20 @@ def grpo_advantages(
     return [_clip(a, adv_clip) for a in z]
 
 
+def trigger_advantages(
+    trigger_rewards: Sequence[Sequence[float]], eps: float = 1e-6, reward_clip: float = 10.0, adv_clip: float = 2.0
+) -> list[list[float]]:
+    """Think trigger advantages of the G rollouts of one prompt: the trigger reward of interest
+    point ``k``, clipped to ``±reward_clip``, group-normalised over the rollouts that have a point
+    ``k`` (``positionwise_normalise``), clipped to ``±adv_clip``.
+
+    >>> trigger_advantages([[1.0], [0.0, 1.0]], eps=0.0)
+    [[1.0], [-1.0, 0.0]]
+    """
+    return [[_clip(z, adv_clip) for z in row]
+            for row in positionwise_normalise([[_clip(x, reward_clip) for x in t] for t in trigger_rewards], eps)]
+
+
 def token_advantages(
     slots: TokenSlots | Sequence[int],
     slot_adv_i: Sequence[float],
@@ -275,7 +276,7 @@ def entropy_adaptive_bounds(entropy, mask, eps_low: float, eps_high: float, perc
     return out
 
 
-def _masked_mean(x, mask):
+def masked_mean(x, mask):
     """Mean of ``x`` over ``mask``; masked positions (pad after eos) may hold inf, never nan-ing it."""
     import torch
 
@@ -288,15 +289,16 @@ def clipped_surrogate(logp, old_logp, adv, eps, mask):
 
     >>> import torch
     >>> z = torch.zeros(1, 2)
-    >>> clipped_surrogate(z + 0.5, z, torch.tensor([[1.0, -1.0]]), 0.2, torch.ones(1, 2)).item()  # -(1.2 - 1.65)/2
-    0.2243...
+    >>> loss = clipped_surrogate(z + 0.5, z, torch.tensor([[1.0, -1.0]]), 0.2, torch.ones(1, 2))
+    >>> round(loss.item(), 4)  # -(1.2 - 1.65)/2
+    0.2244
     """
     import torch
 
     ratio = torch.exp(logp - old_logp)
     eps = torch.as_tensor(eps, dtype=ratio.dtype, device=ratio.device)
     clipped = torch.minimum(torch.maximum(ratio, 1 - eps), 1 + eps)
-    return _masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask.to(ratio.dtype))
+    return masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask.to(ratio.dtype))
 
 
 def kl_k3(logp, ref_logp):
@@ -311,323 +313,3 @@ def kl_k3(logp, ref_logp):
 
     d = ref_logp - logp
     return torch.exp(d) - d - 1
-
-
-def sequence_logprobs(model, ids, mask, n_prompt: int, temperature: float = 1.0):
-    """``(logp, entropy)`` of tokens ``ids[:, n_prompt:]`` under ``model`` (logits / temperature,
-    the sampling distribution without top-k), each ``(batch, T)``. Position ids follow the
-    attention mask as in ``generate``, so left padding changes nothing."""
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (batch, width, vocab)
-    logits = logits[:, n_prompt - 1 : -1].float() / temperature  # (batch, T, vocab)
-    logp_all = logits.log_softmax(-1)
-    logp = logp_all.gather(-1, ids[:, n_prompt:, None]).squeeze(-1)  # (batch, T)
-    return logp, -(logp_all.exp() * logp_all).sum(-1)
-
-
-# --- the trainer ----------------------------------------------------------------------------
-@dataclass
-class GRPOConfig:
-    """IL-GRPO settings (``aigq.grpo`` in conf/pipeline.yaml)."""
-
-    mode: str = "il"
-    kind: str = "direct"
-    style: str = "compressed"
-    max_history: int = 20
-    max_prompt_tokens: int = 384
-    group_size: int = 8
-    prompts_per_step: int = 4
-    temperature: float = 1.0
-    top_k: int = 100
-    max_new_tokens: int = 64
-    lam: float = 0.5
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    entropy_percentile: float = 80.0
-    entropy_start: float = 0.01
-    kl_coef: float = 0.0
-    reward_clip: float = 10.0
-    adv_clip: float = 2.0
-    adv_eps: float = 1e-6
-    difficulty_filter: bool = True
-    difficulty_stat: str = "query"  # query: group mean of the lists' mean query reward | total
-    difficulty_low: float = 0.1
-    difficulty_high: float = 0.95
-    learning_rate: float = 1e-5
-    max_grad_norm: float = 1.0
-    max_steps: int = 50
-    inner_epochs: int = 1
-    minibatch_size: int = 32  # rollouts per optimiser update
-    save_steps: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in MODES or self.kind not in KINDS:
-            raise ValueError(f"mode must be in {MODES} and kind in {KINDS}, got {self.mode!r}, {self.kind!r}")
-        if min(self.group_size, self.prompts_per_step, self.max_new_tokens, self.max_steps) < 1:
-            raise ValueError("group_size, prompts_per_step, max_new_tokens and max_steps must be >= 1")
-        if min(self.inner_epochs, self.minibatch_size) < 1 or self.temperature <= 0 or self.learning_rate <= 0:
-            raise ValueError("inner_epochs and minibatch_size must be >= 1, temperature and learning_rate > 0")
-        if not 0 <= self.eps_low <= self.eps_high or not 0 < self.entropy_percentile <= 100:
-            raise ValueError("need 0 <= eps_low <= eps_high and 0 < entropy_percentile <= 100")
-        if self.difficulty_stat not in ("query", "total"):
-            raise ValueError(f"difficulty_stat must be 'query' or 'total', got {self.difficulty_stat!r}")
-
-    @classmethod
-    def from_dict(cls, section: Mapping | None) -> GRPOConfig:
-        section = dict(section or {})
-        unknown = set(section) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown aigq.grpo settings: {sorted(unknown)}")
-        return cls(**section)
-
-
-def _rollouts(model, tokenizer, batch, config: GRPOConfig, device):
-    """One sampled ``generate`` call: ``(ids (P*G, width), mask, n_prompt, n_valid per row, done)``;
-    a row's valid tokens run up to and including its first eos."""
-    import torch
-
-    from aigq_model.generate import Decoding, _encode, left_pad
-
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    prompts = [_encode(tokenizer, s, config.style, config.max_history, config.max_prompt_tokens) for s in batch]
-    ids, mask = left_pad(prompts, pad)
-    dec = Decoding(strategy="sample", temperature=config.temperature, top_k=config.top_k)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=config.max_new_tokens,
-            eos_token_id=eos, pad_token_id=pad, use_cache=True, num_return_sequences=config.group_size,
-            **dec.generate_kwargs(),
-        )  # (P * G, n_prompt + T), the G rollouts of a prompt adjacent
-    n_prompt = ids.shape[1]
-    gen = out[:, n_prompt:]
-    is_eos = gen == eos
-    done = is_eos.any(-1)
-    n_valid = torch.where(done, is_eos.int().argmax(-1) + 1, torch.full_like(done, gen.shape[1], dtype=torch.long))
-    gen_mask = torch.arange(gen.shape[1], device=gen.device)[None, :] < n_valid[:, None]
-    full_mask = torch.cat([mask.to(device).repeat_interleave(config.group_size, 0), gen_mask.long()], 1)
-    return out, full_mask, n_prompt, n_valid.tolist(), done.tolist()
-
-
-def _all_reduce_grads(model, world: int) -> None:
-    import torch
-    import torch.distributed as dist
-
-    for p in model.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad /= world
-
-
-def train_grpo(
-    model,
-    tokenizer,
-    samples: Sequence[Mapping],
-    reward_fn: RewardFn,
-    config: GRPOConfig,
-    ref_model=None,
-    out_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    log: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Train ``model`` in place for ``config.max_steps`` rollout/update steps; returns the history
-    (one dict per step). ``reward_fn(sample, parsed_G)`` gives per-rollout query rewards, sequence
-    rewards and (Think) trigger rewards per interest point. Final weights go to ``out_dir``,
-    snapshots every ``save_steps`` to ``checkpoint_dir/step-<n>`` (rank 0 only)."""
-    import torch
-    import torch.distributed as dist
-
-    from base_lm.trainer import setup_distributed
-
-    if not samples:
-        raise ValueError("no GRPO training samples")
-    if config.kl_coef > 0 and ref_model is None:
-        raise ValueError("kl_coef > 0 needs a ref_model")
-    rank, world, device = setup_distributed()
-    rng = random.Random(config.seed + 7919 * rank)
-    torch.manual_seed(config.seed + rank)
-    model.to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
-    if ref_model is not None:
-        ref_model.to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    kind, G, history = ("think" if config.kind == "think" else "direct"), config.group_size, []
-    for step in range(config.max_steps):
-        t0 = time.perf_counter()
-        P = config.prompts_per_step
-        batch = [samples[i] for i in (rng.sample(range(len(samples)), P) if len(samples) >= P
-                                      else rng.choices(range(len(samples)), k=P))]
-        ids, mask, n_prompt, n_valid, done = _rollouts(model, tokenizer, batch, config, device)
-        t1 = time.perf_counter()
-        adv = torch.zeros(ids.shape[0], ids.shape[1] - n_prompt, device=device)  # (P * G, T)
-        keep_rows, totals, q_all, s_all, kept = [], [], [], [], 0
-        gen_rows = ids[:, n_prompt:].tolist()
-        for p, sample in enumerate(batch):
-            rows = range(p * G, (p + 1) * G)
-            slots = []
-            for r in rows:
-                texts = token_texts(tokenizer, gen_rows[r][: n_valid[r] - done[r]]) + [""] * done[r]
-                ts = token_slots(texts, kind, complete=done[r])  # as served: a cut-off query is dropped
-                slots.append(ts)
-            qr, sr, tr = reward_fn(sample, [ts.parsed for ts in slots])
-            tot = [total_reward(q, s, config.lam) for q, s in zip(qr, sr, strict=True)]
-            totals += tot
-            q_all += [x for q in qr for x in q]
-            s_all += list(sr)
-            lam_stat = config.lam if config.difficulty_stat == "total" else 0.0
-            stat = sum(total_reward(q, s, lam_stat) for q, s in zip(qr, sr, strict=True)) / G
-            if config.difficulty_filter and not difficulty_filter(
-                [stat], config.difficulty_low, config.difficulty_high
-            )[0]:
-                continue
-            kept += 1
-            if config.mode == "sequence":
-                slot_adv, seq_adv = [[]] * G, grpo_advantages(tot, config.adv_eps, config.reward_clip, config.adv_clip)
-            else:
-                slot_adv, seq_adv = il_grpo_advantages(
-                    qr, sr, config.lam, config.adv_eps, config.reward_clip, config.adv_clip
-                )
-            trig_adv = None
-            if tr is not None and kind == "think":
-                trig_adv = [[_clip(z, config.adv_clip) for z in row] for row in positionwise_normalise(
-                    [[_clip(x, config.reward_clip) for x in t] for t in tr], config.adv_eps)]
-            for g, r in enumerate(rows):
-                a = token_advantages(slots[g], slot_adv[g], seq_adv[g], trig_adv and trig_adv[g], config.mode)
-                adv[r, : len(a)] = torch.tensor(a, device=device)
-                keep_rows.append(r)
-        t2 = time.perf_counter()
-        entry = _update(model, ref_model, optimizer, ids, mask, adv, n_prompt, keep_rows, config, step, world)
-        t3 = time.perf_counter()
-        entry = {
-            "step": step + 1,
-            "reward": sum(totals) / len(totals),
-            "query_reward": sum(q_all) / len(q_all) if q_all else 0.0,
-            "seq_reward": sum(s_all) / len(s_all),
-            "queries_per_list": len(q_all) / len(totals),
-            "filtered": 1 - kept / P,
-            **entry,
-            "gen_s": round(t1 - t0, 3),
-            "reward_s": round(t2 - t1, 3),
-            "update_s": round(t3 - t2, 3),
-            "rollouts_per_s": round(len(totals) / max(t3 - t0, 1e-9), 2),
-        }
-        history.append(entry)
-        if rank == 0:
-            (log or (lambda e: logger.info("grpo %s", e)))(entry)
-            if checkpoint_dir is not None and config.save_steps and (step + 1) % config.save_steps == 0:
-                from aigq_model.train_sft import save_aigq
-
-                save_aigq(model, tokenizer, Path(checkpoint_dir) / f"step-{step + 1}")
-    if world > 1:
-        dist.barrier()
-    if out_dir is not None and rank == 0:
-        from aigq_model.train_sft import save_aigq
-
-        save_aigq(model, tokenizer, out_dir)
-    return history
-
-
-def _update(model, ref_model, optimizer, ids, mask, adv, n_prompt, keep_rows, config, step, world) -> dict:
-    """The policy update of one step over the kept rollouts (``inner_epochs`` x minibatches)."""
-    import torch
-    import torch.distributed as dist
-
-    n_mb = math.ceil(len(keep_rows) / config.minibatch_size)
-    if world > 1:  # every rank must run as many all-reduces
-        t = torch.tensor([n_mb], device=ids.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        n_mb = int(t)
-    if n_mb == 0:
-        return {"skipped": True, "loss": None, "entropy": None, "clip_frac": None, "kl": None}
-    mbs = [keep_rows[i * config.minibatch_size : (i + 1) * config.minibatch_size] for i in range(n_mb)]
-    T = int(mask[:, n_prompt:].sum(-1).max())  # longest valid rollout
-
-    def inputs(rows):
-        return ids[rows, : n_prompt + T], mask[rows, : n_prompt + T], adv[rows, :T]
-
-    one_update = config.inner_epochs == 1 and n_mb == 1
-    old, ref = {}, {}
-    with torch.no_grad():
-        for i, rows in enumerate(mbs):
-            if not rows:
-                continue
-            x, m, _ = inputs(rows)
-            if not one_update:  # one update: the first forward is the rollout policy itself
-                old[i] = sequence_logprobs(model, x, m, n_prompt, config.temperature)[0]
-            if config.kl_coef > 0:
-                ref[i] = sequence_logprobs(ref_model, x, m, n_prompt, config.temperature)[0]
-    coef = entropy_coef(step, config.max_steps, config.entropy_start)
-    sums = {"loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0}
-    n = 0
-    for _ in range(config.inner_epochs):
-        for i, rows in enumerate(mbs):
-            optimizer.zero_grad(set_to_none=True)
-            if rows:
-                x, m, a = inputs(rows)
-                tok_mask = m[:, n_prompt:].float()  # (mb, T)
-                logp, ent = sequence_logprobs(model, x, m, n_prompt, config.temperature)
-                old_logp = logp.detach() if one_update else old[i]
-                eps = entropy_adaptive_bounds(
-                    ent.detach(), tok_mask, config.eps_low, config.eps_high, config.entropy_percentile
-                )
-                loss = clipped_surrogate(logp, old_logp, a, eps, tok_mask) - coef * _masked_mean(ent, tok_mask)
-                kl = _masked_mean(kl_k3(logp, ref[i]), tok_mask) if config.kl_coef > 0 else torch.zeros(())
-                loss = loss + config.kl_coef * kl
-                loss.backward()
-                ratio = torch.exp(logp.detach() - old_logp)
-                sums["clip_frac"] += float(_masked_mean(((ratio - 1).abs() > eps).float(), tok_mask))
-                sums["loss"] += float(loss.detach())
-                sums["entropy"] += float(_masked_mean(ent.detach(), tok_mask))
-                sums["kl"] += float(kl.detach())
-                n += 1
-            if world > 1:
-                _all_reduce_grads(model, world)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"skipped": False, **{k: v / max(n, 1) for k, v in sums.items()}, "entropy_coef": coef}
-
-
-# --- rewards from aigq_model.rewards ----------------------------------------------------------
-def make_reward_fn(reward_cfg=None, ctr_scorer=None, kind: str = "direct", max_history: int = 20) -> RewardFn:
-    """The IL-GRPO reward over ``aigq_model.rewards``: query rewards position-wise against the
-    sample's reference list (Direct: ``target_queries``; Think: the queries of the Think target,
-    ``targets.think_points``, in target order), CTR term from ``ctr_scorer.predict`` (none
-    without a scorer), sequence reward from the list and ``malformed``. Think trigger reward of
-    generated point k: ``trigger_rouge`` against the triggers (prompt display indices) of the
-    reference point holding the point's first matching query, else reference point k, else ``[]``."""
-    from aigq_model.prompts import sample_field
-    from aigq_model.rewards import RewardConfig, query_rewards, sequence_reward, trigger_rouge
-    from aigq_model.targets import clean_target_query, think_points
-
-    cfg = reward_cfg if isinstance(reward_cfg, RewardConfig) else RewardConfig.from_dict(reward_cfg)
-
-    def reward_fn(sample, parsed):
-        if kind == "think":
-            points = think_points(sample, max_history)
-            reference = [q for p in points for q in p.queries]
-        else:
-            points, reference = [], [clean_target_query(q) for q in sample_field(sample, "target_queries") or []]
-        flat = [q for p in parsed for q in p.queries]
-        probs = None
-        if ctr_scorer is not None and flat:
-            from aigq_model.ctr import context_from_sample
-
-            probs = [float(x) for x in ctr_scorer.predict([context_from_sample(sample)] * len(flat), flat)]
-        qr, sr, tr, n = [], [], [], 0
-        for p in parsed:
-            qr.append(query_rewards(p.queries, reference, None if probs is None else probs[n : n + len(p.queries)], cfg))
-            n += len(p.queries)
-            sr.append(sequence_reward(p.queries, p.malformed, cfg))
-            if kind == "think":
-                row = []
-                for k, pt in enumerate(p.points):
-                    ref = next((r for r in points if set(pt.queries) & set(r.queries)), None)
-                    ref = ref or (points[k] if k < len(points) else None)
-                    row.append(trigger_rouge(list(pt.triggers), list(ref.triggers) if ref else []))
-                tr.append(row)
-        return qr, sr, tr if kind == "think" else None
-
-    return reward_fn

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from aigq_model.ctr import ctr_reward
+from aigq_model.ctr_model import ctr_reward
 from aigq_model.parsing import normalize_query
 
 

@@ -20,17 +20,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from common.steps import emit_result
+from common.steps import emit_result, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +155,7 @@ def evaluate_model(
     if (decoding.group_queries or decoding.wording == "log") and items is not None and samples:
         # decoding may only use the log before the samples: the map of the scored day's clicks is
         # for the Category HR metric alone
-        decode_categories = build_query_vocabulary(_before(events, min(s["event_time"] for s in samples)), items)
+        decode_categories = build_query_vocabulary(events_before(events, min(s["event_time"] for s in samples)), items)
     t0 = time.perf_counter()
     gens = generate_lists(
         model,
@@ -206,7 +203,7 @@ def evaluate_model(
     return results, info
 
 
-def _before(events, t):
+def events_before(events, t):
     """The rows of ``events`` (a pyarrow Table) strictly before the timestamp ``t``."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -222,13 +219,6 @@ def _nan_to_none(obj):
     if isinstance(obj, list):
         return [_nan_to_none(v) for v in obj]
     return obj
-
-
-def write_json_atomic(path: Path, payload: dict) -> Path:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(_nan_to_none(payload), indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-    return path
 
 
 def write_report(
@@ -266,9 +256,9 @@ def write_report(
 
 # --- registration gate -------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from aigq_model.train_sft import load_aigq
-    from base_lm.pretrain import quiet_offline_hf
+    from aigq_model.load import load_aigq
     from common.config import load_config
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
     from common.registry import read_manifest
@@ -368,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     metrics_file = Path(args.metrics_out).resolve() if args.metrics_out else model_dir / METRICS_FILE
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path = write_json_atomic(metrics_file, payload)
+    metrics_path = write_json_atomic(metrics_file, _nan_to_none(payload))
     report = write_report(
         Path(data_root) / "reports" / "aigq" / ds,
         args.report_name or name,

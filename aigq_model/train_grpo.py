@@ -1,9 +1,9 @@
 """IL-GRPO (or plain sequence-level GRPO) of an IL-SFT AIGQ policy against the day's CTR model.
 
-Reads the policy (``aigq_model.train_sft.load_aigq``; kind and prompt style from its
+Reads the policy (``aigq_model.load.load_aigq``; kind and prompt style from its
 manifest), the ``train`` split of day ``ds``'s ``aigq_<kind>_sft`` partition, the CTR scorer
-(``aigq_model.ctr.load_ctr``; without ``--ctr`` the CTR term is 0), the ``aigq.grpo`` and
-``aigq.rewards`` config sections, and trains with :func:`aigq_model.grpo.train_grpo`.
+(``aigq_model.ctr_model.load_ctr``; without ``--ctr`` the CTR term is 0), the ``aigq.grpo`` and
+``aigq.rewards`` config sections, and trains with :func:`aigq_model.grpo_trainer.train_grpo`.
 
 Output (``--out``, default ``<data_root>/models/aigq_<kind>_grpo/<ds>/``, or
 ``aigq_<kind>_seqgrpo`` for ``--mode sequence``), written through
@@ -25,7 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from aigq_model.grpo import MODES, GRPOConfig
+from aigq_model.grpo import MODES
+from aigq_model.grpo_trainer import GRPOConfig
 from common.steps import emit_result
 
 
@@ -54,23 +55,17 @@ def summarise(history: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aigq_model.grpo import make_reward_fn, train_grpo
-    from aigq_model.train_sft import (
-        FORMAT,
-        SAMPLE_TABLE,
-        _registry_target,
-        load_aigq,
-        publish_aigq,
-        read_sft_rows,
-    )
+    from aigq_model.grpo_trainer import make_reward_fn, train_grpo
+    from aigq_model.load import load_aigq
+    from aigq_model.train_sft import FORMAT, SAMPLE_TABLE, publish_aigq, read_sft_rows
     from base_lm.load import code_version
     from base_lm.load import read_manifest as read_manifest_lenient
-    from base_lm.pretrain import quiet_offline_hf
-    from base_lm.trainer import is_main_process
     from common.config import load_config
+    from common.ddp import is_main_process
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds
-    from common.registry import read_manifest
+    from common.registry import read_manifest, registry_target
 
     setup_logging()
     quiet_offline_hf()
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"no {SAMPLE_TABLE[sample_kind]} train rows for {ds} under {data_root}")
     ctr = None
     if args.ctr:
-        from aigq_model.ctr import load_ctr
+        from aigq_model.ctr_model import load_ctr
 
         ctr = load_ctr(args.ctr)
     reward_section = dict(aigq.get("rewards") or {})
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_aigq(policy)
     ref_model = load_aigq(policy)[0] if config.kl_coef > 0 else None
     name = model_name(kind, config.mode)
-    root, area, name, version = _registry_target(data_root, name, ds, args.out)
+    root, area, name, version = registry_target(data_root, name, ds, args.out)
     ckpt_dir = Path(root) / area / name / f".ckpt-{version}"
     history = train_grpo(model, tokenizer, samples, reward_fn, config, ref_model, checkpoint_dir=ckpt_dir)
     if not is_main_process():

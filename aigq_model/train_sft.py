@@ -7,13 +7,13 @@ tokens) or ``verbose``.
 
 The prompt special tokens and output markers are added to the base model first (each new row =
 mean of its readable name's sub-word embeddings). Training runs through
-:func:`base_lm.trainer.train_loop` (checkpoints every ``save_steps`` in a hidden sibling
+:func:`common.training.train_loop` (checkpoints every ``save_steps`` in a hidden sibling
 ``.ckpt-<version>``, ``--resume``, gradient accumulation, DDP under torchrun).
 
 Output (``--out``, default ``<data_root>/models/aigq_<kind>/<ds>/``, written through
 ``common.registry.stage_version``/``commit_version``, not registered): HF causal LM
 (safetensors), tokenizer, ``manifest.json`` (data dates, base model, config, losses),
-``trainer_state.json`` (every step's loss). Reload with :func:`load_aigq`.
+``trainer_state.json`` (every step's loss). Reload with :func:`aigq_model.load.load_aigq`.
 
 Under ``torchrun`` each rank trains on its shard of every global batch (``batch_size`` per rank);
 the token loss is weighted by each rank's share of the global batch's target tokens
@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aigq_model.load import save_aigq
 from aigq_model.targets import (
     IGNORE_INDEX,
     TARGET_KINDS,
@@ -45,6 +46,8 @@ from aigq_model.targets import (
     sft_text_pair,
     tokenize_sft_example,
 )
+from base_lm.release import latest_base_model
+from common.registry import registry_target
 from common.steps import emit_result
 
 logger = logging.getLogger(__name__)
@@ -178,46 +181,18 @@ def prepare_model(base_model: str | Path, config: SFTConfig, attn_implementation
     return model, tokenizer
 
 
-def load_aigq(path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
-    """``(model in eval mode, tokenizer)`` from a folder written by :func:`save_aigq`."""
-    from transformers import AutoModelForCausalLM
-
-    from base_lm.tokenizer import load_tokenizer
-
-    kwargs = {"attn_implementation": attn_implementation, "local_files_only": True}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    tokenizer = load_tokenizer(path)
-    if device is not None:
-        model.to(device)
-    return model.eval(), tokenizer
-
-
-def save_aigq(model, tokenizer, out_dir: str | Path) -> Path:
-    from base_lm.load import make_readable
-    from base_lm.tokenizer import save_tokenizer
-
-    out_dir = Path(out_dir)
-    model.config.use_cache = True
-    model.save_pretrained(str(out_dir))
-    save_tokenizer(tokenizer, out_dir)
-    make_readable(out_dir)
-    return out_dir
-
-
 def publish_aigq(
     model, tokenizer, root, name: str, version: str, manifest: dict, area: str = "models", state=None
 ) -> Path:
     """Save a policy into a staged version folder and commit it with ``manifest`` (registry
     layout, not yet CURRENT); nothing is left behind when saving fails. Returns the folder.
-    ``state`` (a :class:`base_lm.trainer.TrainState`) adds ``trainer_state.json``."""
+    ``state`` (a :class:`common.training.TrainState`) adds ``trainer_state.json``."""
     from common.registry import commit_version, stage_version
 
     tmp = stage_version(root, name, version, area)
     try:
         if state is not None:
-            from base_lm.trainer import write_trainer_state
+            from common.training import write_trainer_state
 
             write_trainer_state(state, tmp)
         save_aigq(model, tokenizer, tmp)
@@ -229,7 +204,7 @@ def publish_aigq(
 
 def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
     """The training-loop settings of an SFT config (warm-up capped below ``max_steps``)."""
-    from base_lm.trainer import LoopArgs
+    from common.training import LoopArgs
 
     return LoopArgs.from_config(
         config, checkpoint_dir, warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0))
@@ -256,7 +231,8 @@ def train_sft(
     """
     import torch
 
-    from base_lm.trainer import evaluate_loss, is_main_process, train_loop
+    from common.ddp import is_main_process
+    from common.training import evaluate_loss, train_loop
 
     torch.manual_seed(config.seed)
     model, tokenizer = prepare_model(base_model, config)
@@ -306,29 +282,8 @@ def train_sft(
     return model, tokenizer, state, metrics
 
 
-def default_base_model(data_root: str | Path, ds: str) -> Path:
-    """The newest published ``models/base_lm/<version>`` with version <= ds."""
-    from common.paths import is_published
-
-    root = Path(data_root) / "models" / "base_lm"
-    versions = sorted(p for p in root.iterdir() if is_published(p) and p.name <= ds) if root.is_dir() else []
-    if not versions:
-        raise FileNotFoundError(
-            f"no published base LM under {root} at or before {ds}: run base_lm.pretrain or pass --base-model"
-        )
-    return versions[-1]
-
-
-def _registry_target(data_root: str, name: str, ds: str, out: str | None) -> tuple[str, str, str, str]:
-    """``(root, area, name, version)`` for ``common.registry`` so the version lands at ``out``."""
-    if out is None:
-        return data_root, "models", name, ds
-    out_path = Path(out).resolve()
-    return str(out_path.parent.parent), "", out_path.parent.name, out_path.name
-
-
 def main(argv: list[str] | None = None) -> int:
-    from base_lm.trainer import cleanup_distributed
+    from common.ddp import cleanup_distributed
 
     try:
         return _main(argv)
@@ -338,15 +293,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from base_lm.load import code_version, read_manifest
-    from base_lm.pretrain import quiet_offline_hf
-    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed
     from common.config import load_config
+    from common.ddp import barrier, quiet_other_ranks, setup_distributed
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
 
     setup_logging()
     quiet_offline_hf()
-    from base_lm.trainer import training_arg_parser
+    from common.training import training_arg_parser
 
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/aigq_<kind>/<ds>")
     parser.add_argument("--kind", choices=TARGET_KINDS, default=None)
@@ -369,8 +324,8 @@ def _main(argv: list[str] | None) -> int:
     ds = check_ds(args.ds)
     ds_list = [*previous_ds(ds, config.days - 1), ds]
     base = args.base_model or aigq.get("base_model")
-    base_model = Path(base) if base else default_base_model(data_root, ds)
-    root, area, name, version = _registry_target(data_root, config.name, ds, args.out)
+    base_model = Path(base) if base else latest_base_model(data_root, ds)
+    root, area, name, version = registry_target(data_root, config.name, ds, args.out)
     checkpoint_dir = Path(root) / area / name / f".ckpt-{version}"
 
     rank, _world, _device = setup_distributed()

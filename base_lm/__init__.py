@@ -1,5 +1,6 @@
 """Base language model shared by KARMA and AIGQ: a byte-level BPE tokenizer trained on the data's own
-text, a tiny Qwen-architecture causal LM pre-trained on it, and a loader for any local HF checkpoint.
+text, a tiny Qwen-architecture causal LM pre-trained on it, a loader for any local HF checkpoint
+and the lookup of the newest published one (:mod:`base_lm.release`).
 
 Heavy imports (torch, transformers, tokenizers) happen in the submodules, not here.
 """

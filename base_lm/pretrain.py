@@ -6,7 +6,7 @@ behaviour texts (queries typed, titles clicked) of ``karma_samples`` and the tar
 ``<bos> text <eos>``; the stream is packed into ``block_size`` blocks, a held-out share of which
 gives the eval loss written to the manifest (before and after training).
 
-Training uses :func:`base_lm.trainer.train_loop` (plain next-token loss from
+Training uses :func:`common.training.train_loop` (plain next-token loss from
 ``Qwen2ForCausalLM(labels=...)``): ``transformers.Trainer`` would need ``accelerate``, which the
 pinned environment lacks; the loop gives the same checkpoints/resume/accumulation/DDP.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import sys
 import time
@@ -222,8 +221,9 @@ def pretrain(
     held-out losses are measured on rank 0 only (``None`` elsewhere)."""
     import torch
 
-    from base_lm.trainer import LoopArgs, evaluate_loss, is_main_process, train_loop
+    from common.ddp import is_main_process
     from common.device import use_bf16
+    from common.training import LoopArgs, evaluate_loss, train_loop
 
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
@@ -271,17 +271,8 @@ def pretrain(
     return model, tokenizer, metrics, state
 
 
-def quiet_offline_hf() -> None:
-    """Entry points: never reach the Hub, no tokenizer thread pools, no progress bars in task logs."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
-    from base_lm.trainer import cleanup_distributed
+    from common.ddp import cleanup_distributed
 
     try:
         return _main(argv)
@@ -291,15 +282,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     """Under torchrun (DDP) rank 0 alone clears old checkpoints, publishes and prints the result."""
-    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed, write_trainer_state
     from common.config import load_config
+    from common.ddp import barrier, quiet_other_ranks, setup_distributed
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
     from common.publish import atomic_partition
+    from common.training import write_trainer_state
 
     setup_logging()
     quiet_offline_hf()
-    from base_lm.trainer import training_arg_parser
+    from common.training import training_arg_parser
 
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/base_lm/<ds>")
     parser.add_argument("--days", type=int, default=None, help="days of samples ending at ds")

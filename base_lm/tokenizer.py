@@ -1,9 +1,9 @@
 """Byte-level BPE tokenizer trained on the pipeline's own text, saved as a ``PreTrainedTokenizerFast``.
 
-Reload trap (DESIGN.md): a tokenizer saved next to a Qwen2 ``config.json`` reloads through
-``AutoTokenizer`` as ``Qwen2Tokenizer``, which may give different ids without any error. Our folders
-are therefore always reloaded with :func:`load_tokenizer` (``PreTrainedTokenizerFast``), which reads
-``tokenizer.json`` exactly as it was written.
+Reload trap (docs/pipeline.md, "Known traps of this stack"): a tokenizer saved next to a Qwen2
+``config.json`` reloads through ``AutoTokenizer`` as ``Qwen2Tokenizer``, which may give different
+ids without any error. Our folders are therefore always reloaded with :func:`load_tokenizer`
+(``PreTrainedTokenizerFast``), which reads ``tokenizer.json`` exactly as it was written.
 
 The tokenizer adds no template tokens (no automatic ``<bos>``/``<eos>``): callers add them
 explicitly, so the same code works with checkpoints whose tokenizers have no ``<bos>`` (Qwen).

@@ -31,10 +31,11 @@ if str(REPO) not in sys.path:
 
 def _samples_and_base(args, tmp: Path):
     if args.data_root:
-        from aigq_model.train_sft import default_base_model, read_sft_rows
+        from aigq_model.train_sft import read_sft_rows
+        from base_lm.release import latest_base_model
 
         rows = [r for r in read_sft_rows(args.data_root, [args.ds], "direct", None) if r.get("history")]
-        base = Path(args.base_model) if args.base_model else default_base_model(args.data_root, args.ds)
+        base = Path(args.base_model) if args.base_model else latest_base_model(args.data_root, args.ds)
         return rows, base
     from tests.test_aigq_sft import make_rows
     from tests.test_base_lm import make_tiny_base

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
 
-    from base_lm.pretrain import quiet_offline_hf
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
 
     setup_logging(os.environ.get("PIPELINE_LOG_LEVEL", "WARNING"))

@@ -115,9 +115,9 @@ def karma_speed(base: Path, device_name: str, args) -> dict:
     import pyarrow as pa
     import torch
 
-    from base_lm.trainer import LoopArgs, train_loop
     from common import device as devices
     from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
+    from common.training import LoopArgs, train_loop
     from karma_model.config import KarmaConfig
     from karma_model.data import ItemCatalog, KarmaCollator, KarmaDataset, KarmaEncoder
     from karma_model.model import KarmaModel

@@ -1,6 +1,6 @@
 """IL-GRPO step time split into generation, reward and update; rollouts per second. Prints JSON.
 
-Runs ``--steps`` policy-optimisation steps (``aigq_model.grpo.train_grpo``) of a trained policy on
+Runs ``--steps`` policy-optimisation steps (``aigq_model.grpo_trainer.train_grpo``) of a trained policy on
 day ``--ds``'s Direct train prompts with the pipeline's reward (``make_reward_fn``: ROUGE-L against
 the reference list, length, format, repetition, and the CTR term when ``--ctr`` is given), in both
 modes (IL-GRPO and plain sequence-level GRPO) side by side in one run, and reports per mode the
@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO))
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from aigq_model.grpo import GRPOConfig, make_reward_fn, train_grpo
-    from aigq_model.train_sft import load_aigq, read_sft_rows
-    from base_lm.pretrain import quiet_offline_hf
+    from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, train_grpo
+    from aigq_model.load import load_aigq
+    from aigq_model.train_sft import read_sft_rows
     from common.config import load_config
+    from common.hf_offline import quiet_offline_hf
     from common.registry import read_manifest
 
     quiet_offline_hf()
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = read_sft_rows(args.data_root, [args.ds], "direct" if kind == "plain" else kind, "train")
     ctr = None
     if args.ctr:
-        from aigq_model.ctr import load_ctr
+        from aigq_model.ctr_model import load_ctr
 
         ctr = load_ctr(args.ctr)
     reward_fn = make_reward_fn(dict(aigq.get("rewards") or {}), ctr, "think" if kind == "think" else "direct")

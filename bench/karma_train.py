@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from base_lm.pretrain import quiet_offline_hf
+    from base_lm.release import latest_base_model
     from common.config import load_config
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from karma_model.config import KarmaConfig
     from karma_model.data import (
@@ -49,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         read_samples,
     )
     from karma_model.model import KarmaModel, embed_histories
-    from karma_model.release import published_base_model
 
     setup_logging()
     quiet_offline_hf()
@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(args.data_root)
-    base = Path(args.base_model) if args.base_model else published_base_model(root, args.ds)
-    if base is None:
-        raise SystemExit(f"no base LM under {root}/models/base_lm: pass --base-model")
+    try:
+        base = Path(args.base_model) if args.base_model else latest_base_model(root, args.ds)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
     section = dict(load_config().get("karma") or {})
     section.pop("base_model", None)
     section.pop("gate", None)

@@ -40,6 +40,21 @@ def model_dir(root: str | Path, name: str, version: str | None = None, area: str
     return base / version if version else base
 
 
+def registry_target(data_root: str | Path, name: str, version: str, out: str | Path | None = None
+                    ) -> tuple[str, str, str, str]:
+    """``(root, area, name, version)`` for :func:`stage_version` / :func:`commit_version`: the
+    version ``<data_root>/models/<name>/<version>``, or the folder ``out`` when a run names one
+    (its grandparent becomes the root, with no area).
+
+    >>> registry_target("/d", "aigq_direct", "2026-11-03")
+    ('/d', 'models', 'aigq_direct', '2026-11-03')
+    """
+    if out is None:
+        return str(data_root), "models", name, version
+    out_path = Path(out).resolve()
+    return str(out_path.parent.parent), "", out_path.parent.name, out_path.name
+
+
 def stage_version(root, name: str, version: str, area: str = "models") -> Path:
     """A hidden temporary folder beside the version; pass it to ``commit_version`` when full."""
     final = model_dir(root, name, version, area)
@@ -163,7 +178,7 @@ def serving_status(root, name: str, ds: str, area: str = "models") -> dict:
 
     ``reason`` is ``registered <ds>`` when the day's candidate passed its gate, ``gate refused
     <ds>: ...; serving <v>`` when it was refused (the previous version keeps serving), ``no
-    candidate for <ds>; serving <v>`` when none was gated that day, ``none registered`` else.
+    candidate gated for <ds>; serving <v>`` when none was gated that day, ``none registered`` else.
 
     >>> import tempfile
     >>> serving_status(tempfile.mkdtemp(), "karma", "2026-11-01")["reason"]

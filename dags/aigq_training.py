@@ -53,11 +53,7 @@ KINDS = ["direct", "think", "plain"]
 TRAINING_POOL, TRAINING_POOL_SLOTS = training_tasks.training_pool()
 
 PARAMS = {
-    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
-    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
-    "data_root": Param("", type="string", description="data root; empty = the profile's"),
-    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                description="date to train for; empty = the triggering asset events' ds, else the logical date"),
+    **runner.run_params("date to train for; empty = the triggering asset events' ds, else the logical date"),
     "kind": Param("", type="string", enum=["", *KINDS],
                   description="IL-SFT policy kind; empty = every kind of aigq.train_policies"),
     "max_steps": Param(0, type="integer", minimum=0, maximum=1_000_000, description="SFT steps; 0 = aigq.sft"),
@@ -82,8 +78,7 @@ PARAMS = {
 
 
 def _run(module: str, args: list[str], params: dict) -> dict:
-    nproc = training_tasks.nproc_per_node(params) if module in DDP_MODULES else 1
-    return runner.python_step(module, args, params, nproc)
+    return runner.python_step(module, args, params, training_tasks.step_nproc(module, params, DDP_MODULES))
 
 
 def _policies(params: dict) -> tuple[list[str], bool]:
@@ -122,10 +117,14 @@ def aigq_training():
 
     @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def base_lm(day: str, params=None) -> str:
-        """Path of the newest base LM at or before the day; pre-trains one when there is none."""
-        from karma_model.release import ensure_base_model
+        """``aigq.base_model`` when set (any local HF checkpoint), else the newest published base LM
+        at or before the day; pre-trains one when there is none."""
+        from base_lm.release import ensure_base_model
 
-        _cfg, root = runner.settings(params)
+        cfg, root = runner.settings(params)
+        configured = (cfg.get("aigq") or {}).get("base_model")
+        if configured:
+            return str(configured)
         args = ["--ds", day, *runner.common_args(params)]
         if params.get("base_max_steps"):
             args += ["--max-steps", str(params["base_max_steps"])]

@@ -29,8 +29,8 @@ SAMPLE_ASSETS = {
 
 #: A training DAG run's outcome, emitted by its last task whether the gate registered the day's
 #: version or refused it: ``extra = {"ds", "path", "version", "registered", "reason"}`` (``path``
-#: is the version that serves from now on, the previous one after a refusal). nightly_export
-#: runs on both, so a refused gate never stops the day's export.
+#: is the version that serves from now on, the previous one after a refusal). For lineage and
+#: other consumers: nightly_export runs on MODELS_READY below.
 KARMA_MODEL = _asset("models", "karma")
 AIGQ_POLICY = _asset("models", "aigq_policy")
 #: A day whose models are all settled: emitted by whichever of the training DAGs of

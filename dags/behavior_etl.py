@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from dags import ops, runner
 from dags.assets import SAMPLE_ASSETS
@@ -44,11 +44,7 @@ def _schedule():
 
 
 PARAMS = {
-    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
-    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
-    "data_root": Param("", type="string", description="data root; empty = the profile's"),
-    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                description="date to build; empty = the logical date (scheduled: the day that ended)"),
+    **runner.run_params("date to build; empty = the logical date (scheduled: the day that ended)"),
 }
 
 

@@ -46,11 +46,7 @@ DDP_MODULES = ("base_lm.pretrain", "karma_model.train")
 TRAINING_POOL, TRAINING_POOL_SLOTS = training_tasks.training_pool()
 
 PARAMS = {
-    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
-    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
-    "data_root": Param("", type="string", description="data root; empty = the profile's"),
-    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                description="date to train for; empty = the triggering asset events' ds, else the logical date"),
+    **runner.run_params("date to train for; empty = the triggering asset events' ds, else the logical date"),
     "variant": Param("act+gen+rec", type="string", enum=VARIANTS, description="KARMA ablation variant"),
     "base_model": Param("", type="string", description="local HF checkpoint; empty = karma.base_model or base_lm"),
     "max_steps": Param(0, type="integer", minimum=0, maximum=1_000_000,
@@ -72,8 +68,7 @@ PARAMS = {
 
 def _run(module: str, args: list[str], params: dict) -> dict:
     """One step through the runner (torchrun for a DDP entry point when nproc_per_node > 1)."""
-    nproc = training_tasks.nproc_per_node(params) if module in DDP_MODULES else 1
-    return runner.python_step(module, args, params, nproc)
+    return runner.python_step(module, args, params, training_tasks.step_nproc(module, params, DDP_MODULES))
 
 
 @dag(
@@ -95,7 +90,7 @@ def karma_training():
     @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def base_lm(day: str, params=None) -> str:
         """Path of the base LM: configured, newest published at or before the day, or pre-trained now."""
-        from karma_model.release import ensure_base_model
+        from base_lm.release import ensure_base_model
 
         cfg, root = runner.settings(params)
         configured = params.get("base_model") or (cfg.get("karma") or {}).get("base_model")

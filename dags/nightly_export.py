@@ -60,11 +60,7 @@ logger = logging.getLogger(__name__)
 MAX_SHARDS = 1024
 
 PARAMS = {
-    "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
-    "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
-    "data_root": Param("", type="string", description="data root; empty = the profile's"),
-    "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                description="date to export; empty = the triggering asset events' ds, else the logical date"),
+    **runner.run_params("date to export; empty = the triggering asset events' ds, else the logical date"),
     "batch_users": Param(0, type="integer", minimum=0, maximum=10_000_000,
                          description="users per generation/retrieval batch; 0 = export.batch_users"),
     "min_coverage": Param(-1.0, type="number", minimum=-1.0, maximum=1.0,
@@ -99,7 +95,7 @@ def shard_count(params: dict) -> int:
     return n
 
 
-def _run_export(table: str, params: dict, ds: str, run_id: str, extra: list[str] | tuple = ()) -> dict:
+def run_export(table: str, params: dict, ds: str, run_id: str, extra: list[str] | tuple = ()) -> dict:
     """``export.<table> … *extra`` through the step runner; gate and model failures fail the task
     without retry (exit 3 / 4)."""
     return runner.python_step(f"export.{table}", [*_args(params, ds, run_id, table), *extra], params)
@@ -137,7 +133,7 @@ def nightly_export():
 
         shard, n = int(part["shard"]), int(part["num_shards"])
         get_current_context()["shard_label"] = f"{table} shard {shard + 1} of {n}"
-        return _run_export(table, params, ds, run_id, ["--shard", str(shard), "--num-shards", str(n), "--stage-only"])
+        return run_export(table, params, ds, run_id, ["--shard", str(shard), "--num-shards", str(n), "--stage-only"])
 
     @task(map_index_template="{{ shard_label }}")
     def u2q(part: dict, day: str, params=None, run_id=None) -> str:
@@ -147,7 +143,7 @@ def nightly_export():
     @task(outlets=[EXPORT_ASSETS["u2q"]])
     def publish_u2q(parts: list[dict], day: str, params=None, run_id=None, outlet_events=None) -> str:
         """The N parts → previous runs carried → gates → ``exports/u2q/ds=<ds>``; returns its path."""
-        path = _run_export("u2q", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])["path"]
+        path = run_export("u2q", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])["path"]
         _emit(outlet_events, "u2q", day, path)
         return path
 
@@ -156,7 +152,7 @@ def nightly_export():
         """AIGQ-Think trigger → queries → gates → ``exports/x2q/ds=<ds>``; skipped without a Think policy."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        result = _run_export("x2q", params, day, run_id)
+        result = run_export("x2q", params, day, run_id)
         if result.get("skipped"):
             raise AirflowSkipException(result.get("reason", "no Think policy registered"))
         _emit(outlet_events, "x2q", day, result["path"])
@@ -170,7 +166,7 @@ def nightly_export():
     @task(outlets=[EXPORT_ASSETS["u2i"], EXPORT_ASSETS["user_interest_embedding"]])
     def publish_u2i(parts: list[dict], day: str, params=None, run_id=None, outlet_events=None) -> dict:
         """The N parts → gates → ``exports/u2i`` and ``exports/user_interest_embedding`` together."""
-        result = _run_export("u2i", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])
+        result = run_export("u2i", params, day, run_id, ["--publish-parts", "--num-shards", str(len(parts))])
         _emit(outlet_events, "u2i", day, result["path"])
         _emit(outlet_events, "user_interest_embedding", day, result["embedding_path"])
         return {"u2i": result["path"], "user_interest_embedding": result["embedding_path"]}

@@ -62,6 +62,18 @@ def settings(params: Mapping) -> tuple[dict, str]:
     return cfg, root
 
 
+def run_params(ds_description: str) -> dict:
+    """The Params every DAG takes: ``config``, ``profile``, ``data_root`` and ``ds`` (see :func:`resolve_ds`)."""
+    from airflow.sdk import Param
+
+    return {
+        "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
+        "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
+        "data_root": Param("", type="string", description="data root; empty = the profile's"),
+        "ds": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$", description=ds_description),
+    }
+
+
 def common_args(params: Mapping) -> list[str]:
     """``--config/--profile/--data-root`` of the run's Params, for every entry point."""
     out: list[str] = []
@@ -217,7 +229,11 @@ def spark_master(cfg: Mapping) -> str:
     except Exception:  # noqa: BLE001 - no connection (or no Airflow context): the profile decides
         return str((cfg.get("spark") or {}).get("master") or "local[2]")
     host = str(conn.host or "")
-    return f"{host}:{conn.port}" if conn.port and "://" in host else host or str(cfg["spark"]["master"])
+    if not host:
+        return str((cfg.get("spark") or {}).get("master") or "local[2]")
+    if conn.port and "://" not in host:  # the URI form spark://h:7077 parses to host h, port 7077
+        host = f"spark://{host}"
+    return f"{host}:{conn.port}" if conn.port else host
 
 
 def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -> list[str]:

@@ -6,8 +6,6 @@ Parsing a DAG file must stay light: nothing here imports torch.
 
 from __future__ import annotations
 
-import sys
-
 
 def training_pool() -> tuple[str, int]:
     """``(pool, slots)`` of the training tasks: ``runtime.training_pool`` (default Airflow's
@@ -33,10 +31,7 @@ def nproc_per_node(params: dict) -> int:
     return max(1, int((cfg.get("runtime") or {}).get("nproc_per_node") or 1))
 
 
-def command(module: str, args: list[str], nproc: int, ddp_modules: tuple[str, ...]) -> list[str]:
-    """``python -m module args``, or under ``torch.distributed.run`` (torchrun) with ``nproc``
-    processes on this node when ``nproc > 1`` and ``module`` is one of ``ddp_modules``."""
-    if nproc > 1 and module in ddp_modules:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                str(nproc), "-m", module, *args]
-    return [sys.executable, "-m", module, *args]
+def step_nproc(module: str, params: dict, ddp_modules: tuple[str, ...]) -> int:
+    """Processes for one step: :func:`nproc_per_node` for the DAG's DDP entry points
+    (``ddp_modules``, run under torchrun when > 1), 1 for every other step."""
+    return nproc_per_node(params) if module in ddp_modules else 1

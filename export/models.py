@@ -63,7 +63,7 @@ def require_registered(root: str | Path, names: Sequence[str], what: str, ds: st
 
 def load_policy(reg: Registered):
     """``(model, tokenizer)`` of an AIGQ policy; :class:`ExportInputError` naming the path on failure."""
-    from aigq_model.train_sft import load_aigq
+    from aigq_model.load import load_aigq
     from common.device import resolve, use_bf16
 
     try:

@@ -22,7 +22,8 @@ JavaScript, no external asset), with:
 A section whose inputs are missing says so; a section that fails to build shows its error and
 the rest of the page is still written. Every value read from the data is HTML-escaped. The page
 is written to a hidden temporary file and renamed over ``index.html`` (``os.replace``), then
-``_manifest.json`` and ``_SUCCESS`` are written beside it.
+``_manifest.json`` and ``_SUCCESS`` are written beside it. The HTML / Markdown renderer is
+:mod:`export.report_html`; what the sections read comes from :mod:`export.report_inputs`.
 
 Usage::
 
@@ -33,20 +34,37 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import json
 import logging
 import os
-import re
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.steps import emit_result
+from export.report_html import (
+    CSS,
+    esc,
+    figure_png,
+    html_table,
+    img_tag,
+    line_plot_png,
+    markdown_to_html,
+    missing,
+    png_file_tag,
+    pyplot,
+)
+from export.report_inputs import (
+    current,
+    newest_ablation,
+    partition_rows,
+    read_export,
+    read_json,
+    rebase,
+    versions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,246 +82,6 @@ AIGQ_COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@30", "semantic_sim@10", "
 AIGQ_POLICY_PREFIXES = ("aigq_direct", "aigq_think", "aigq_plain")
 ABLATIONS = ("karma_ablation", "aigq_ablation")
 MAX_HEATMAPS = 3
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-CSS = """
-body{font-family:"DejaVu Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;font-size:14px}
-h1{font-size:24px;border-bottom:2px solid #345;padding-bottom:6px}
-h2{font-size:19px;margin-top:36px;border-bottom:1px solid #ccd;padding-bottom:4px;color:#234}
-h3{font-size:16px;margin-top:22px;color:#345}h4,h5{font-size:14px;color:#456}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:12.5px}
-th,td{border:1px solid #ccd;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
-div.scroll{overflow-x:auto;max-width:100%}
-th{background:#eef1f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr:nth-child(even) td{background:#fafbfd}
-.missing{color:#a05a00;background:#fff6e6;border-left:4px solid #e0a040;padding:6px 10px}
-.error{color:#900;background:#fdecec;border-left:4px solid #c33;padding:6px 10px}
-.meta{color:#666;font-size:12px}code{background:#f2f2f2;padding:0 3px;font-size:12px}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:6px 0}
-nav a{margin-right:14px}ol.queries{margin:0;padding-left:20px}
-"""
-
-
-# --- HTML helpers ----------------------------------------------------------------------------------
-def esc(value: object) -> str:
-    """HTML-escaped text of any value (quotes too).
-
-    >>> esc('<script>alert("x")</script>')
-    '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;'
-    """
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def fmt(value: object, digits: int = 4) -> str:
-    """A cell value as text: ``–`` for missing or NaN, floats with ``digits`` decimals.
-
-    >>> [fmt(None), fmt(0.123456), fmt(1234567), fmt(float("nan")), fmt("a")]
-    ['–', '0.1235', '1,234,567', '–', 'a']
-    """
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(\s*±\s*[\d.]+)?%?", text.strip()))
-
-
-def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], raw_html: bool = False) -> str:
-    """A table; cells are formatted with :func:`fmt` and escaped (``raw_html``: string headers
-    and cells are already HTML). Numeric-looking cells are right-aligned."""
-    out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{h if raw_html else esc(h)}</th>" for h in headers),
-           "</tr></thead><tbody>"]
-    for row in rows:
-        out.append("<tr>")
-        for cell in row:
-            text = cell if raw_html and isinstance(cell, str) else esc(fmt(cell))
-            cls = ' class="num"' if _is_number(html.unescape(re.sub(r"<[^>]+>", "", text))) else ""
-            out.append(f"<td{cls}>{text}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
-
-
-def missing(text: str) -> str:
-    return f'<p class="missing">{esc(text)}</p>'
-
-
-def img_tag(png: bytes, alt: str) -> str:
-    """An ``<img>`` with the PNG inline as a data URI (``ValueError`` if ``png`` is not a PNG)."""
-    if not png.startswith(PNG_MAGIC):
-        raise ValueError(f"not a PNG: {alt}")
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
-
-
-def png_file_tag(path: Path, alt: str) -> str:
-    """The PNG file inline, or a note saying why it is not shown."""
-    if not path.is_file():
-        return missing(f"no image at {path}")
-    png = path.read_bytes()
-    if not png.startswith(PNG_MAGIC):
-        return missing(f"{path} is not a PNG file")
-    return img_tag(png, alt)
-
-
-def figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-# --- Markdown (the subset our reports write) ---------------------------------------------------------
-_IMG_RE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
-
-
-def _inline(text: str) -> str:
-    """Escape, then ``code`` and **bold**."""
-    out = esc(text)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def markdown_to_html(text: str, base_dir: Path | None = None, heading_offset: int = 2) -> str:
-    """Headings, paragraphs, bullet lists, pipe tables and images (local PNGs next to the file,
-    embedded; anything else named, never linked) as HTML. Every text is escaped.
-
-    >>> markdown_to_html("# T\\n\\n| a | b |\\n|---|---|\\n| <x> | 0.5 |")
-    '<h3>T</h3>\\n<div class="scroll"><table><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>&lt;x&gt;</td><td class="num">0.5</td></tr></tbody></table></div>'
-    """
-    lines = text.splitlines()
-    out: list[str] = []
-    para: list[str] = []
-    bullets: list[str] = []
-
-    def flush():
-        if para:
-            out.append("<p>" + " ".join(_inline(p) for p in para) + "</p>")
-            para.clear()
-        if bullets:
-            out.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in bullets) + "</ul>")
-            bullets.clear()
-
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        heading = re.match(r"^(#{1,6})\s+(.*)$", line)
-        image = _IMG_RE.match(line.strip())
-        if not line.strip():
-            flush()
-        elif heading:
-            flush()
-            level = min(len(heading.group(1)) + heading_offset, 6)
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif line.lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|?[\s:|-]+\|?\s*$",
-                                                                               lines[i + 1]) \
-                and "-" in lines[i + 1]:
-            flush()
-            headers = _cells(line)
-            i += 2
-            body = []
-            while i < len(lines) and lines[i].lstrip().startswith("|"):
-                body.append([_inline(c) for c in _cells(lines[i])])
-                i += 1
-            out.append(html_table([_inline(h) for h in headers], body, raw_html=True))
-            continue
-        elif image:
-            flush()
-            alt, src = image.groups()
-            if re.match(r"^[a-z]+:", src) or base_dir is None:
-                out.append(missing(f"image not embedded: {src}"))
-            else:
-                out.append(png_file_tag(base_dir / src, alt))
-        elif re.match(r"^\s*[-*]\s+", line):
-            if para:
-                flush()
-            bullets.append(re.sub(r"^\s*[-*]\s+", "", line))
-        else:
-            if bullets:
-                flush()
-            para.append(line.strip())
-        i += 1
-    flush()
-    return "\n".join(out)
-
-
-# --- inputs ------------------------------------------------------------------------------------------
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("unreadable %s: %s", path, exc)
-        return None
-
-
-def partition_rows(root: Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
-    """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
-    from common.arrow_io import parquet_row_count
-    from common.paths import is_published, partition_path
-    from common.publish import read_manifest
-
-    path = partition_path(root, area, table, ds)
-    if not is_published(path):
-        return None, {}
-    manifest = read_manifest(path)
-    rows = manifest.get("rows")
-    return (int(rows) if isinstance(rows, int) else parquet_row_count(path)), manifest
-
-
-def rebase(path_text: str | None, root: Path, area: str) -> Path | None:
-    """A recorded absolute path, or the same path under this root's ``area`` folder when the data
-    root was moved since it was recorded."""
-    if not path_text:
-        return None
-    path = Path(path_text)
-    if path.exists():
-        return path
-    parts = path.parts
-    if area in parts:
-        moved = root.joinpath(area, *parts[len(parts) - parts[::-1].index(area):])
-        if moved.exists():
-            return moved
-    return path
-
-
-def versions(root: Path, name: str) -> list[Path]:
-    """Version folders of ``models/<name>`` (hidden temporaries skipped), oldest first."""
-    base = root / "models" / name
-    if not base.is_dir():
-        return []
-    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-
-
-def current(root: Path, name: str) -> str | None:
-    from common.registry import current_version
-
-    try:
-        return current_version(root, name)
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 # --- sections ----------------------------------------------------------------------------------------
@@ -358,7 +136,7 @@ def section_etl(ctx: Context) -> Section:
         q = sum(counts[f"quarantine/{t}"][i] or 0 for t in ETL_TABLES["quarantine"])
         clean = sum(counts[f"clean/{t}"][i] or 0 for t in ETL_TABLES["clean"])
         share.append(100.0 * q / (q + clean) if q + clean else float("nan"))
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
     x = range(len(days))
     ax1.bar(x, [n or 0 for n in counts["clean/behavior_events"]], color="#4878a8")
@@ -418,27 +196,6 @@ def section_exports(ctx: Context) -> Section:
     return Section("exports", "Exports", body)
 
 
-def _line_plot(series: Mapping[str, Sequence[tuple[str, float | None]]], title: str, ylabel: str,
-               dashed: Iterable[str] = ()) -> bytes:
-    """One line per series over the sorted union of x labels (versions)."""
-    plt = _plt()
-    xs = sorted({x for points in series.values() for x, _ in points})
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    dashed = set(dashed)
-    for name, points in series.items():
-        values = dict(points)
-        ys = [values.get(x) for x in xs]
-        ys = [float("nan") if y is None else float(y) for y in ys]
-        ax.plot(range(len(xs)), ys, marker="o", linestyle="--" if name in dashed else "-", label=name)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.set_xlabel("model version")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_xticks(range(len(xs)), xs, rotation=30)
-    return figure_png(fig)
-
-
 def section_karma(ctx: Context) -> Section:
     folders = versions(ctx.root, "karma")
     if not folders:
@@ -447,8 +204,8 @@ def section_karma(ctx: Context) -> Section:
     cur = current(ctx.root, "karma")
     rows, plot, heatmaps = [], {"hr@10": [], "hr@200": [], "popularity_hr@200": []}, []
     for folder in folders:
-        manifest = _json(folder / "manifest.json") or {}
-        metrics_file = _json(folder / "metrics.json") or {}
+        manifest = read_json(folder / "manifest.json") or {}
+        metrics_file = read_json(folder / "metrics.json") or {}
         # metrics.json is the evaluation itself; a registered manifest's "metrics" is its summary
         summary = metrics_file.get("summary") or manifest.get("metrics") or {}
         v = folder.name
@@ -462,7 +219,7 @@ def section_karma(ctx: Context) -> Section:
              f'); CURRENT = {esc(cur or "none")}.</p>',
              html_table(["version", "current", "variant", "eval ds", *KARMA_COLUMNS], rows)]
     if any(y is not None for pts in plot.values() for _, y in pts):
-        parts.append(img_tag(_line_plot(plot, "KARMA test HR per model version", "HR",
+        parts.append(img_tag(line_plot_png(plot, "KARMA test HR per model version", "HR",
                                         dashed=["popularity_hr@200"]), "KARMA HR per version"))
     else:
         parts.append(missing("no KARMA metrics recorded (nothing to plot)"))
@@ -495,7 +252,7 @@ def section_aigq(ctx: Context) -> Section:
         for name in names:
             cur = current(ctx.root, name)
             for folder in versions(ctx.root, name):
-                metrics = _json(folder / "metrics.json")
+                metrics = read_json(folder / "metrics.json")
                 if metrics is None:
                     rows.append([name, folder.name, folder.name == cur, "no metrics.json", None, None,
                                  *([None] * len(AIGQ_COLUMNS)), None])
@@ -516,7 +273,7 @@ def section_aigq(ctx: Context) -> Section:
                   html_table(["model", "version", "current", "eval ds", "split", "samples", *AIGQ_COLUMNS,
                               "popularity query_hr@30"], rows)]
         if any(y is not None for pts in plot.values() for _, y in pts):
-            parts.append(img_tag(_line_plot(plot, "AIGQ Query HR@30 per model version", "Query HR@30",
+            parts.append(img_tag(line_plot_png(plot, "AIGQ Query HR@30 per model version", "Query HR@30",
                                             dashed=["popularity baseline"]), "AIGQ Query HR@30 per version"))
     else:
         parts.append(missing("no AIGQ policy versions (aigq_direct*, aigq_think*, aigq_plain*)"))
@@ -525,7 +282,7 @@ def section_aigq(ctx: Context) -> Section:
         cur = current(ctx.root, "aigq_ctr")
         rows, plot = [], {"model AUC": [], "query-CTR baseline AUC": []}
         for folder in ctr_versions:
-            m = _json(folder / "metrics.json") or ((_json(folder / "manifest.json") or {}).get("metrics") or {})
+            m = read_json(folder / "metrics.json") or ((read_json(folder / "manifest.json") or {}).get("metrics") or {})
             model, base = m.get("model") or {}, m.get("baseline_query_ctr") or {}
             logged = m.get("model_logged_position") or {}
             rows.append([folder.name, folder.name == cur, m.get("eval_on"), m.get("eval_ds"), model.get("n"),
@@ -536,23 +293,11 @@ def section_aigq(ctx: Context) -> Section:
         parts.append(html_table(["version", "current", "eval on", "eval ds", "rows", "clicks", "AUC", "log-loss",
                                  "log-loss (logged position)", "baseline AUC", "baseline log-loss"], rows))
         if any(y is not None for pts in plot.values() for _, y in pts):
-            parts.append(img_tag(_line_plot(plot, "CTR model AUC per version", "AUC",
+            parts.append(img_tag(line_plot_png(plot, "CTR model AUC per version", "AUC",
                                             dashed=["query-CTR baseline AUC"]), "CTR AUC per version"))
     else:
         parts.append(missing(f"no aigq_ctr versions under {ctx.root / 'models' / 'aigq_ctr'}"))
     return Section("aigq", "AIGQ", "".join(parts))
-
-
-def newest_ablation(root: Path, name: str, ds: str) -> Path | None:
-    """``reports/<name>/ds=*/ablation.md`` of the newest date at or before ``ds`` (else the newest)."""
-    base = root / "reports" / name
-    if not base.is_dir():
-        return None
-    found = sorted(p for p in base.glob("ds=*/ablation.md"))
-    if not found:
-        return None
-    before = [p for p in found if p.parent.name[3:] <= ds]
-    return (before or found)[-1]
 
 
 def section_ablations(ctx: Context) -> Section:
@@ -578,22 +323,12 @@ def section_ablations(ctx: Context) -> Section:
     return Section("ablations", "Ablations", "".join(parts), "ok" if files else "missing")
 
 
-def _read_export(ctx: Context, table: str, columns: Sequence[str]):
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-
-    if not is_published(partition_path(ctx.root, "exports", table, ctx.ds)):
-        return None
-    t = read_partition(ctx.root, "exports", table, ctx.ds)
-    return t.select([c for c in columns if c in t.column_names])
-
-
 def section_samples(ctx: Context) -> Section:
     from common.paths import partition_path
 
     parts, found = [], 0
     parts.append("<h3>u2q: ranked query lists</h3>")
-    u2q = _read_export(ctx, "u2q", ["user_id", "run_ds", "rank", "query", "source", "model_name", "model_version"])
+    u2q = read_export(ctx.root, ctx.ds, "u2q", ["user_id", "run_ds", "rank", "query", "source", "model_name", "model_version"])
     if u2q is None:
         parts.append(missing(f"u2q not published: {partition_path(ctx.root, 'exports', 'u2q', ctx.ds)}"))
     else:
@@ -611,7 +346,7 @@ def section_samples(ctx: Context) -> Section:
                      f"({len(df):,} rows, every kept run).</p>")
         parts.append(html_table(["user", "run ds", "model", "queries"], rows, raw_html=True))
     parts.append("<h3>x2q: trigger → queries</h3>")
-    x2q = _read_export(ctx, "x2q", ["trigger_key", "rank", "query", "score", "s_rel", "s_eff", "ctr", "support",
+    x2q = read_export(ctx.root, ctx.ds, "x2q", ["trigger_key", "rank", "query", "score", "s_rel", "s_eff", "ctr", "support",
                                     "attribution"])
     if x2q is None:
         parts.append(missing(f"x2q not published: {partition_path(ctx.root, 'exports', 'x2q', ctx.ds)}"))
@@ -621,7 +356,7 @@ def section_samples(ctx: Context) -> Section:
         parts.append(f'<p class="meta">The first {head.num_rows} of {x2q.num_rows:,} rows.</p>')
         parts.append(html_table(head.column_names, ([r[c] for c in head.column_names] for r in head.to_pylist())))
     parts.append("<h3>u2i: top items</h3>")
-    u2i = _read_export(ctx, "u2i", ["user_id", "rank", "item_id", "score"])
+    u2i = read_export(ctx.root, ctx.ds, "u2i", ["user_id", "rank", "item_id", "score"])
     if u2i is None:
         parts.append(missing(f"u2i not published: {partition_path(ctx.root, 'exports', 'u2i', ctx.ds)}"))
     else:
@@ -668,6 +403,11 @@ def render_page(ctx: Context, sections: Sequence[Section]) -> str:
 
 
 def report_dir(root: str | Path, ds: str) -> Path:
+    """The report partition of ``ds``.
+
+    >>> report_dir("/data", "2026-11-03").as_posix()
+    '/data/reports/ds=2026-11-03'
+    """
     from common.paths import check_ds
 
     return Path(root) / "reports" / f"ds={check_ds(ds)}"

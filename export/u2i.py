@@ -76,7 +76,7 @@ def load_karma_release(root: str, ds: str | None = None):
     from export import models
     from export.data import ExportInputError
     from karma_model.index import IndexLoadError, load_index
-    from karma_model.train import load_karma
+    from karma_model.load import load_karma
 
     reg = models.require_registered(root, (MODEL,), "KARMA model", ds)
     index_dir = reg.manifest.get("index_dir") or str(Path(root) / "indexes" / MODEL / reg.version)
@@ -259,7 +259,8 @@ def export_u2i(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
     """Embed, retrieve, gate and publish ``exports/u2i`` and ``exports/user_interest_embedding``."""
     from common.publish import staged_partitions
     from export.data import ExportConfig
-    from export.publish import StagedTable, apply_retention
+    from export.publish import apply_retention
+    from export.staging import StagedTable
 
     ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
     ret = _Retrieval(root, ds, run_id, ex)
@@ -280,7 +281,8 @@ def stage_u2i_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_
     """Retrieve and embed shard ``shard`` of ``num_shards``'s active users into its staging part
     (both tables; no gates, nothing published); returns the part's summary."""
     from export.data import ExportConfig, check_shard, users_digest
-    from export.publish import shard_fault_hook, staged_part
+    from export.publish import shard_fault_hook
+    from export.staging import staged_part
 
     shard, num_shards = check_shard(shard, num_shards)
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
@@ -308,14 +310,8 @@ def publish_u2i_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     whole tables and publish ``exports/u2i`` and ``exports/user_interest_embedding`` together (all
     parts or nothing); then remove the run's staging folder. Loads no model."""
     from common.publish import staged_partitions
-    from export.publish import (
-        StagedTable,
-        apply_retention,
-        merged_parts,
-        remove_staging,
-        shard_summary,
-        sum_counts,
-    )
+    from export.publish import apply_retention
+    from export.staging import StagedTable, merged_parts, remove_staging, shard_summary, sum_counts
 
     t0 = time.perf_counter()
     ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)

@@ -25,7 +25,7 @@ list lengths in [``min_list_len``, k], at most M runs per user.
 
 Shards (``nightly_export`` maps one task per shard): ``--shard I --num-shards N --stage-only``
 generates the lists of shard I's active users (``crc32(user_id) mod N``, :mod:`export.data`) into
-its part under ``exports/_staging/u2q/ds=<ds>/<run>/`` (:mod:`export.publish`); then
+its part under ``exports/_staging/u2q/ds=<ds>/<run>/`` (:mod:`export.staging`); then
 ``--publish-parts --num-shards N`` merges the N parts, carries the previous runs and runs the
 same gates on the whole table as above before publishing. Every user's list depends on their own
 history only (greedy decoding; the generation batches differ with N but left-padded greedy
@@ -114,7 +114,7 @@ def previous_snapshot(root, ds: str) -> tuple[pa.Table | None, str | None]:
     from common.arrow_io import read_partition
     from common.paths import published_ds
     from common.schemas import U2Q
-    from export.publish import AREA
+    from export.staging import AREA
 
     before = [d for d in published_ds(root, AREA, TABLE) if d < ds]
     if not before:
@@ -141,7 +141,7 @@ def gate_u2q(table: pa.Table, today: pa.Table, active, ex, blocked) -> dict:
     })
 
 
-class _Generation:
+class U2QGeneration:
     """The policy, decoding settings and inputs of one run (or one shard of it), and the loop that
     writes the lists of the run's active users batch by batch."""
 
@@ -235,10 +235,11 @@ def export_u2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
     """Generate, gate and publish ``exports/u2q/ds=<ds>``; returns the manifest summary."""
     from common.publish import staged_partitions
     from export.data import ExportConfig
-    from export.publish import StagedTable, apply_retention
+    from export.publish import apply_retention
+    from export.staging import StagedTable
 
     ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
-    gen = _Generation(cfg, root, ds, run_id, ex, max_new_tokens)
+    gen = U2QGeneration(cfg, root, ds, run_id, ex, max_new_tokens)
     manifest = gen.manifest
     t0 = time.perf_counter()
     with staged_partitions() as batch:
@@ -257,11 +258,12 @@ def stage_u2q_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_
     """Generate the lists of shard ``shard`` of ``num_shards``'s active users into its staging part
     (no gates, nothing published); returns the part's summary."""
     from export.data import ExportConfig, check_shard, users_digest
-    from export.publish import shard_fault_hook, staged_part
+    from export.publish import shard_fault_hook
+    from export.staging import staged_part
 
     shard, num_shards = check_shard(shard, num_shards)
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
-    gen = _Generation(cfg, root, ds, run_id, ex, max_new_tokens, shard=(shard, num_shards))
+    gen = U2QGeneration(cfg, root, ds, run_id, ex, max_new_tokens, shard=(shard, num_shards))
     manifest = {**gen.manifest, "users": len(gen.inputs.active), "users_sha256": users_digest(gen.inputs.active),
                 "active_total": gen.inputs.active_total}
     t0 = time.perf_counter()
@@ -285,14 +287,8 @@ def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     nothing); then remove the run's staging folder. Loads no model."""
     from common.publish import staged_partitions
     from export import models
-    from export.publish import (
-        StagedTable,
-        apply_retention,
-        merged_parts,
-        remove_staging,
-        shard_summary,
-        sum_counts,
-    )
+    from export.publish import apply_retention
+    from export.staging import StagedTable, merged_parts, remove_staging, shard_summary, sum_counts
 
     t0 = time.perf_counter()
     ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)

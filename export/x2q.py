@@ -221,7 +221,7 @@ def load_ctr_model(root: str, ds: str | None = None):
     if reg is None:
         logger.info("no registered aigq_ctr: S_eff = popularity only")
         return None, None
-    from aigq_model.ctr import load_ctr
+    from aigq_model.ctr_model import load_ctr
 
     try:
         return load_ctr(reg.path), reg.version
@@ -232,12 +232,13 @@ def load_ctr_model(root: str, ds: str | None = None):
 def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
                max_new_tokens: int | None = None) -> dict:
     """Generate Think outputs, score the trigger -> query pairs, gate and publish ``exports/x2q``."""
-    from aigq_model.ctr import context_from_sample
+    from aigq_model.ctr_model import context_from_sample
     from aigq_model.generate import generate_lists
     from common.publish import staged_partitions
     from export import gates, models
     from export.data import ExportConfig, anchor_time, build_samples, chunks, load_inputs
-    from export.publish import StagedTable, apply_retention, content_hash, fault_hook
+    from export.publish import apply_retention, content_hash, fault_hook
+    from export.staging import StagedTable
 
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
     reg = models.resolve_registered(root, POLICIES, ds)

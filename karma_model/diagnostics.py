@@ -1,6 +1,6 @@
 """Collapse diagnostics: attention-sink ratio, information abundance, semantic fidelity.
 
-- Attention sinks (METHOD.md §1): ``α(l,h) = mean_{i≥k} A[i,k]`` with ``k`` the row's first
+- Attention sinks (docs/method.md, "KARMA"): ``α(l,h) = mean_{i≥k} A[i,k]`` with ``k`` the row's first
   real token; the sink ratio is the share of (layer, head) pairs with ``α > ε`` (ε = 0.3).
 - Embedding collapse: information abundance ``‖σ‖₁ / ‖σ‖∞`` of the user-embedding matrix.
 - Semantic fidelity of text decoded from ``e_u``: token accuracy and ROUGE-L F.

@@ -74,8 +74,8 @@ def embed_catalogue(model_dir: str | Path, data_root: str | Path, ds: str, out_d
     from common.paths import latest_published_ds
     from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus
     from karma_model.index import build_index, save_index
+    from karma_model.load import load_karma
     from karma_model.model import embed_items
-    from karma_model.train import load_karma
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -105,8 +105,8 @@ def embed_catalogue(model_dir: str | Path, data_root: str | Path, ds: str, out_d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from base_lm.pretrain import quiet_offline_hf
     from common.config import load_config
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds
 

@@ -26,19 +26,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from common.steps import emit_result
+from common.steps import emit_result, write_json_atomic
+from karma_model.eval_report import plot_attention, plot_hit_rates, render_report
 from karma_model.metrics import DEFAULT_KS, exact_topk_and_ranks, recall_loss, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -289,132 +287,6 @@ def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mappi
 
 
 # --- report ------------------------------------------------------------------------------------------
-def method_table(metrics: Mapping, split: str) -> dict[str, dict]:
-    """``{method label: retrieval metrics}`` of one split: the model (exact, index), compares, baselines."""
-    rows: dict[str, dict] = {}
-    label = f"karma[{metrics.get('variant', '?')}]"
-    model = metrics["model"]
-    if split in model["exact"]:
-        rows[label] = model["exact"][split]
-    if split in model.get("index", {}):
-        rows[f"{label} index"] = model["index"][split]
-    for name, comp in metrics.get("compare", {}).items():
-        if split in comp.get("exact", {}):
-            rows[name] = comp["exact"][split]
-    for name, base in metrics.get("baselines", {}).items():
-        if split in base["metrics"]:
-            rows[name] = base["metrics"][split]
-    return rows
-
-
-def plot_hit_rates(metrics: Mapping, split: str, path: Path) -> Path | None:
-    """Line plot of HR@K per method (log-scaled K)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = method_table(metrics, split)
-    if not rows:
-        return None
-    ks = metrics.get("ks", DEFAULT_KS)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, m in rows.items():
-        ax.plot(ks, [m[f"hr@{k}"] for k in ks], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(list(ks), [str(k) for k in ks])
-    ax.set_xlabel("K")
-    ax.set_ylabel("HR@K")
-    ax.set_title(f"HR@K on {split} ({metrics.get('eval_ds')}, {rows[next(iter(rows))]['n']} samples)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_attention(alphas: Mapping[str, np.ndarray], path: Path, eps: float = 0.3) -> Path | None:
-    """Heatmaps of α(layer, head), one panel per model, shared colour scale [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not alphas:
-        return None
-    n = len(alphas)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3), squeeze=False)
-    image = None
-    for ax, (name, alpha) in zip(axes[0], alphas.items(), strict=True):
-        alpha = np.asarray(alpha)
-        image = ax.imshow(alpha, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_title(f"{name}\nsink ratio {(alpha > eps).mean():.2f}", fontsize=8)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(alpha.shape[1]))
-        ax.set_yticks(range(alpha.shape[0]))
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="α = mean attention to first token")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return "nan" if x != x else f"{x:.4f}"
-    return str(x)
-
-
-def render_report(metrics: Mapping, plots: Mapping[str, str]) -> str:
-    """Markdown report: retrieval tables per split, index recall loss, diagnostics, plots."""
-    ks = metrics.get("ks", DEFAULT_KS)
-    cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["n"]
-    lines = [f"# KARMA evaluation: {metrics.get('variant')} @ {metrics.get('ds')}", "",
-             f"Model `{metrics.get('model_dir')}`; evaluated on the {metrics.get('eval_ds')} splits; "
-             f"{metrics.get('n_items')} catalogue items; history items filtered; baselines tuned on valid "
-             f"({TUNE_METRIC}).", ""]
-    for split in metrics.get("splits", []):
-        rows = method_table(metrics, split)
-        if not rows:
-            continue
-        lines += [f"## Retrieval, {split}", "", "| method | " + " | ".join(cols) + " |",
-                  "|---" * (len(cols) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for name, m in rows.items()]
-        rl = metrics["model"].get("recall_loss", {}).get(split)
-        if rl:
-            lines += ["", "Index recall loss (exact − index): "
-                      + ", ".join(f"{k} {v:+.4f}" for k, v in rl.items() if k.startswith("hr@"))]
-        lines.append("")
-    lines += ["## Diagnostics", "", "| model | sink ratio | per-layer mean α | information abundance | "
-              "rec token acc | ROUGE-L |", "|---|---|---|---|---|---|"]
-    diag_rows = {f"karma[{metrics.get('variant')}]": metrics["model"]["diagnostics"]}
-    diag_rows.update({name: c.get("diagnostics", {}) for name, c in metrics.get("compare", {}).items()})
-    for name, d in diag_rows.items():
-        layer = d.get("sink", {}).get("layer_alpha_mean")
-        lines.append(f"| {name} | {_fmt(d.get('sink_ratio'))} | "
-                     f"{', '.join(f'{a:.2f}' for a in layer) if layer else '–'} | "
-                     f"{_fmt(d.get('information_abundance'))} | {_fmt(d.get('reconstruction_token_accuracy'))} | "
-                     f"{_fmt(d.get('rouge_l'))} |")
-    if metrics.get("baselines"):
-        lines += ["", "## Baseline parameters (tuned on valid)", ""]
-        lines += [f"- {name}: `{json.dumps(b['params'])}`" for name, b in metrics["baselines"].items()]
-    lines.append("")
-    for title, file in plots.items():
-        lines += [f"![{title}]({file})", ""]
-    return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: Mapping) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
-    return path
-
-
 def _json_default(x):
     if isinstance(x, np.generic):
         return x.item()
@@ -424,7 +296,8 @@ def _json_default(x):
 
 
 def write_report(metrics: Mapping, out_dir: str | Path, alphas: Mapping[str, np.ndarray]) -> Path:
-    """Publish ``report.md``, ``metrics.json`` and the PNGs atomically into ``out_dir``."""
+    """Publish ``report.md``, ``metrics.json`` and the PNGs (:mod:`karma_model.eval_report`) atomically
+    into ``out_dir``."""
     from common.publish import atomic_partition
 
     manifest = {"kind": "karma_eval_report", "model_dir": metrics.get("model_dir"), "ds": metrics.get("ds")}
@@ -435,8 +308,8 @@ def write_report(metrics: Mapping, out_dir: str | Path, alphas: Mapping[str, np.
                 plots[f"HR@K {split}"] = f"hr_at_k_{split}.png"
         if plot_attention(alphas, tmp / "attention_sinks.png"):
             plots["attention α(layer, head)"] = "attention_sinks.png"
-        (tmp / "report.md").write_text(render_report(metrics, plots))
-        write_json_atomic(tmp / METRICS_FILE, metrics)
+        (tmp / "report.md").write_text(render_report(metrics, plots, TUNE_METRIC))
+        write_json_atomic(tmp / METRICS_FILE, metrics, default=_json_default)
     return Path(out_dir)
 
 
@@ -444,8 +317,8 @@ def write_report(metrics: Mapping, out_dir: str | Path, alphas: Mapping[str, np.
 def _load_compare(path: Path, config, attn: str = "sdpa"):
     """``(model, tokenizer, is_karma)``: a KARMA folder, or a plain causal LM wrapped for diagnostics."""
     from karma_model.config import CONFIG_FILE
+    from karma_model.load import load_karma
     from karma_model.model import KarmaModel
-    from karma_model.train import load_karma
 
     if (path / CONFIG_FILE).is_file():
         model, tok = load_karma(path, attn_implementation=attn)
@@ -461,7 +334,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
     """Full evaluation of one model folder; returns ``(metrics, {model name: α matrix})``."""
     from base_lm.load import read_manifest
     from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus, read_samples
-    from karma_model.train import load_karma
+    from karma_model.load import load_karma
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -564,8 +437,8 @@ def summary(model_result: Mapping, baseline_results: Mapping, split: str = "test
 
 
 def main(argv: list[str] | None = None) -> int:
-    from base_lm.pretrain import quiet_offline_hf
     from common.config import load_config
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds, partition_path
     from karma_model.embed import index_params_from_config
@@ -600,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                               metrics["eval_ds"])
     metrics["report_dir"] = str(report_dir)
     write_report(metrics, report_dir, alphas)
-    model_metrics = write_json_atomic(Path(args.model_dir) / METRICS_FILE, metrics)
+    model_metrics = write_json_atomic(Path(args.model_dir) / METRICS_FILE, metrics, default=_json_default)
     if args.out:
-        write_json_atomic(Path(args.out), metrics)
+        write_json_atomic(Path(args.out), metrics, default=_json_default)
     emit_result({"metrics_path": str(model_metrics), "report_dir": str(report_dir),
                  "summary": metrics["summary"]}, default=_json_default)
     return 0

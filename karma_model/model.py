@@ -1,5 +1,5 @@
 """KARMA: a causal-LM backbone that emits a next-interest embedding, trained with an action loss
-and two train-only knowledge regularisers (METHOD.md §1).
+and two train-only knowledge regularisers (docs/method.md, "KARMA").
 
 - ``e_u = normalize(W_u · h(<INTEREST>))`` — the hidden state at the ``<INTEREST>`` token after the
   serialised history (last-token pooling; left or right padding both handled).
@@ -16,7 +16,7 @@ embeddings are all-gathered with gradient (``torch.distributed.nn.functional.all
 present on several ranks count once (by catalogue row, ``candidate_rows``), and each term is
 re-weighted to its rank's share of the global mean (users, target tokens, image rows), so the mean
 over ranks — what DDP's gradient averaging optimises — equals the single-process loss of the
-whole global batch, value and gradient (see :func:`gather_candidates`).
+whole global batch, value and gradient (see :func:`karma_model.losses.gather_candidates`).
 
 Inference (:meth:`KarmaModel.encode_history`, :meth:`KarmaModel.encode_items`) uses only the
 backbone, ``W_u``/``W_i`` and the image adapter, so its cost is the same for every variant.
@@ -25,7 +25,6 @@ backbone, ``W_u``/``W_i`` and the image adapter, so its cost is the same for eve
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from common.ddp import distributed_training, global_mean_scale
 from karma_model.config import KarmaConfig
 from karma_model.data import IGNORE, KARMA_TOKENS, KarmaEncoder, collate_histories, collate_items
-
-logger = logging.getLogger(__name__)
+from karma_model.losses import (
+    gather_candidates,
+    image_regression_loss,
+    info_nce_loss,
+    lm_target_count,
+    shifted_lm_loss,
+)
 
 BACKBONE_DIR = "backbone"
 HEADS_FILE = "heads.safetensors"
@@ -59,7 +64,7 @@ class KarmaOutput(ModelOutput):
     item_emb: torch.Tensor | None = None  # (n_candidates, proj_dim)
 
 
-# --- pure pieces (tested against hand-computed values) ------------------------------------------
+# --- pure pieces (pooling, positions, token ids; the losses: karma_model.losses) ----------------
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Hidden state of each row's last real token, for left- or right-padded batches.
 
@@ -69,108 +74,6 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
         return hidden[:, -1]
     last = attention_mask.long().sum(dim=1) - 1  # (batch,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-def info_nce_loss(
-    user_emb: torch.Tensor,
-    item_emb: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-    candidate_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``-log softmax(s(u, i) / τ)[label]`` averaged over users; returns ``(loss, logits)``.
-
-    ``user_emb`` (B, d) and ``item_emb`` (U, d) are unit vectors, so ``s`` is the cosine;
-    ``candidate_mask`` (B, U) excludes candidates (False) from a user's denominator.
-    """
-    logits = user_emb @ item_emb.T / temperature  # (B, U)
-    if candidate_mask is not None:
-        logits = logits.masked_fill(~candidate_mask, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits.float(), labels), logits
-
-
-_warned_no_rows = False
-
-
-def distributed_training() -> bool:
-    """True inside a torchrun process group of more than one rank."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_candidates(
-    item_emb: torch.Tensor, labels: torch.Tensor, candidate_rows: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Every rank's InfoNCE candidates, for this rank's users: ``(items (U_all, d), labels (B,),
-    candidate_mask (B, U_all) or None)``. Every rank must call it.
-
-    Items are gathered in rank order with gradient: the backward of the gather sums the gradients
-    every rank's loss sends to this rank's items, and DDP's mean over ranks then equals the
-    gradient of the global mean. ``candidate_rows`` (U,) — catalogue rows of this rank's
-    candidates — lets an item that several ranks hold count once, as in one process where the
-    collator deduplicates the whole batch: later copies leave every denominator and a label on a
-    later copy moves to the first. Without it duplicates stay (a small bias; a warning says so).
-    """
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    n_local = item_emb.shape[0]
-    sizes = [torch.zeros(1, dtype=torch.long, device=item_emb.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.long, device=item_emb.device))
-    sizes = [int(x) for x in sizes]
-    width = max(sizes)
-    padded = F.pad(item_emb, (0, 0, 0, width - n_local))  # (width, d): equal shapes for the gather
-    items = torch.cat([g[:n] for g, n in zip(all_gather(padded), sizes, strict=True)])  # (U_all, d)
-    labels = labels + sum(sizes[:rank])
-    if candidate_rows is None:
-        global _warned_no_rows
-        if not _warned_no_rows:
-            logger.warning("no candidate_rows: an item held by several ranks counts more than once in L_act")
-            _warned_no_rows = True
-        return items, labels, None
-    rows = F.pad(candidate_rows.to(item_emb.device).long(), (0, width - n_local), value=-1)
-    gathered = [torch.empty_like(rows) for _ in range(world)]
-    dist.all_gather(gathered, rows)
-    rows = torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)])  # (U_all,)
-    _, inverse = torch.unique(rows, return_inverse=True)
-    position = torch.arange(rows.shape[0], device=rows.device)
-    first = torch.full((int(inverse.max()) + 1,), rows.shape[0], dtype=torch.long, device=rows.device)
-    first = first.scatter_reduce(0, inverse, position, reduce="amin")[inverse]  # (U_all,)
-    keep = first == position
-    return items, first[labels], keep.unsqueeze(0).expand(labels.shape[0], -1)
-
-
-def lm_target_count(labels: torch.Tensor) -> int:
-    """How many positions :func:`shifted_lm_loss` averages over for ``labels``."""
-    return int((labels[:, 1:] != IGNORE).sum())
-
-
-def shifted_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    """Next-token cross entropy of positions whose next label is not ``IGNORE``.
-
-    ``hidden`` (B, L, h) and ``labels`` (B, L) are aligned like HF ``labels`` (position t predicts
-    ``labels[t + 1]``); the LM head runs on the selected positions only.
-    """
-    targets = labels[:, 1:]  # (B, L-1)
-    keep = targets != IGNORE
-    if not bool(keep.any()):
-        return hidden.sum() * 0.0
-    logits = lm_head(hidden[:, :-1][keep])  # (n_targets, vocab)
-    return F.cross_entropy(logits.float(), targets[keep])
-
-
-def image_regression_loss(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "cosine"
-) -> torch.Tensor:
-    """Mean over rows with an image of ``1 - cos(pred, target)`` or of the per-row MSE."""
-    if not bool(mask.any()):
-        return pred.sum() * 0.0
-    pred, target = pred[mask].float(), target[mask].float()  # (n, image_dim)
-    if kind == "mse":
-        return F.mse_loss(pred, target)
-    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -441,8 +344,6 @@ class KarmaModel(nn.Module):
         ``candidate_rows`` (U,): catalogue rows of the candidates, used under DDP only (cross-rank
         deduplication of the gathered candidates).
         """
-        from base_lm.trainer import global_mean_scale
-
         cfg = self.config
         ddp = self.training and distributed_training()  # cross-rank negatives and global means
         user_emb, hidden = self._history(

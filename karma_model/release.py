@@ -1,4 +1,5 @@
-"""Release steps of the ``karma_training`` DAG: base-model resolution, the gate, registration.
+"""Release steps of the ``karma_training`` DAG: the gate and registration (the base model a day
+starts from is :func:`base_lm.release.ensure_base_model`'s).
 
 Nothing here imports torch: these run inside Airflow tasks, around the subprocesses that train.
 
@@ -22,41 +23,6 @@ logger = logging.getLogger(__name__)
 REGISTRY_NAME = "karma"
 GATE_METRIC = "hr@200"
 MIN_RATIO_TO_CURRENT = 0.9
-
-
-def published_base_model(data_root: str | Path, ds: str) -> Path | None:
-    """The newest published ``models/base_lm/<version>`` with version <= ds, or None."""
-    from common.paths import is_published
-
-    root = Path(data_root) / "models" / "base_lm"
-    if not root.is_dir():
-        return None
-    versions = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.name <= ds and is_published(p))
-    return versions[-1] if versions else None
-
-
-def ensure_base_model(data_root: str | Path, ds: str, pretrain) -> Path:
-    """The newest published base LM at or before ``ds``, after calling ``pretrain()`` when there
-    is none. Both training DAGs call this for the same day: an exclusive lock on
-    ``models/base_lm/.lock`` makes the second wait and then find the first one's model instead of
-    pre-training another."""
-    import fcntl
-
-    lock_dir = Path(data_root) / "models" / "base_lm"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            found = published_base_model(data_root, ds)
-            if found is None:
-                logger.info("no base LM at or before %s: pre-training one", ds)
-                pretrain()
-                found = published_base_model(data_root, ds)
-            if found is None:
-                raise FileNotFoundError(f"base_lm.pretrain published nothing under {lock_dir} for {ds}")
-            return found
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_METRIC,

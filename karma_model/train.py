@@ -1,6 +1,6 @@
 """Train one KARMA variant on the ``train`` split of the days ending at ``ds`` and publish the model.
 
-Training runs through :func:`base_lm.trainer.train_loop` (checkpoints every ``save_steps`` in a
+Training runs through :func:`common.training.train_loop` (checkpoints every ``save_steps`` in a
 hidden sibling ``.ckpt-<version>`` of the output folder, ``--resume`` from the newest one, gradient
 accumulation, DDP under ``torchrun --nproc-per-node N``; each loss term logged per step).
 ``transformers.Trainer`` would give the same but needs ``accelerate``, absent from the pinned
@@ -10,10 +10,10 @@ Output (``--out``, default ``<data_root>/models/karma_<variant slug>/<ds>/``, pu
 ``backbone/`` (HF causal LM, safetensors), ``heads.safetensors`` (W_u, W_i, rec/image heads),
 ``karma_config.json``, the tokenizer, ``manifest.json`` (data range, code version, base model,
 losses on train and valid), ``trainer_state.json`` (every step's loss terms). Reload with
-:func:`load_karma`.
+:func:`karma_model.load.load_karma`.
 
 Under ``torchrun`` every rank trains on its shard of each global batch (``batch_size`` per rank)
-and ``L_act`` sees every rank's candidates (:func:`karma_model.model.gather_candidates`); rank 0
+and ``L_act`` sees every rank's candidates (:func:`karma_model.losses.gather_candidates`); rank 0
 alone writes checkpoints and the published folder and prints the JSON result line; the other
 ranks return 0 once training is done.
 
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from base_lm.load import code_version, make_readable, read_manifest, write_manifest
+from base_lm.load import code_version, read_manifest
+from base_lm.release import latest_base_model
 from common.steps import emit_result
 from karma_model.config import VARIANTS, KarmaConfig
 from karma_model.data import (
@@ -47,6 +48,7 @@ from karma_model.data import (
     read_item_corpus,
     read_samples,
 )
+from karma_model.load import save_karma
 from karma_model.model import KarmaModel
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class TrainCollator(KarmaCollator):
 
 def loop_args(config: KarmaConfig, checkpoint_dir: str | Path):
     """The training-loop settings of a KARMA config."""
-    from base_lm.trainer import LoopArgs
+    from common.training import LoopArgs
 
     return LoopArgs.from_config(config, checkpoint_dir)
 
@@ -93,7 +95,8 @@ def train_karma(
     ``train_state.log_history`` holds every step's loss terms; ``metrics`` summarises them and adds
     the mean loss terms on ``valid_samples``.
     """
-    from base_lm.trainer import evaluate_loss, is_main_process, train_loop
+    from common.ddp import is_main_process
+    from common.training import evaluate_loss, train_loop
 
     model, tokenizer = KarmaModel.from_base(base_model, config, attn_implementation=attn_implementation)
     encoder = KarmaEncoder(tokenizer, config, catalog)
@@ -135,40 +138,8 @@ def train_karma(
     return model, tokenizer, state, metrics
 
 
-def save_karma(model: KarmaModel, tokenizer, out_dir: str | Path, manifest: dict) -> Path:
-    """Weights, heads, config, tokenizer and ``manifest.json`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir, tokenizer)
-    write_manifest(out_dir, {"format": "karma", **manifest})
-    make_readable(out_dir)
-    return out_dir
-
-
-def load_karma(path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
-    """``(KarmaModel in eval mode, tokenizer)`` from a folder written by :func:`save_karma`.
-
-    ``attn_implementation="eager"`` for attention diagnostics.
-    """
-    return KarmaModel.from_pretrained(
-        path, attn_implementation=attn_implementation, dtype=dtype, device=device
-    )
-
-
-def default_base_model(data_root: str | Path, ds: str) -> Path:
-    """The newest published ``models/base_lm/<version>`` with version <= ds."""
-    from common.paths import is_published
-
-    root = Path(data_root) / "models" / "base_lm"
-    versions = sorted(p for p in root.iterdir() if is_published(p) and p.name <= ds) if root.is_dir() else []
-    if not versions:
-        raise FileNotFoundError(
-            f"no published base LM under {root} at or before {ds}: run base_lm.pretrain or pass --base-model"
-        )
-    return versions[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from base_lm.trainer import cleanup_distributed
+    from common.ddp import cleanup_distributed
 
     try:
         return _main(argv)
@@ -177,16 +148,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from base_lm.pretrain import quiet_offline_hf
-    from base_lm.trainer import barrier, quiet_other_ranks, setup_distributed, write_trainer_state
     from common.config import load_config
+    from common.ddp import barrier, quiet_other_ranks, setup_distributed
+    from common.hf_offline import quiet_offline_hf
     from common.logging_setup import setup_logging
     from common.paths import check_ds, previous_ds
     from common.publish import atomic_partition
+    from common.training import write_trainer_state
 
     setup_logging()
     quiet_offline_hf()
-    from base_lm.trainer import training_arg_parser
+    from common.training import training_arg_parser
 
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/karma_<slug>/<ds>")
     parser.add_argument("--variant", choices=VARIANTS, default=None)
@@ -219,7 +191,7 @@ def _main(argv: list[str] | None) -> int:
     )
     ds = check_ds(args.ds)
     ds_list = [*previous_ds(ds, config.days - 1), ds]
-    base_model = Path(base_model) if base_model else default_base_model(data_root, ds)
+    base_model = Path(base_model) if base_model else latest_base_model(data_root, ds)
     final = Path(args.out) if args.out else Path(data_root) / "models" / f"karma_{config.slug}" / ds
     checkpoint_dir = final.parent / f".ckpt-{final.name}"
 

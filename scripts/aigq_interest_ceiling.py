@@ -3,7 +3,7 @@
 On the samples ``run_eval`` scores (Direct samples of ``--ds``, truth = the user's searches from
 the sample's time to the end of its day), lists are built the way ``aigq.generate.wording: log``
 builds them — an interest weight per category spread over the category's queries in the click
-log before the samples by their share of its searches (``generate.log_worded``) — with the
+log before the samples by their share of its searches (``interests.log_worded``) — with the
 interest weights taken from:
 
 - ``true_interests``: the generator's own interest mixture of the user on ``--ds``
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def history_weights(sample, vocabulary, max_history: int = 20) -> Counter:
     """Category -> count of the behaviours in the prompt's window that point to it
-    (``generate.behaviour_interests``; searches the log does not know are not counted)."""
-    from aigq_model.generate import behaviour_interests
+    (``interests.behaviour_interests``; searches the log does not know are not counted)."""
+    from aigq_model.interests import behaviour_interests
 
     return Counter(k for k in behaviour_interests(sample, vocabulary, max_history) if isinstance(k, str))
 
@@ -41,12 +41,12 @@ def history_weights(sample, vocabulary, max_history: int = 20) -> Counter:
 def worded(weights, vocabulary, k: int) -> list[str]:
     """``log_worded`` with given category weights (as candidates: one per category, its best query).
 
-    >>> from aigq_model.generate import QueryVocabulary
+    >>> from aigq_model.interests import QueryVocabulary
     >>> v = QueryVocabulary({"a1": "A", "a2": "A", "b1": "B"}, {"a1": 3, "a2": 1, "b1": 0})
     >>> worded({"A": 1.0, "B": 0.9, "C": 5.0}, v, 3)  # A: 1.0 x 4/6, 1.0 x 2/6; B: 0.9 x 1/1
     ['b1', 'a1', 'a2']
     """
-    from aigq_model.generate import log_worded
+    from aigq_model.interests import log_worded
 
     cands = []
     for cat, w in weights.items():
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
 
     from aigq_model.evaluate import build_query_vocabulary, query_hits
-    from aigq_model.run_eval import _before, eval_samples, read_events, read_items, sample_truth
+    from aigq_model.run_eval import eval_samples, events_before, read_events, read_items, sample_truth
     from common.config import load_config
     from common.paths import previous_ds
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no Direct samples of {args.ds} under {root}")
     events = read_events(root, [*previous_ds(args.ds, days - 1), args.ds])
     truth = sample_truth(samples, events, "issued")
-    vocab = build_query_vocabulary(_before(events, min(s["event_time"] for s in samples)), read_items(root, args.ds))
+    vocab = build_query_vocabulary(events_before(events, min(s["event_time"] for s in samples)), read_items(root, args.ds))
     interests_path = Path(root) / "raw" / "true_interests" / f"ds={args.ds}"
     if not interests_path.exists():
         raise SystemExit(f"{interests_path} not found: the ceiling needs the synthetic generator's true interests")

@@ -52,6 +52,26 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def etl_two_days(spark, tmp_path_factory):
+    """Two days (2026-11-01, 2026-11-02) of synthetic logs (40 users, 200 items, seed 3) through
+    validate, sessionize and build_samples, built once per session. Read-only: a test that writes
+    (models, exports) works on its own copy, ``shutil.copytree(etl_two_days, tmp_path / "data")`` (the
+    root holds no absolute paths)."""
+    from common.config import load_config
+    from jobs import build_samples, sessionize, validate
+    from sources.synthetic import generate
+
+    root = tmp_path_factory.mktemp("etl_two_days") / "data"
+    generate(root, "2026-11-01", 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
+    config = load_config(environ={})
+    config["data_root"] = str(root)
+    for ds in ("2026-11-01", "2026-11-02"):
+        for job in (validate, sessionize, build_samples):
+            job.run(spark, config, ds)
+    return root
+
+
 @pytest.fixture()
 def cfg(tmp_path):
     """The local profile pointed at a fresh data root."""

@@ -56,7 +56,8 @@ def tiny_base(out: Path) -> Path:
 
 def register_tiny_policy(root: Path, base_dir: Path, work: Path, name: str, kind: str, version: str) -> Path:
     """An untrained AIGQ policy (prompt tokens added) registered as ``name``."""
-    from aigq_model.train_sft import SFTConfig, prepare_model, save_aigq
+    from aigq_model.load import save_aigq
+    from aigq_model.train_sft import SFTConfig, prepare_model
 
     model, tok = prepare_model(base_dir, SFTConfig(kind=kind))
     src = save_aigq(model, tok, work / f"{name}-{version}")
@@ -69,8 +70,8 @@ def register_tiny_karma(root: Path, base_dir: Path, work: Path, ds: str) -> Path
     """An untrained tiny KARMA model, its catalogue index, and the registration."""
     from karma_model.config import KarmaConfig
     from karma_model.embed import embed_catalogue
+    from karma_model.load import save_karma
     from karma_model.model import KarmaModel
-    from karma_model.train import save_karma
 
     config = KarmaConfig(proj_dim=16, n_rec_prefix=2, max_history_tokens=96, max_item_tokens=24,
                          max_target_tokens=12, max_text_tokens=12, batch_size=4, warmup_steps=0, save_steps=0)

@@ -83,7 +83,8 @@ def check_layout(root: Path, counts: dict) -> None:
         parts = sorted((root / "raw" / table).iterdir())
         assert {p.name[3:] for p in parts} == set(counts[table])
         if table in schemas.SNAPSHOT_TABLES:
-            assert len(parts) == 1 and parts[0].name[3:] == min(counts["behavior_events"])
+            assert len(parts) == 1
+            assert parts[0].name[3:] == min(counts["behavior_events"])
         for part in parts:
             assert (part / SUCCESS).is_file(), part
             files = [f for f in part.iterdir() if not f.name.startswith(("_", "."))]
@@ -115,8 +116,10 @@ def test_amazon_layout(amazon):
     assert sum(counts["items"].values()) == 4385
     assert sum(counts["users"].values()) == 8442
     events = read_events(root)
-    assert set(events["event_type"]) == {"click"} and set(events["scene"]) == {"home"}
-    assert events["query"].isna().all() and events["request_id"].isna().all()
+    assert set(events["event_type"]) == {"click"}
+    assert set(events["scene"]) == {"home"}
+    assert events["query"].isna().all()
+    assert events["request_id"].isna().all()
 
 
 def test_amazon_times_follow_split_rule(amazon):
@@ -127,10 +130,8 @@ def test_amazon_times_follow_split_rule(amazon):
     dates = ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert (ev["ds"] == ev["user_id"].map(lambda u: dates[index_of[u] % 3])).all()
     by_user = ev.groupby("user_id")
-    assert (
-        by_user["event_time"].is_monotonic_increasing.all()
-        and not ev.duplicated(["user_id", "event_time"]).any()
-    )
+    assert by_user["event_time"].is_monotonic_increasing.all()
+    assert not ev.duplicated(["user_id", "event_time"]).any()
     from_end = by_user.cumcount(ascending=False)
     tod = ev["event_time"] - ev["event_time"].dt.floor("D")
     offset = (tod[from_end == 0] - pd.Timedelta(hours=23)).set_axis(ev.loc[from_end == 0, "user_id"])
@@ -170,7 +171,8 @@ def test_amazon_sequences_match_split_files(amazon):
         assert seq[:-1][-len(hist) :] == hist
         if len(hist) < 50:  # untruncated: the test row holds the whole history
             assert seq[:-1] == hist
-    assert (lengths >= 50).any() and len(sample) > 200
+    assert (lengths >= 50).any()
+    assert len(sample) > 200
 
 
 def test_amazon_parse_text():
@@ -220,7 +222,8 @@ def test_bestbuy_real(best_buy):
     assert (joined["user_id"] == joined["user_id_search"]).all()
     assert (joined["event_time_search"] <= joined["event_time"]).all()
     items = read_snapshot(root, "items")
-    assert items["item_id"].is_unique and set(clicks["sku"]) <= set(items["item_id"])
+    assert items["item_id"].is_unique
+    assert set(clicks["sku"]) <= set(items["item_id"])
     assert len(read_snapshot(root, "users")) == len(set(clicks["user"]) | set(no_click["user"]))
 
 
@@ -257,7 +260,8 @@ def test_bestbuy_tiny_exact(tmp_path, caplog):
     }
     check_layout(root, counts)
     warnings = " ".join(r.getMessage() for r in caplog.records)
-    assert "1 unparseable click_time" in warnings and "1 unparseable query_time" in warnings
+    assert "1 unparseable click_time" in warnings
+    assert "1 unparseable query_time" in warnings
     assert "2 events written with a null event_time" in warnings
 
     def ts(s):
@@ -296,7 +300,8 @@ def test_bestbuy_tiny_exact(tmp_path, caplog):
         "Xbox 360 > Shooters",
     ]
     assert items.loc["300", ["leaf_category", "category_path"]].tolist() == ["Xbox 360", "Xbox 360"]
-    assert items.loc["200", "title"] is None and items["price"].isna().all()
+    assert items.loc["200", "title"] is None
+    assert items["price"].isna().all()
     assert sorted(read_snapshot(root, "users")["user_id"]) == ["u1", "u2", "u3", "u4"]
 
 
@@ -309,7 +314,8 @@ def test_esci(esci_out):
     a = pd.read_csv(src / "esci_sample_50queries_485exact.csv", dtype=str, keep_default_na=False)
     b = pd.read_csv(src / "esci_exact_matches_sample100.csv", dtype=str, keep_default_na=False)
     items = read_snapshot(root, "items")
-    assert len(items) == len(set(a["product_id"]) | set(b["product_id"])) and items["item_id"].is_unique
+    assert len(items) == len(set(a["product_id"]) | set(b["product_id"]))
+    assert items["item_id"].is_unique
     n_queries = a["query_id"].nunique() + b["query"].str.strip().nunique()
     events = read_events(root)
     assert len(read_snapshot(root, "users")) == n_queries
@@ -317,7 +323,8 @@ def test_esci(esci_out):
     assert (events["event_type"] == "click").sum() == len(a) + len(b)
     for _user, ev in events.groupby("user_id", sort=False):
         ev = ev.sort_values("event_time")
-        assert ev["event_type"].iloc[0] == "search" and (ev["event_type"].iloc[1:] == "click").all()
+        assert ev["event_type"].iloc[0] == "search"
+        assert (ev["event_type"].iloc[1:] == "click").all()
         assert (ev["event_time"].diff().dropna() == pd.Timedelta(minutes=1)).all()
         assert ev["request_id"].nunique() == 1
 

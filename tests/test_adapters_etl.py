@@ -44,9 +44,11 @@ def test_amazon_scientific_etl_keeps_the_leave_one_out_split(spark, tmp_path):
     splits = collections.Counter(r["split"] for r in samples)
     # Every user of the day has exactly one valid and one test target, after a non-empty history.
     assert splits["valid"] == splits["test"] == len(users)
-    assert splits["train"] > 0 and counts["karma_samples"] == len(samples)
+    assert splits["train"] > 0
+    assert counts["karma_samples"] == len(samples)
     assert counts["item_corpus"] == 4385
-    assert counts["aigq_direct_sft"] == 0 and counts["aigq_think_sft"] == 0  # no queries in this log
+    assert counts["aigq_direct_sft"] == 0
+    assert counts["aigq_think_sft"] == 0  # no queries in this log
 
 
 def test_bestbuy_etl_builds_query_samples(spark, tmp_path):
@@ -56,7 +58,9 @@ def test_bestbuy_etl_builds_query_samples(spark, tmp_path):
     busiest = max(days, key=lambda d: read_partition(tmp_path, "raw", "behavior_events", d).num_rows)
     cfg = _cfg(tmp_path)
     counts = _etl(spark, cfg, [busiest])[busiest]
-    assert counts["aigq_direct_sft"] > 0 and counts["aigq_think_sft"] > 0 and counts["karma_samples"] > 0
+    assert counts["aigq_direct_sft"] > 0
+    assert counts["aigq_think_sft"] > 0
+    assert counts["karma_samples"] > 0
     direct = read_partition(tmp_path, "samples", "aigq_direct_sft", busiest).to_pylist()
     assert {r["label_source"] for r in direct} == {"search_session"}  # no HintQ exposures in this log
     for r in direct:  # targets are normalised and unique
@@ -70,5 +74,6 @@ def test_esci_etl(spark, tmp_path):
     src = dataset_dir("esci_sample")
     esci.convert(src, tmp_path, ds="2026-11-01")
     counts = _etl(spark, _cfg(tmp_path), ["2026-11-01"])["2026-11-01"]
-    assert counts["karma_samples"] > 0 and counts["aigq_direct_sft"] > 0
+    assert counts["karma_samples"] > 0
+    assert counts["aigq_direct_sft"] > 0
     assert counts["item_corpus"] == read_partition(tmp_path, "raw", "items", "2026-11-01").num_rows

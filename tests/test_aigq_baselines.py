@@ -72,7 +72,8 @@ def test_popularity_window_and_cutoff():
         "red shoe", "trainers", "running shoe", "sandals"]
     assert PopularityBaseline(window_days=10).fit(LOG).recommend([], CUTOFF, 10)[-1] == "winter coat"
     late = pop.recommend([], T + dt.timedelta(days=2), k=10)
-    assert late[0] == "red shoe" and "umbrella" in late
+    assert late[0] == "red shoe"
+    assert "umbrella" in late
 
 
 def test_own_history_then_popularity():
@@ -148,13 +149,20 @@ def stub_encoder(texts):
 
 def test_metrics_exact():
     res = evaluate_records(RECORDS, ks=(2, 3), category_of=CATS, encoder=stub_encoder)
-    assert res["all"]["n_users"] == 3 and res["active"]["n_users"] == 2 and res["cold_start"]["n_users"] == 1
-    assert res["all"]["query_hr@2"] == pytest.approx(1 / 3) and res["all"]["query_hr@3"] == pytest.approx(2 / 3)
-    assert res["active"]["query_hr@2"] == 0 and res["active"]["query_hr@3"] == 0.5
+    assert res["all"]["n_users"] == 3
+    assert res["active"]["n_users"] == 2
+    assert res["cold_start"]["n_users"] == 1
+    assert res["all"]["query_hr@2"] == pytest.approx(1 / 3)
+    assert res["all"]["query_hr@3"] == pytest.approx(2 / 3)
+    assert res["active"]["query_hr@2"] == 0
+    assert res["active"]["query_hr@3"] == 0.5
     assert res["cold_start"]["query_hr@2"] == 1
-    assert res["all"]["cate_hr@2"] == pytest.approx(1 / 3) and res["all"]["cate_hr@3"] == pytest.approx(2 / 3)
-    assert res["all"]["unique_cates@2"] == 1 and res["all"]["unique_cates@3"] == pytest.approx(4 / 3)
-    assert res["all"]["malformed_rate"] == pytest.approx(1 / 3) and res["cold_start"]["malformed_rate"] == 0
+    assert res["all"]["cate_hr@2"] == pytest.approx(1 / 3)
+    assert res["all"]["cate_hr@3"] == pytest.approx(2 / 3)
+    assert res["all"]["unique_cates@2"] == 1
+    assert res["all"]["unique_cates@3"] == pytest.approx(4 / 3)
+    assert res["all"]["malformed_rate"] == pytest.approx(1 / 3)
+    assert res["cold_start"]["malformed_rate"] == 0
     # Record 1 @2: a and b each have cosine 1/sqrt(2) to c; record 2: 1; record 3 has nothing.
     assert res["all"]["semantic_sim@2"] == pytest.approx((1 / math.sqrt(2) + 1) / 2, abs=1e-6)
     assert res["active"]["semantic_sim@3"] == pytest.approx((2 / math.sqrt(2) + 1) / 3, abs=1e-6)
@@ -174,10 +182,14 @@ def test_truth_and_category_map():
     vocab = build_query_vocabulary(log, items)
     searched = {q: sum(e["event_type"] == "search" and (e["query"] or "").strip().lower() == q for e in log)
                 for q in ("trainers", "sandals")}
-    assert searched["trainers"] >= 2 and searched["sandals"] >= 1
-    assert vocab.category == {"trainers": "Boots", "sandals": "Running"} and vocab.counts == searched
-    assert vocab("trainers") == "Boots" and vocab("red shoe") is None
-    assert vocab.members("Boots") == [("trainers", 1.0)] and vocab.members("Sandals") == []
+    assert searched["trainers"] >= 2
+    assert searched["sandals"] >= 1
+    assert vocab.category == {"trainers": "Boots", "sandals": "Running"}
+    assert vocab.counts == searched
+    assert vocab("trainers") == "Boots"
+    assert vocab("red shoe") is None
+    assert vocab.members("Boots") == [("trainers", 1.0)]
+    assert vocab.members("Sandals") == []
     assert issued_queries(LOG, T, CUTOFF) == {
         "u1": ["red shoe", "trainers"], "u2": ["red shoe", "running shoe", "trainers", "boots"],
         "u3": ["red shoe", "sandals"]}
@@ -225,12 +237,12 @@ def test_the_decoding_category_map_reads_only_the_log_before_the_samples():
     earliest scored sample: a click at or after it (here the only one for "umbrella") is unseen."""
     import pyarrow as pa
 
-    from aigq_model.run_eval import _before
+    from aigq_model.run_eval import events_before
 
     items = [{"item_id": "i1", "leaf_category": "Running"}, {"item_id": "i7", "leaf_category": "Rain"}]
     log = LOG + [_ev("u3", 1442, "click", item="i7", request="r8"), _ev("u3", 1441, "search", "umbrella", request="r8")]
     table = pa.Table.from_pylist(log)
     assert build_query_category_map(log, items)["umbrella"] == "Rain"
-    early = _before(table, T + dt.timedelta(minutes=1441))
+    early = events_before(table, T + dt.timedelta(minutes=1441))
     assert early.num_rows == sum(e["event_time"] < T + dt.timedelta(minutes=1441) for e in log)
     assert build_query_category_map(early, items) == {"trainers": "Running", "sandals": "Running"}

@@ -14,19 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from aigq_model.ctr import (
-    CTRConfig,
-    QueryCTRBaseline,
-    auc,
-    context_from_sample,
-    ctr_reward,
-    evaluate_ctr,
-    load_ctr,
-    logloss,
-    save_ctr,
-    score_metrics,
-    train_ctr,
-)
+from aigq_model.ctr_eval import QueryCTRBaseline, auc, evaluate_ctr, logloss, score_metrics
+from aigq_model.ctr_model import CTRConfig, context_from_sample, ctr_reward, load_ctr, save_ctr
+from aigq_model.ctr_train import train_ctr
 
 NOUNS = ["shoe", "dress", "phone", "lamp", "mug", "tent", "watch", "scarf", "kettle", "drill", "rug", "ball"]
 ADJS = ["red", "cheap", "mini", "leather", "smart", "vintage", "blue", "kids", "large", "wool", "steel", "pro"]
@@ -89,17 +79,19 @@ def test_learns_the_planted_signal_and_beats_query_ctr(trained):
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert min(e["valid_logloss"] for e in epochs) < epochs[0]["valid_logloss"]
     m = evaluate_ctr(model, valid)
-    assert m["n"] == 500 and m["positives"] == sum(r["label"] for r in valid)
+    assert m["n"] == 500
+    assert m["positives"] == sum(r["label"] for r in valid)
     labels = [r["label"] for r in valid]
     base = score_metrics(labels, QueryCTRBaseline(train).predict_rows(valid))
-    assert m["auc"] > 0.75 and m["auc"] > base["auc"] + 0.1
+    assert m["auc"] > 0.75
+    assert m["auc"] > base["auc"] + 0.1
     with_pos = evaluate_ctr(model, valid, use_position=True)
     assert with_pos["logloss"] < base["logloss"]
     # Same seed, same model.
     again, _ = train_ctr(train[:300], valid[:100], CTRConfig(**{**FAST, "epochs": 2}))
     twice, _ = train_ctr(train[:300], valid[:100], CTRConfig(**{**FAST, "epochs": 2}))
     ctx, q = valid[:20], [r["query"] for r in valid[:20]]
-    from aigq_model.ctr import CTRScorer
+    from aigq_model.ctr_model import CTRScorer
 
     assert np.array_equal(CTRScorer(again).predict(ctx, q), CTRScorer(twice).predict(ctx, q))
 
@@ -113,10 +105,11 @@ def test_save_load_gives_identical_predictions_and_scores_contexts(trained, tmp_
     assert before == after
     contexts = [{**r, "position": 2} for r in valid[:1500]] * 3  # > one predict batch; position ignored
     queries = [r["query"] for r in contexts]
-    from aigq_model.ctr import CTRScorer
+    from aigq_model.ctr_model import CTRScorer
 
     p_model, p_loaded = CTRScorer(model).predict(contexts, queries), scorer.predict(contexts, queries)
-    assert p_loaded.shape == (len(queries),) and np.array_equal(p_model, p_loaded)
+    assert p_loaded.shape == (len(queries),)
+    assert np.array_equal(p_model, p_loaded)
     assert np.all((p_loaded > 0) & (p_loaded < 1))
     # A context built from an SFT sample: searches only, oldest first, the last max_recent.
     sample = {
@@ -194,20 +187,25 @@ def test_entry_point_registers_a_version(tmp_path, monkeypatch, capsys):
     assert main(["--ds", "2026-11-01", "--data-root", str(root), "--seed", "3"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     path = root / "models" / "aigq_ctr" / "2026-11-01"
-    assert out["model_dir"] == str(path) and out["version"] == "2026-11-01"
+    assert out["model_dir"] == str(path)
+    assert out["version"] == "2026-11-01"
     assert current_version(root, "aigq_ctr") == "2026-11-01"
     manifest = read_manifest(path)
     metrics = manifest["metrics"]
-    assert metrics["eval_on"] == "next_day" and metrics["eval_ds"] == "2026-11-02"
-    assert metrics["model"]["n"] == 420 and metrics["baseline_query_ctr"]["n"] == 420
-    assert manifest["config"]["seed"] == 3 and manifest["config"]["epochs"] == 2
+    assert metrics["eval_on"] == "next_day"
+    assert metrics["eval_ds"] == "2026-11-02"
+    assert metrics["model"]["n"] == 420
+    assert metrics["baseline_query_ctr"]["n"] == 420
+    assert manifest["config"]["seed"] == 3
+    assert manifest["config"]["epochs"] == 2
     assert manifest["n_rows"] == {"train": 300, "valid": 60, "eval": 420}
     assert json.loads((path / "metrics.json").read_text()) == metrics
     assert load_ctr(path).config.n_buckets == 4096
     # The last day has no next day: evaluated on its own test split.
     assert main(["--ds", "2026-11-02", "--data-root", str(root)]) == 0
     metrics = read_manifest(root / "models" / "aigq_ctr" / "2026-11-02")["metrics"]
-    assert metrics["eval_on"] == "test_split" and metrics["model"]["n"] == 60
+    assert metrics["eval_on"] == "test_split"
+    assert metrics["model"]["n"] == 60
     assert current_version(root, "aigq_ctr") == "2026-11-02"
     missing = root / "samples" / "ctr_samples" / "ds=2026-11-05"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):

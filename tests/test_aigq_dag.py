@@ -42,7 +42,8 @@ def test_aigq_training_structure(dag):
     }
     assert {a.name for a in dag.get_task("publish_policy").outlets} == {"models.aigq_policy"}
     assert {a.name for a in dag.get_task("announce").outlets} == {"models.ready"}
-    assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
+    assert dag.tags
+    assert all(t.retries >= 1 for t in dag.tasks)
     assert {"data_root", "kind", "max_steps", "omp_threads", "eval_split", "sft", "grpo", "grpo_mode"} <= set(
         dag.params.keys()
     )
@@ -56,23 +57,17 @@ def _succeeded(run) -> bool:
 
 
 @pytest.mark.slow
-def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, spark, tmp_path):
+@pytest.mark.spark
+def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, tmp_path):
     """Day 1: base LM, SFT registered, CTR model, IL-GRPO update from the SFT policy. Day 2: no new
     SFT (``sft=if_missing``), the CTR model retrained on day 2, and the policy update starts from
     day 1's updated policy."""
-    from common.config import load_config
-    from common.registry import model_dir, read_manifest
-    from jobs import build_samples, sessionize, validate
-    from sources.synthetic import generate
+    import shutil
 
-    root = tmp_path / "data"
+    from common.registry import model_dir, read_manifest
+
+    root = shutil.copytree(etl_two_days, tmp_path / "data")  # both days through the Spark jobs
     d1, d2 = "2026-11-01", "2026-11-02"
-    generate(root, d1, 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
-    cfg = load_config(environ={})
-    cfg["data_root"] = str(root)
-    for ds in (d1, d2):
-        for job in (validate, sessionize, build_samples):
-            job.run(spark, cfg, ds)
     conf = {
         "data_root": str(root),
         "max_steps": 4,
@@ -99,13 +94,16 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, spark, tmp_pat
     assert current_version(root, "aigq_direct_grpo") == d1
     grpo1 = model_dir(root, "aigq_direct_grpo", d1)
     man1 = read_manifest(grpo1)
-    assert man1["base_policy"]["path"] == str(sft.resolve()) and man1["mode"] == "il"
+    assert man1["base_policy"]["path"] == str(sft.resolve())
+    assert man1["mode"] == "il"
     assert man1["ctr_model"]["path"] == str(model_dir(root, "aigq_ctr", d1).resolve())
-    assert (grpo1 / "metrics.json").is_file() and (grpo1 / "sft_reference_metrics.json").is_file()
+    assert (grpo1 / "metrics.json").is_file()
+    assert (grpo1 / "sft_reference_metrics.json").is_file()
 
     run = dag.test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf=conf)
     assert _succeeded(run), run.state
-    assert current_version(root, "aigq_direct") == d1 and not (root / "models" / "aigq_direct" / d2).exists()
+    assert current_version(root, "aigq_direct") == d1
+    assert not (root / "models" / "aigq_direct" / d2).exists()
     assert current_version(root, "aigq_ctr") == d2  # retrained on day 2's logs
     assert read_manifest(model_dir(root, "aigq_ctr", d2))["version"] == d2
     man2 = read_manifest(model_dir(root, "aigq_direct_grpo", d2))

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from aigq_model.generate import Decoding, _encode, generate_texts, left_pad
+from aigq_model.decode import generate_texts, left_pad
+from aigq_model.generate import Decoding, encode_sample_prompt
 from aigq_model.grpo import (
     SEP,
     TRIGGER,
-    GRPOConfig,
     clipped_surrogate,
     difficulty_filter,
     entropy_adaptive_bounds,
@@ -22,15 +22,15 @@ from aigq_model.grpo import (
     grpo_advantages,
     il_grpo_advantages,
     kl_k3,
-    make_reward_fn,
-    sequence_logprobs,
     token_advantages,
     token_slots,
     token_texts,
     total_reward,
 )
+from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, sequence_logprobs
+from aigq_model.load import load_aigq, save_aigq
 from aigq_model.parsing import normalize_query, parse_direct
-from aigq_model.train_sft import SFTConfig, load_aigq, save_aigq, train_sft
+from aigq_model.train_sft import SFTConfig, train_sft
 from tests.test_aigq_sft import TINY_SFT, make_rows
 from tests.test_base_lm import make_tiny_base
 
@@ -84,7 +84,8 @@ def test_one_slot_and_equal_sequence_rewards_make_il_grpo_equal_plain_grpo():
     for lam in (0.0, 0.5, 2.0):
         slot, seq = il_grpo_advantages(q, [0.7] * 4, lam=lam)
         plain = grpo_advantages([total_reward(r, 0.7, lam) for r in q])
-        assert [s[0] for s in slot] == pytest.approx(plain) and seq == [0.0] * 4
+        assert [s[0] for s in slot] == pytest.approx(plain)
+        assert seq == [0.0] * 4
     # Per token: IL gives a slot's tokens its slot advantage and SEP the sequence term;
     # mode "sequence" gives every token the list scalar.
     assert token_advantages([SEP, 0, 0, SEP], slot[1], seq[1]) == [0.0, slot[1][0], slot[1][0], 0.0]
@@ -92,7 +93,8 @@ def test_one_slot_and_equal_sequence_rewards_make_il_grpo_equal_plain_grpo():
     ts = token_slots(["<think>", "[", "1", "]", " r", "</think>", "<q>", " a"], "think")
     assert token_advantages(ts, [0.5], 0.1, trigger_adv_i=[-0.7]) == [0.1, -0.7, -0.7, -0.7, 0.1, 0.1, 0.1, 0.5]
     assert difficulty_filter([0.05, 0.1, 0.5, 0.95, 0.96]) == [False, True, True, True, False]
-    assert entropy_coef(0, 50, 0.01) == 0.01 and entropy_coef(25, 50, 0.01) == pytest.approx(0.005)
+    assert entropy_coef(0, 50, 0.01) == 0.01
+    assert entropy_coef(25, 50, 0.01) == pytest.approx(0.005)
 
 
 # --- tensor pieces ------------------------------------------------------------------------
@@ -132,7 +134,8 @@ def test_clipped_surrogate_and_kl_k3_estimator():
         k3 = kl_k3(p.log()[x], q.log()[x])
         exact = float((p * (p / q).log()).sum())
         se = float(k3.std()) / math.sqrt(len(x))
-        assert (k3 >= 0).all() and abs(float(k3.mean()) - exact) < 4 * se + 1e-4, (float(k3.mean()), exact)
+        assert (k3 >= 0).all(), (float(k3.mean()), exact)
+        assert abs(float(k3.mean()) - exact) < 4 * se + 1e-4, (float(k3.mean()), exact)
 
 
 # --- token -> slot ------------------------------------------------------------------------
@@ -164,18 +167,21 @@ def _check_against_parser(texts, kind="direct", complete=True):
 )
 def test_token_slots_follow_the_direct_parser(texts, slots, queries):
     ts = _check_against_parser(texts)
-    assert ts.slot == slots and ts.parsed.queries == queries
+    assert ts.slot == slots
+    assert ts.parsed.queries == queries
 
 
 def test_token_slots_truncation_and_think_triggers():
     cut = ["<q>", " red", "<q>", " run"]
     assert _check_against_parser(cut).slot == [SEP, 0, SEP, 1]  # complete=True: partial slot kept
     dropped = _check_against_parser(cut, complete=False)
-    assert dropped.slot == [SEP, 0, SEP, SEP] and dropped.parsed.queries == ["red"]
+    assert dropped.slot == [SEP, 0, SEP, SEP]
+    assert dropped.parsed.queries == ["red"]
     texts = ["<think>", "[", "1", ",", "3", "]", " searched", " x", "</think>", "<q>", " a", "<q>", " b",
              "<think>", "new", "</think>", "<q>", " c", "<think>", "[2", "]", " y", "</think>", "<q>", " d"]
     ts = _check_against_parser(texts, "think")
-    assert ts.parsed.queries == ["a", "b", "c", "d"] and len(ts.parsed.points) == 3
+    assert ts.parsed.queries == ["a", "b", "c", "d"]
+    assert len(ts.parsed.points) == 3
     trig = [i for i, s in enumerate(ts.slot) if s == TRIGGER]
     assert [texts[i] for i in trig] == ["[", "1", ",", "3", "]", "[2", "]"]
     assert [ts.point[i] for i in trig] == [0] * 5 + [2] * 2  # the middle point has no bracket
@@ -223,7 +229,7 @@ def target_word_reward(sample, parsed):
 
 def mean_reward(model, tok, rows, lam=0.5) -> float:
     """Mean total reward of 8 seeded samples per prompt (rows unseen by GRPO)."""
-    ids = [_encode(tok, r, "compressed", 20, 384) for r in rows]
+    ids = [encode_sample_prompt(tok, r, "compressed", 20, 384) for r in rows]
     dec = Decoding(strategy="sample", seed=0, num_return_sequences=8, max_new_tokens=24, top_k=100)
     totals = []
     for row, outs in zip(rows, generate_texts(model, tok, ids, dec), strict=True):
@@ -234,14 +240,16 @@ def mean_reward(model, tok, rows, lam=0.5) -> float:
 
 def test_logprobs_ignore_left_padding_and_token_texts_rebuild_the_text(policy):
     model, tok = policy
-    a = _encode(tok, make_rows(1, seed=3)[0], "compressed", 20, 384) + tok("<q> dark phone", add_special_tokens=False)["input_ids"]
+    a = encode_sample_prompt(tok, make_rows(1, seed=3)[0], "compressed", 20, 384) + tok("<q> dark phone", add_special_tokens=False)["input_ids"]
     ids, mask = left_pad([a, a[-9:]], tok.pad_token_id)
     with torch.no_grad():
         padded, _ = sequence_logprobs(model, ids, mask, ids.shape[1] - 5)
         alone, ent = sequence_logprobs(model, ids[1:, -9:], mask[1:, -9:], 4)
-    assert torch.allclose(padded[1], alone[0], atol=1e-5) and (ent >= 0).all()
+    assert torch.allclose(padded[1], alone[0], atol=1e-5)
+    assert (ent >= 0).all()
     texts = token_texts(tok, a[-4:])
-    assert "".join(texts) == tok.decode(a[-4:]) and token_slots(texts).parsed.queries == ["dark phone"]
+    assert "".join(texts) == tok.decode(a[-4:])
+    assert token_slots(texts).parsed.queries == ["dark phone"]
 
 
 def test_il_grpo_steps_raise_a_verifiable_reward(policy):
@@ -260,12 +268,13 @@ def test_il_grpo_steps_raise_a_verifiable_reward(policy):
     assert after > before + 0.2
     assert any(not torch.equal(p, q) for p, q in zip(params0, pol.parameters(), strict=True))
     assert all(torch.equal(p, q) for p, q in zip(params0, model.parameters(), strict=True))  # a copy trained
-    assert len(hist) == 15 and all(h["gen_s"] > 0 and h["rollouts_per_s"] > 0 for h in hist)
+    assert len(hist) == 15
+    assert all(h["gen_s"] > 0 and h["rollouts_per_s"] > 0 for h in hist)
     assert {"reward", "query_reward", "seq_reward", "filtered", "entropy", "clip_frac", "loss"} <= set(hist[0])
 
 
 def train_grpo_quiet(model, tok, cfg, **kw):
-    from aigq_model.grpo import train_grpo
+    from aigq_model.grpo_trainer import train_grpo
 
     return train_grpo(model, tok, make_rows(32), target_word_reward, cfg, log=lambda e: None, **kw)
 
@@ -277,7 +286,8 @@ def test_sequence_mode_with_kl_minibatches_and_the_difficulty_filter(policy):
                      inner_epochs=2, minibatch_size=16, difficulty_low=-1.0, difficulty_high=1.4)
     hist = train_grpo_quiet(pol, tok, cfg, ref_model=ref)
     assert not any(h["skipped"] for h in hist)
-    assert hist[-1]["kl"] > 0 and any(h["clip_frac"] > 0 for h in hist)  # later minibatches moved off-policy
+    assert hist[-1]["kl"] > 0
+    assert any(h["clip_frac"] > 0 for h in hist)  # later minibatches moved off-policy
     with pytest.raises(ValueError, match="ref_model"):
         train_grpo_quiet(pol, tok, cfg)
     # Nothing passes the filter: the update is skipped and logged, the weights stay.
@@ -292,7 +302,9 @@ def test_make_reward_fn_scores_lists_against_the_reference():
     fn = make_reward_fn({}, None, "direct")
     sample = {"target_queries": ["Red shoe", "hat"]}
     qr, sr, tr = fn(sample, [parse_direct("<q> red shoe<q> hat"), parse_direct("<q> cap<q><q> cap")])
-    assert tr is None and qr[0][0] > qr[1][0] and sr[0] > sr[1]
+    assert tr is None
+    assert qr[0][0] > qr[1][0]
+    assert sr[0] > sr[1]
 
     class FakeCTR:
         def predict(self, contexts, queries):
@@ -302,7 +314,8 @@ def test_make_reward_fn_scores_lists_against_the_reference():
 
     qr_ctr, _, _ = make_reward_fn({}, FakeCTR(), "direct")(sample, [parse_direct("<q> cap<q> hat")])
     qr_no, _, _ = fn(sample, [parse_direct("<q> cap<q> hat")])
-    assert qr_ctr[0][0] == pytest.approx(qr_no[0][0] + 0.5) and qr_ctr[0][1] == pytest.approx(qr_no[0][1])
+    assert qr_ctr[0][0] == pytest.approx(qr_no[0][0] + 0.5)
+    assert qr_ctr[0][1] == pytest.approx(qr_no[0][1])
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -330,20 +343,25 @@ def test_entry_point_publishes_a_reloadable_version(tmp_path, policy, monkeypatc
     out = root / "models" / "aigq_direct_seqgrpo" / "2026-11-01"
     assert line["model_dir"] == str(out)
     manifest = read_manifest(out)
-    assert manifest["mode"] == "sequence" and manifest["kind"] == "direct" and manifest["ctr_model"] is None
-    assert manifest["history"]["steps"] == 2 and manifest["base_policy"]["path"] == str(sft_dir.resolve())
-    assert manifest["n_samples"] == 12 and manifest["config"]["max_history"] == 20
+    assert manifest["mode"] == "sequence"
+    assert manifest["kind"] == "direct"
+    assert manifest["ctr_model"] is None
+    assert manifest["history"]["steps"] == 2
+    assert manifest["base_policy"]["path"] == str(sft_dir.resolve())
+    assert manifest["n_samples"] == 12
+    assert manifest["config"]["max_history"] == 20
     assert current_version(root, "aigq_direct_seqgrpo") is None  # committed, not registered
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())
     reloaded, rtok = load_aigq(out)
-    assert "<q>" in rtok.get_vocab() and len(rtok) == len(tok)
+    assert "<q>" in rtok.get_vocab()
+    assert len(rtok) == len(tok)
 
 
 def test_think_rewards_and_grpo_steps(base_dir, tmp_path):
     """Trigger rewards per interest point against the reference point holding the query, and
     IL-GRPO steps on a Think policy with the real rewards (triggers get their own advantage)."""
     pytest.importorskip("aigq_model.rewards")
-    from aigq_model.grpo import train_grpo
+    from aigq_model.grpo_trainer import train_grpo
     from aigq_model.parsing import parse_think
 
     row = think_rows(1, seed=2)[0]
@@ -354,7 +372,8 @@ def test_think_rewards_and_grpo_steps(base_dir, tmp_path):
     qr, sr, tr = fn(row, [parse_think(good), parse_think(bad)])
     # bad: "zzz" matches no reference point -> point 0 of the reference ([n]) -> 1.0; its second
     # point holds the new-interest query, reference [] vs [1, n] -> 0.
-    assert tr == [[1.0, 1.0], [1.0, 0.0]] and qr[0][0] > qr[1][0]
+    assert tr == [[1.0, 1.0], [1.0, 0.0]]
+    assert qr[0][0] > qr[1][0]
     model, tok = sft(base_dir, think_rows(32), tmp_path, kind="think", steps=100)
     calls = []
 
@@ -365,5 +384,7 @@ def test_think_rewards_and_grpo_steps(base_dir, tmp_path):
 
     cfg = GRPOConfig(kind="think", max_steps=2, max_new_tokens=32, learning_rate=1e-3, difficulty_filter=False)
     hist = train_grpo(model, tok, think_rows(8, seed=3), spy, cfg, log=lambda e: None)
-    assert len(hist) == 2 and not hist[0]["skipped"] and all(t is not None for t in calls)
+    assert len(hist) == 2
+    assert not hist[0]["skipped"]
+    assert all(t is not None for t in calls)
     assert any(len(row) for t in calls for row in t)  # the policy wrote interest points

@@ -87,7 +87,8 @@ def test_think_round_trip():
             points.append(ThinkPoint(trig, "searched " + " ".join(rng.sample(words, 2)), queries))
         text = serialize_think(points)
         parsed = parse_think(text + "<|endoftext|><|endoftext|>")
-        assert not parsed.malformed and parsed.points == points, text
+        assert not parsed.malformed, text
+        assert parsed.points == points, text
         for q, (a, b) in zip(parsed.queries, parsed.spans, strict=True):
             assert normalize_query(text[a:b]) == q
         for p, (a, b) in zip(parsed.points, parsed.trigger_spans, strict=True):
@@ -98,12 +99,14 @@ def test_direct_round_trip_and_plain_sft():
     target = direct_target(["Running Shoe", "red shoe!", "running shoe", "", "<q>umbrella"])
     assert target == "<q> running shoe<q> red shoe<q> q umbrella"
     parsed = parse_direct(target + "<|im_end|> trailing junk <q> x")
-    assert parsed.queries == ["running shoe", "red shoe", "q umbrella"] and not parsed.malformed
+    assert parsed.queries == ["running shoe", "red shoe", "q umbrella"]
+    assert not parsed.malformed
     rows = explode_plain_sft({"sample_id": "s", "target_queries": ["a", "B", "a"], "user_id": "u"})
     assert [(r["sample_id"], r["target_queries"]) for r in rows] == [("s#0", ["a"]), ("s#1", ["b"])]
     assert rows[0]["user_id"] == "u"
     prompt, target = sft_text_pair(rows[1], kind="plain")
-    assert prompt == "Recommend the next 10 queries.\n" and target == "<q> b"
+    assert prompt == "Recommend the next 10 queries.\n"
+    assert target == "<q> b"
     assert sft_text_pair(THINK_SAMPLE, kind="think", max_history=4)[1] == think_target(THINK_SAMPLE, max_history=4)
     with pytest.raises(ValueError):
         sft_text_pair(THINK_SAMPLE, kind="cot")
@@ -133,7 +136,8 @@ def test_truncated_generation_drops_the_cut_query():
     assert parse_direct("<q> red shoe<q> runn", complete=False).queries == ["red shoe"]
     assert parse_direct("<q> red shoe<q> runn", complete=False).malformed
     p = parse_think("<think>[1] a</think><q> red shoe<q> runn", complete=False)
-    assert p.queries == ["red shoe"] and p.malformed
+    assert p.queries == ["red shoe"]
+    assert p.malformed
 
 
 @pytest.mark.parametrize(
@@ -152,7 +156,8 @@ def test_truncated_generation_drops_the_cut_query():
 def test_parse_think_malformed_cases(text, n_points, queries):
     parsed = parse_think(text)
     assert parsed.malformed
-    assert len(parsed.points) == n_points and parsed.queries == queries
+    assert len(parsed.points) == n_points
+    assert parsed.queries == queries
 
 
 def _fuzz_strings(n: int, seed: int = 0) -> list[str]:
@@ -200,15 +205,18 @@ def test_parsers_survive_fuzz():
             assert all(isinstance(i, int) for p in t.points for i in p.triggers)
             if not d.queries:
                 assert d.malformed
-    assert parse_direct(None).malformed and parse_think(12345).malformed  # type: ignore[arg-type]
+    assert parse_direct(None).malformed
+    assert parse_think(12345).malformed  # type: ignore[arg-type]
 
 
 def test_normalize_query():
     assert normalize_query("  ＲＥＤ\u3000Shoe!! ") == "red shoe"
     assert normalize_query("\u200bc++\x00 ") == "c++"
     assert normalize_query("«t-shirt»,") == "t-shirt"
-    assert normalize_query("...") == "" and normalize_query(None) == ""
-    assert normalize_query("50%") == "50%" and normalize_query("c#.") == "c#"
+    assert normalize_query("...") == ""
+    assert normalize_query(None) == ""
+    assert normalize_query("50%") == "50%"
+    assert normalize_query("c#.") == "c#"
 
 
 def test_blocklist_and_postprocess():
@@ -220,7 +228,8 @@ def test_blocklist_and_postprocess():
     assert postprocess(queries, None, max_queries=3) == ["fake id", "fake id card", "shotgun case"]
     from_lines = Blocklist.from_lines(["# comment", "fake id", "substring:gun", r"regex:^\d+$", ""])
     assert postprocess(queries, from_lines) == ["fake id card", "123 abc", "xxx video", "xxxl shirt", "red shoe", "ok"]
-    assert not Blocklist() and from_lines
+    assert not Blocklist()
+    assert from_lines
 
 
 def test_with_fallback():

@@ -88,7 +88,8 @@ def test_verbose_prompt_and_window():
     lines = prompt.splitlines()
     assert lines[0] == "User profile: gender female | age 25-29 | purchase level high | city Shanghai"
     assert lines[2:4] == ["1 | 1 day ago | click | Nike air running shoe", "2 | less than 1 hour ago | view | leather boots"]
-    assert lines[4].startswith("Based on the user's profile") and len(lines) == 5
+    assert lines[4].startswith("Based on the user's profile")
+    assert len(lines) == 5
     cold = build_prompt({"history": []})
     assert cold == "Recommend the next 10 queries.\n"
     with pytest.raises(ValueError):
@@ -98,7 +99,9 @@ def test_verbose_prompt_and_window():
 def test_special_token_list():
     tokens = compressed_special_tokens(5)
     assert tokens[:5] == ["<1>", "<2>", "<3>", "<4>", "<5>"]
-    assert "<1d_ago>" in tokens and "<cart>" in tokens and "<age_50+>" in tokens
+    assert "<1d_ago>" in tokens
+    assert "<cart>" in tokens
+    assert "<age_50+>" in tokens
     assert len(tokens) == len(set(tokens)) == 5 + 6 + 4 + 2 + 6 + 4
     assert token_init_text("<lt_1h>") == "less than 1 hour ago"
     assert token_init_text("<level_high>") == "purchase level high"
@@ -116,7 +119,8 @@ def test_new_token_embedding_is_subword_mean(tokenizer_factory, tied):
 
     ids = add_prompt_tokens(tokenizer, model, tokens)
 
-    assert set(ids) == set(tokens) and sorted(ids.values()) == list(range(n_old, n_old + len(tokens)))
+    assert set(ids) == set(tokens)
+    assert sorted(ids.values()) == list(range(n_old, n_old + len(tokens)))
     new_in = model.get_input_embeddings().weight.detach()
     new_out = model.get_output_embeddings().weight.detach()
     assert new_in.shape[0] == len(tokenizer) == n_old + len(tokens)
@@ -157,7 +161,8 @@ def test_sft_labels_mask_exactly_the_prompt(tokenizer_factory):
     assert encode_prompt(tokenizer, prompt) == tokenizer(prompt)["input_ids"]  # no bos token: nothing added
     ex = tokenize_sft_example(tokenizer, prompt, target, max_len=512)
     n = len(ex["input_ids"])
-    assert len(ex["labels"]) == len(ex["attention_mask"]) == n and set(ex["attention_mask"]) == {1}
+    assert len(ex["labels"]) == len(ex["attention_mask"]) == n
+    assert set(ex["attention_mask"]) == {1}
     assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
     assert IGNORE_INDEX not in ex["labels"][n_prompt:]
@@ -170,7 +175,8 @@ def test_sft_labels_mask_exactly_the_prompt(tokenizer_factory):
     short = tokenize_sft_example(tokenizer, prompt, target, max_len=24)
     assert len(short["input_ids"]) == 24
     n_masked = short["labels"].count(IGNORE_INDEX)
-    assert n_masked == 12 and short["labels"][:n_masked] == [IGNORE_INDEX] * n_masked
+    assert n_masked == 12
+    assert short["labels"][:n_masked] == [IGNORE_INDEX] * n_masked
     assert short["input_ids"][:n_masked] == tokenizer(prompt)["input_ids"][-n_masked:]
 
     tokenizer.add_special_tokens({"bos_token": "<bos>"})
@@ -190,5 +196,6 @@ def test_think_target_tokenizes_and_parses(tokenizer_factory):
     ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     decoded = tokenizer.decode(ids, skip_special_tokens=True)
     parsed = parse_think(decoded)
-    assert not parsed.malformed and parsed.queries == ["red shoe", "running shoe"]
+    assert not parsed.malformed
+    assert parsed.queries == ["red shoe", "running shoe"]
     assert [p.triggers for p in parsed.points] == [(1,), (1, 2)]

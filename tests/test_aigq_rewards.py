@@ -24,12 +24,15 @@ def test_rouge_l():
     assert rouge_l("shoe red", "red shoe") == pytest.approx(0.5)  # LCS 1: P = R = 1/2
     # LCS("a b c d", "a x c y d") = 3 (a c d): P = 3/4, R = 3/5, F = 2PR/(P+R) = 2/3
     assert rouge_l("a b c d", "a x c y d") == pytest.approx(2 / 3)
-    assert rouge_l("", "red shoe") == 0.0 and rouge_l("red", "") == 0.0 and rouge_l("hat", "shoe") == 0.0
+    assert rouge_l("", "red shoe") == 0.0
+    assert rouge_l("red", "") == 0.0
+    assert rouge_l("hat", "shoe") == 0.0
 
 
 def test_length_reward():
     assert length_reward("red running shoe") == 0.0
-    assert length_reward("") == -1.0 and length_reward("   ") == -1.0
+    assert length_reward("") == -1.0
+    assert length_reward("   ") == -1.0
     assert length_reward("x") == -0.5  # 1 char < 2: -(2 - 1) / 2
     assert length_reward("a b c d e f g h") == pytest.approx(-2 / 6)  # 8 words > 6
     assert length_reward("x" * 60) == pytest.approx(-0.5)  # 60 chars > 40: -(20 / 40)
@@ -39,7 +42,8 @@ def test_length_reward():
 
 def test_format_reward():
     assert format_reward(False, 3) == 1.0
-    assert format_reward(True, 3) == -1.0 and format_reward(False, 0) == -1.0
+    assert format_reward(True, 3) == -1.0
+    assert format_reward(False, 0) == -1.0
     assert format_reward(False, 10, expected=10) == 1.0
     assert format_reward(False, 7, expected=10) == pytest.approx(0.7)
     assert format_reward(False, 40, expected=10) == -1.0  # floored
@@ -59,7 +63,9 @@ def test_trigger_rouge():
     # LCS([1, 3, 5], [1, 5]) = 2: P = 2/3, R = 1 -> 0.8
     assert trigger_rouge([1, 3, 5], [1, 5]) == pytest.approx(0.8)
     assert trigger_rouge([5, 1], [1, 5]) == pytest.approx(0.5)
-    assert trigger_rouge([], []) == 1.0 and trigger_rouge([], [2]) == 0.0 and trigger_rouge([2], []) == 0.0
+    assert trigger_rouge([], []) == 1.0
+    assert trigger_rouge([], [2]) == 0.0
+    assert trigger_rouge([2], []) == 0.0
 
 
 def test_query_rewards_and_clipping():

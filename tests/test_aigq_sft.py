@@ -11,10 +11,12 @@ import random
 import pytest
 import torch
 
-from aigq_model.generate import Decoding, GenResult, generate_lists, left_pad
+from aigq_model.decode import left_pad
+from aigq_model.generate import Decoding, GenResult, generate_lists
+from aigq_model.load import load_aigq, save_aigq
 from aigq_model.parsing import Blocklist
 from aigq_model.prompts import all_special_tokens
-from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset, load_aigq, save_aigq, train_sft
+from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset, train_sft
 from tests.test_base_lm import ADJ, BRANDS, NOUNS, make_tiny_base
 
 T0 = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
@@ -96,7 +98,8 @@ def test_prompt_tokens_are_masked_and_sft_lowers_the_target_loss(base_dir, train
     _, base_tok = prepare_model(base_dir, SFTConfig())
     ex = SFTDataset(make_rows(1), base_tok, SFTConfig())[0]
     n_prompt = sum(label == -100 for label in ex["labels"])
-    assert 0 < n_prompt < len(ex["labels"]) and ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert 0 < n_prompt < len(ex["labels"])
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
     batch = SFTCollator(base_tok.pad_token_id)(
         [ex, SFTDataset(make_rows(2, seed=5), base_tok, SFTConfig())[1]]
     )
@@ -110,7 +113,8 @@ def test_prompt_tokens_are_masked_and_sft_lowers_the_target_loss(base_dir, train
 def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     model, tok, _ = trained
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     rows = make_rows(6, seed=3)
     dec = Decoding(max_new_tokens=24)
     batched = generate_lists(model, tok, rows, k=10, batch_size=6, decoding=dec, cold_start="model")
@@ -126,7 +130,8 @@ def test_batched_left_padded_generation_equals_one_at_a_time(trained):
             batch_size=2,
             decoding=Decoding(strategy=strategy, seed=0, max_new_tokens=16),
         )
-        assert len(out) == 2 and all(isinstance(r, GenResult) for r in out)
+        assert len(out) == 2
+        assert all(isinstance(r, GenResult) for r in out)
 
 
 def test_several_beams_merge_into_one_longer_list(trained):
@@ -139,9 +144,12 @@ def test_several_beams_merge_into_one_longer_list(trained):
     four = generate_lists(model, tok, rows, k=10, cold_start="model", decoding=Decoding(
         strategy="beam", num_beams=4, num_return_sequences=4, max_new_tokens=24))
     for a, b in zip(one, four, strict=True):
-        assert a.raw_text == b.raw_text and b.extra["n_sequences"] == 4
-        assert b.queries[:1] == a.queries[:1] and set(a.queries[: a.n_model]) <= set(b.queries)
-        assert b.n_model >= a.n_model and len(b.queries) == len(set(b.queries))
+        assert a.raw_text == b.raw_text
+        assert b.extra["n_sequences"] == 4
+        assert b.queries[:1] == a.queries[:1]
+        assert set(a.queries[: a.n_model]) <= set(b.queries)
+        assert b.n_model >= a.n_model
+        assert len(b.queries) == len(set(b.queries))
     assert sum(b.n_model for b in four) > sum(a.n_model for a in one)
     with pytest.raises(ValueError, match="greedy"):
         Decoding(num_return_sequences=2)
@@ -175,7 +183,9 @@ def test_generation_never_crashes_and_falls_back_to_popularity(trained):
     popular = ["pop one", "pop two", "pop three"]
     cold = dict(make_rows(1, seed=9)[0], history=[])
     out = generate_lists(model, tok, [cold], k=3, fallback=popular)
-    assert out[0].queries == popular and out[0].source == "fallback" and not out[0].model_called
+    assert out[0].queries == popular
+    assert out[0].source == "fallback"
+    assert not out[0].model_called
     # The block-list also holds for what the fallback fills in (cold start and top-up).
     blocked = generate_lists(model, tok, [cold, *make_rows(2, seed=12)], k=3, fallback=popular,
                              blocklist=Blocklist(["pop two"]), decoding=Decoding(max_new_tokens=8))
@@ -199,7 +209,8 @@ def test_generation_never_crashes_and_falls_back_to_popularity(trained):
 
     rows = make_rows(3, seed=4)
     out = generate_lists(Broken(), tok, rows, k=2, fallback=lambda s: popular)
-    assert [r.queries for r in out] == [popular[:2]] * 3 and all(r.malformed for r in out)
+    assert [r.queries for r in out] == [popular[:2]] * 3
+    assert all(r.malformed for r in out)
     # Garbage text: think parser on a direct model, blocked queries, no fallback at all.
     out = generate_lists(
         model,
@@ -229,16 +240,16 @@ def test_entry_point_publishes_a_version_through_the_registry(tmp_path, base_dir
     assert main([*args, "--kind", "plain", "--style", "verbose"]) == 0
     out = root / "models" / "aigq_plain" / "2026-11-02"
     manifest = read_manifest(out)
-    assert (
-        manifest["kind"] == "plain"
-        and manifest["metrics"]["steps"] == 3
-        and manifest["metrics"]["n_train"] == 36
-    )
-    assert manifest["data_dates"] == ["2026-11-01"] and manifest["base_model"]["path"] == str(base_dir)
+    assert manifest["kind"] == "plain"
+    assert manifest["metrics"]["steps"] == 3
+    assert manifest["metrics"]["n_train"] == 36
+    assert manifest["data_dates"] == ["2026-11-01"]
+    assert manifest["base_model"]["path"] == str(base_dir)
     assert current_version(root, "aigq_plain") is None  # staged and committed, not registered
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # checkpoints cleaned up
     model, tok = load_aigq(out)
-    assert "<q>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] >= len(tok)
+    assert "<q>" in tok.get_vocab()
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok)
 
 
 def test_gate_compares_with_popularity_and_the_current_version(tmp_path):
@@ -307,7 +318,7 @@ def test_query_beam_groups_queries_by_category(trained):
     """``group_queries``: the same model queries, regrouped so a category's queries sit together,
     categories in the order of their best query, best first within each; queries of unknown
     category keep their own place; without a map the list is unchanged."""
-    from aigq_model.generate import group_by_category, merge_lists
+    from aigq_model.interests import group_by_category, merge_lists
 
     model, tok, _ = trained
     rows = make_rows(8, seed=11)
@@ -321,7 +332,8 @@ def test_query_beam_groups_queries_by_category(trained):
     changed = 0
     for p, g in zip(plain, grouped, strict=True):
         own, mine = p.queries[: p.n_model], g.queries[: g.n_model]
-        assert sorted(own) == sorted(mine) and mine[0] == own[0]
+        assert sorted(own) == sorted(mine)
+        assert mine[0] == own[0]
         cats = [category.get(q, q) for q in mine]
         firsts = list(dict.fromkeys(cats))
         assert cats == sorted(cats, key=firsts.index)  # every category contiguous
@@ -343,11 +355,12 @@ def test_query_beam_scores_are_the_joint_log_probabilities_of_the_queries(traine
     and the closing marker after ``prompt <q>`` (teacher-forced forward pass), best first."""
     import torch
 
-    from aigq_model.generate import _encode, next_queries
+    from aigq_model.decode import next_queries
+    from aigq_model.generate import encode_sample_prompt
 
     model, tok, _ = trained
     model.eval()
-    prompt = _encode(tok, make_rows(1, seed=5)[0], "compressed", 20, 384)
+    prompt = encode_sample_prompt(tok, make_rows(1, seed=5)[0], "compressed", 20, 384)
     q_id = tok.convert_tokens_to_ids("<q>")
     (cands,) = next_queries(model, tok, [[*prompt, q_id]], Decoding(strategy="query_beam", num_beams=5))
     assert len(cands) >= 3
@@ -372,14 +385,16 @@ def test_query_beam_log_wording_ranks_interest_mass_times_the_logs_share(trained
     without a vocabulary the call is refused instead of silently falling back."""
     import math
 
-    from aigq_model.generate import QueryVocabulary, _encode, next_queries
+    from aigq_model.decode import next_queries
+    from aigq_model.generate import encode_sample_prompt
+    from aigq_model.interests import QueryVocabulary
     from aigq_model.parsing import normalize_query
 
     model, tok, _ = trained
     rows = make_rows(6, seed=11)
     dec = Decoding(strategy="query_beam", num_beams=6)
     q_id = tok.convert_tokens_to_ids("<q>")
-    cands = next_queries(model, tok, [[*_encode(tok, r, "compressed", 20, 384), q_id] for r in rows], dec)
+    cands = next_queries(model, tok, [[*encode_sample_prompt(tok, r, "compressed", 20, 384), q_id] for r in rows], dec)
     cands = [[(normalize_query(q), s) for q, s in c if normalize_query(q)] for c in cands]
     seen = sorted({q for c in cands for q, _ in c})
     assert len(seen) >= 3
@@ -424,7 +439,8 @@ def test_query_beam_expands_each_think_point(base_dir, tmp_path):
     expanded = generate_lists(model, tok, rows, kind="think", cold_start="model",
                               decoding=Decoding(strategy="query_beam", num_beams=6, max_new_tokens_think=64))
     for g, e in zip(greedy, expanded, strict=True):
-        assert e.raw_text == g.raw_text and e.triggers == g.triggers  # the greedy pass writes the points
+        assert e.raw_text == g.raw_text
+        assert e.triggers == g.triggers  # the greedy pass writes the points
         assert e.n_model >= g.n_model
     assert sum(e.n_model for e in expanded) > sum(g.n_model for g in greedy)
     assert any(e.triggers for e in expanded)
@@ -469,13 +485,9 @@ def test_think_trigger_interests_are_the_first_trigger_distribution(base_dir, tm
     still writes the points."""
     import math
 
-    from aigq_model.generate import (
-        QueryVocabulary,
-        _encode,
-        behaviour_interests,
-        interest_worded,
-        trigger_masses,
-    )
+    from aigq_model.decode import trigger_masses
+    from aigq_model.generate import encode_sample_prompt
+    from aigq_model.interests import QueryVocabulary, behaviour_interests, interest_worded
     from aigq_model.parsing import postprocess
 
     config = SFTConfig(kind="think", max_steps=400, **TINY_SFT)
@@ -484,7 +496,7 @@ def test_think_trigger_interests_are_the_first_trigger_distribution(base_dir, tm
     rows = two_interest_rows(8, 31)
     vocab = QueryVocabulary({f"{a} {n}": n for a in ADJ for n in NOUNS} | {n: n for n in NOUNS},
                             {f"{ADJ[0]} {n}": 5 for n in NOUNS})
-    prompts = [_encode(tok, r, "compressed", 20, 384) for r in rows]
+    prompts = [encode_sample_prompt(tok, r, "compressed", 20, 384) for r in rows]
     interests = [behaviour_interests(r, vocab) for r in rows]
     masses = trigger_masses(model, tok, prompts, interests, batch_rows=7)  # chunks cut across prompts
     right = 0
@@ -509,18 +521,9 @@ def test_think_trigger_interests_are_the_first_trigger_distribution(base_dir, tm
                             cold_start="model")
     for r, mass, g in zip(got, masses, greedy, strict=True):
         assert r.queries[: r.n_model] == postprocess(interest_worded(mass, vocab), max_queries=10)
-        assert r.raw_text == g.raw_text and r.triggers == g.triggers
+        assert r.raw_text == g.raw_text
+        assert r.triggers == g.triggers
     with pytest.raises(ValueError, match="wording 'log'"):
         Decoding(think_interests="triggers")
     with pytest.raises(ValueError, match="think_interests"):
         Decoding(wording="log", think_interests="mine")
-
-
-@pytest.mark.parametrize("module", ["aigq_model.generate", "aigq_model.parsing", "aigq_model.prompts",
-                                    "aigq_model.targets", "scripts.aigq_interest_ceiling"])
-def test_docstring_examples(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

@@ -16,7 +16,7 @@ from base_lm import SPECIAL_TOKENS, TASK_TOKENS
 from base_lm.load import load_base_lm
 from base_lm.pretrain import BaseLMConfig, build_model, collate_blocks, pack_blocks, pretrain, save_base_lm
 from base_lm.tokenizer import load_tokenizer, train_tokenizer
-from base_lm.trainer import LoopArgs, epoch_batches, latest_checkpoint, train_loop
+from common.training import LoopArgs, epoch_batches, latest_checkpoint, train_loop
 
 BRANDS = ["Voltra", "Pixelon", "Harvesta", "Nordwik", "Cumulo"]
 ADJ = ["organic", "silver", "wireless", "premium", "dark", "fast charging", "256gb"]
@@ -117,7 +117,8 @@ def test_checkpoint_reload_gives_identical_ids_and_logits(tmp_path):
     with torch.no_grad():
         out = eager(**ids, output_attentions=True)
     assert torch.allclose(out.logits, a, atol=1e-5)
-    assert len(out.attentions) == 2 and out.attentions[0].shape[1] == 4
+    assert len(out.attentions) == 2
+    assert out.attentions[0].shape[1] == 4
 
 
 def test_load_adds_missing_tokens_with_mean_of_subwords(tmp_path):
@@ -125,7 +126,8 @@ def test_load_adds_missing_tokens_with_mean_of_subwords(tmp_path):
     base, tok0 = load_base_lm(path)
     n0 = len(tok0)
     model, tok = load_base_lm(path, special_tokens=(*TASK_TOKENS, "<dark_chocolate>"))
-    assert len(tok) == n0 + 1 and model.get_input_embeddings().weight.shape[0] == n0 + 1
+    assert len(tok) == n0 + 1
+    assert model.get_input_embeddings().weight.shape[0] == n0 + 1
     assert model.config.vocab_size == n0 + 1
     new_id = tok.convert_tokens_to_ids("<dark_chocolate>")
     assert tok("a<dark_chocolate>b", add_special_tokens=False)["input_ids"].count(new_id) == 1
@@ -143,7 +145,8 @@ def test_foreign_checkpoint_without_manifest_loads_through_auto_classes(tmp_path
     model, tok = load_base_lm(path, special_tokens=("<brand_new>",))
     assert "<brand_new>" in tok.get_vocab()
     assert model.get_input_embeddings().weight.shape[0] >= len(tok)
-    assert tok.pad_token is not None and tok.eos_token is not None
+    assert tok.pad_token is not None
+    assert tok.eos_token is not None
 
 
 def test_pretraining_lowers_the_loss(tmp_path):
@@ -181,9 +184,8 @@ def test_epoch_batches_shard_disjointly_and_evenly():
     seen = [i for s in shards for b in s for i in b]
     assert set(seen) == set(range(10))
     again = epoch_batches(10, 2, epoch=3, seed=1, rank=0, world=3)
-    assert again == shards[0] and epoch_batches(10, 2, epoch=4, seed=1) != epoch_batches(
-        10, 2, epoch=3, seed=1
-    )
+    assert again == shards[0]
+    assert epoch_batches(10, 2, epoch=4, seed=1) != epoch_batches(        10, 2, epoch=3, seed=1    )
 
 
 def test_checkpoints_are_pruned_to_the_limit(tmp_path):
@@ -226,9 +228,11 @@ def test_pretrain_entry_point_publishes_a_loadable_model(tmp_path, monkeypatch):
 
     assert main(["--ds", "2026-11-03", "--data-root", str(root), "--max-steps", "3"]) == 0
     out = root / "models" / "base_lm" / "2026-11-03"
-    assert (out / "_SUCCESS").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "_SUCCESS").is_file()
+    assert (out / "model.safetensors").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["ds_range"] == ["2026-10-28", "2026-11-03"] and manifest["metrics"]["steps"] == 3
+    assert manifest["ds_range"] == ["2026-10-28", "2026-11-03"]
+    assert manifest["metrics"]["steps"] == 3
     assert manifest["metrics"]["n_texts"] == len(items)
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no checkpoint/tmp left over
     model, tok = load_base_lm(out)
@@ -239,7 +243,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from base_lm.pretrain import BaseLMConfig, build_model, collate_blocks, pack_blocks
 from base_lm.tokenizer import train_tokenizer
-from base_lm.trainer import LoopArgs, train_loop
+from common.training import LoopArgs, train_loop
 from tests.test_base_lm import TINY, corpus_texts
 torch.set_num_threads(1)
 tok = train_tokenizer(corpus_texts(), vocab_size=400)
@@ -250,7 +254,8 @@ state = train_loop(model, data, collate_blocks, LoopArgs(output_dir=sys.argv[1],
 flat = torch.cat([p.detach().flatten() for p in model.parameters()])
 gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
-assert state.global_step == 3 and torch.equal(gathered[0], gathered[1]), "ranks diverged"
+assert state.global_step == 3, state.global_step
+assert torch.equal(gathered[0], gathered[1]), "ranks diverged"
 dist.destroy_process_group()
 """
 

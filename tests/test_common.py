@@ -19,7 +19,8 @@ def test_profiles_merge_and_env_overrides(tmp_path):
         "  big:\n    spark: {master: 'spark://h:7077'}\n"
     )
     base = load_config(conf, environ={})
-    assert base["spark"]["master"] == "local[2]" and base["profile"] == "local"
+    assert base["spark"]["master"] == "local[2]"
+    assert base["profile"] == "local"
     big = load_config(conf, environ={"PIPELINE_PROFILE": "big", "PIPELINE__SPARK__CONF__B": "3"})
     assert big["spark"]["master"] == "spark://h:7077"
     assert big["spark"]["conf"] == {"a": "1", "b": 3}  # merged, YAML-typed override
@@ -70,9 +71,11 @@ def test_type_matches_accepts_physical_variants_only():
 def test_atomic_partition_publishes_replaces_and_rolls_back(tmp_path):
     final = tmp_path / "t" / "ds=2026-11-01"
     with atomic_partition(final, {"rows": 1}) as tmp:
-        assert tmp.parent == final.parent and tmp.name.startswith(".tmp-")
+        assert tmp.parent == final.parent
+        assert tmp.name.startswith(".tmp-")
         (tmp / "a.txt").write_text("v1")
-    assert (final / "_SUCCESS").exists() and read_manifest(final) == {"rows": 1}
+    assert (final / "_SUCCESS").exists()
+    assert read_manifest(final) == {"rows": 1}
     with pytest.raises(RuntimeError):
         with atomic_partition(final) as tmp:
             (tmp / "a.txt").write_text("half")
@@ -99,12 +102,14 @@ def test_staged_partitions_publish_all_or_nothing(tmp_path):
             (batch.stage(a) / "x").write_text("1")
             batch.stage(b)
             raise ValueError("second table failed")
-    assert not a.exists() and not b.exists()
+    assert not a.exists()
+    assert not b.exists()
     assert list((tmp_path / "a").iterdir()) == []
     with staged_partitions() as batch:
         (batch.stage(a) / "x").write_text("1")
         (batch.stage(b, {"rows": 0}) / "y").write_text("2")
-    assert (a / "_SUCCESS").exists() and (b / "_SUCCESS").exists()
+    assert (a / "_SUCCESS").exists()
+    assert (b / "_SUCCESS").exists()
 
 
 def test_arrow_round_trip_uses_contract_schema(tmp_path):
@@ -128,7 +133,8 @@ def test_runtime_device_setting_on_a_machine_without_cuda(monkeypatch):
         with pytest.raises(ValueError, match="runtime.device"):
             devices.configure({"runtime": {"device": "tpu"}})
         assert devices.configure({"runtime": {"device": "CPU"}}) == "cpu"
-        assert devices.resolve() == torch.device("cpu") and not devices.use_bf16()
+        assert devices.resolve() == torch.device("cpu")
+        assert not devices.use_bf16()
         assert devices.configure({}) == "auto"  # no runtime section: auto
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         assert devices.resolve() == torch.device("cpu")  # auto without a GPU: the CPU

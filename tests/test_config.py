@@ -78,8 +78,8 @@ SETTINGS_CLASSES = [
     ("aigq_model.train_sft", "SFTConfig", "aigq.sft", set(), set()),
     ("aigq_model.generate", "Decoding", "aigq.generate", {"batch_size", "blocklist"}, set()),
     # kind, style and max_history of an IL-GRPO run come from the policy it updates
-    ("aigq_model.grpo", "GRPOConfig", "aigq.grpo", set(), {"kind", "style", "max_history"}),
-    ("aigq_model.ctr", "CTRConfig", "aigq.ctr", set(), set()),
+    ("aigq_model.grpo_trainer", "GRPOConfig", "aigq.grpo", set(), {"kind", "style", "max_history"}),
+    ("aigq_model.ctr_model", "CTRConfig", "aigq.ctr", set(), set()),
     ("aigq_model.rewards", "RewardConfig", "aigq.rewards", set(), set()),
     ("export.data", "ExportConfig", "export", set(), set()),
 ]
@@ -193,7 +193,8 @@ def test_wrong_type_from_the_environment(tmp_path):
 def test_valid_overrides_are_typed_by_the_schema(tmp_path):
     conf = _conf(tmp_path, "  big:\n    karma: {learning_rate: 1, base_model: /models/qwen}\n")
     big = load_config(conf, profile="big", environ={})
-    assert big["karma"]["learning_rate"] == 1 and big["karma"]["base_model"] == "/models/qwen"  # int as a float
+    assert big["karma"]["learning_rate"] == 1
+    assert big["karma"]["base_model"] == "/models/qwen"  # int as a float
     cfg = load_config(conf, environ={
         "PIPELINE__KARMA__LEARNING_RATE": "1e-5",  # YAML reads 1e-5 as text; a float key takes it as a number
         "PIPELINE__KARMA__VARIANT": "123",  # a string key keeps the text
@@ -201,8 +202,10 @@ def test_valid_overrides_are_typed_by_the_schema(tmp_path):
         "PIPELINE__SPARK__CONF__SPARK.EXECUTOR.CORES": "2",  # a free-form map takes any key
         "PIPELINE__SPARK__DRIVER_MEMORY": "4g",
     })
-    assert cfg["karma"]["learning_rate"] == 1e-5 and cfg["karma"]["variant"] == "123"
-    assert cfg["karma"]["base_model"] is None and cfg["spark"]["driver_memory"] == "4g"
+    assert cfg["karma"]["learning_rate"] == 1e-5
+    assert cfg["karma"]["variant"] == "123"
+    assert cfg["karma"]["base_model"] is None
+    assert cfg["spark"]["driver_memory"] == "4g"
     assert cfg["spark"]["conf"] == {"spark.ui.enabled": "false", "spark.executor.cores": 2}
 
 
@@ -220,7 +223,8 @@ def test_repository_overrides_used_by_tests_and_scripts_are_accepted():
         "PIPELINE__SPARK__MASTER": "spark://127.0.0.1:7077",
     }
     cfg = load_config(profile="cluster", environ=env)
-    assert cfg["export"]["generate"]["max_new_tokens"] == 8 and cfg["data_root"] == "/mnt/lake"
+    assert cfg["export"]["generate"]["max_new_tokens"] == 8
+    assert cfg["data_root"] == "/mnt/lake"
 
 
 def test_a_key_given_twice_is_refused(tmp_path):

@@ -3,7 +3,7 @@
 Base-LM pre-training, KARMA and AIGQ IL-SFT train for a few steps through their entry points twice on the same tiny
 data and seed: once in one process with batch ``B``, once under ``torchrun --standalone
 --nproc-per-node 2`` with ``B/2`` per rank (the union of the ranks' batches is the single batch,
-``base_lm.trainer.epoch_batches``). Every logged per-step loss term must agree within
+``common.training.epoch_batches``). Every logged per-step loss term must agree within
 ``REL_TOL`` (relative): KARMA's InfoNCE sees every rank's candidates (gathered with gradient,
 deduplicated by item) and its token / image terms, like the AIGQ token loss, are normalised by
 the global count across ranks — without that the per-rank means would differ by far more (the
@@ -107,7 +107,8 @@ def _assert_same_losses(single: list[dict], ddp: list[dict]) -> float:
     worst = 0.0
     for a, b in zip(single, ddp, strict=True):
         terms = sorted(k for k in a if k.startswith("loss"))
-        assert terms == sorted(k for k in b if k.startswith("loss")) and "loss" in terms
+        assert terms == sorted(k for k in b if k.startswith("loss"))
+        assert "loss" in terms
         for k in terms:
             rel = abs(a[k] - b[k]) / max(abs(a[k]), 1e-8)
             worst = max(worst, rel)
@@ -122,26 +123,26 @@ def _assert_rank0_wrote(proc: subprocess.CompletedProcess, model_dir: Path) -> N
     for step in (2, 4):
         assert proc.stderr.count(f"checkpoint-{step}\n") == 1, proc.stderr[-3000:]  # "saved .../checkpoint-N"
     assert [p.name for p in model_dir.parent.iterdir()] == [model_dir.name]
-    assert len(list(model_dir.rglob("trainer_state.json"))) == 1 and len(_history(model_dir)) == STEPS
+    assert len(list(model_dir.rglob("trainer_state.json"))) == 1
+    assert len(_history(model_dir)) == STEPS
 
 
 def _torchrun(module: str, args: list[str]) -> list[str]:
     """The command the training DAGs build for ``runtime.nproc_per_node: 2``."""
-    if module in ("karma_model.train", "base_lm.pretrain"):
-        from dags.karma_training import command
-    else:
-        from dags.aigq_training import command
-    cmd = command(module, args, 2)
+    from dags.runner import python_command
+
+    cmd = python_command(module, args, 2)
     assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     return cmd
 
 
 @pytest.mark.slow
 def test_karma_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
-    from base_lm.trainer import evaluate_loss
     from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
+    from common.training import evaluate_loss
     from karma_model.data import ItemCatalog, KarmaDataset, KarmaEncoder, collate_histories, collate_items
-    from karma_model.train import TrainCollator, load_karma
+    from karma_model.load import load_karma
+    from karma_model.train import TrainCollator
     from tests.test_karma_model import item_rows, sample_rows
 
     base, root = world
@@ -154,7 +155,8 @@ def test_karma_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
     batch = {"PIPELINE__KARMA__BATCH_SIZE": str(GLOBAL_BATCH // 2)}
     ddp, proc = _train(_torchrun("karma_model.train", [*args, "--out", str(ddp_out)]),
                        _env({**KARMA_ENV, **batch}))
-    assert Path(ddp["model_dir"]) == ddp_out and ddp["metrics"]["steps"] == STEPS
+    assert Path(ddp["model_dir"]) == ddp_out
+    assert ddp["metrics"]["steps"] == STEPS
 
     _assert_same_losses(_history(single_out), _history(ddp_out))
     _assert_rank0_wrote(proc, ddp_out)
@@ -185,8 +187,9 @@ def test_karma_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
 
 @pytest.mark.slow
 def test_aigq_sft_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
-    from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset, load_aigq
-    from base_lm.trainer import evaluate_loss
+    from aigq_model.load import load_aigq
+    from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset
+    from common.training import evaluate_loss
     from tests.test_aigq_sft import make_rows
 
     base, root = world
@@ -199,7 +202,8 @@ def test_aigq_sft_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
     batch = {"PIPELINE__AIGQ__SFT__BATCH_SIZE": str(GLOBAL_BATCH // 2)}
     ddp, proc = _train(_torchrun("aigq_model.train_sft", [*args, "--out", str(ddp_out)]),
                        _env({**AIGQ_ENV, **batch}))
-    assert Path(ddp["model_dir"]) == ddp_out and ddp["metrics"]["steps"] == STEPS
+    assert Path(ddp["model_dir"]) == ddp_out
+    assert ddp["metrics"]["steps"] == STEPS
 
     _assert_same_losses(_history(single_out), _history(ddp_out))
     _assert_rank0_wrote(proc, ddp_out)
@@ -251,7 +255,8 @@ def test_base_lm_pretraining_ddp_equals_one_process_with_the_global_batch(world,
            _env({**BASE_ENV, "PIPELINE__BASE_LM__BATCH_SIZE": str(GLOBAL_BATCH)}))
     ddp, proc = _train(_torchrun("base_lm.pretrain", [*args, "--out", str(ddp_out)]),
                        _env({**BASE_ENV, "PIPELINE__BASE_LM__BATCH_SIZE": str(GLOBAL_BATCH // 2)}))
-    assert Path(ddp["model_dir"]) == ddp_out and ddp["metrics"]["steps"] == STEPS
+    assert Path(ddp["model_dir"]) == ddp_out
+    assert ddp["metrics"]["steps"] == STEPS
 
     _assert_same_losses(_history(single_out), _history(ddp_out))
     _assert_rank0_wrote(proc, ddp_out)
@@ -268,56 +273,38 @@ def test_base_lm_pretraining_ddp_equals_one_process_with_the_global_batch(world,
 
 
 def test_dags_launch_training_under_torchrun_only_when_asked(monkeypatch):
-    """N = 1: ``python -m module`` exactly as before; N > 1 (env override of the config, or the
-    param, which wins): ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-    module``, for the training entry points only; the result is the JSON line on stdout."""
-    import dags.aigq_training as aigq_dag
-    import dags.karma_training as karma_dag
+    """N = 1: ``python -m common.steps module`` (the step launcher); N > 1 (env override of the
+    config, or the param, which wins): ``python -m torch.distributed.run --standalone
+    --nproc-per-node N -m common.steps module``, for the DAG's training entry points only."""
+    from dags import runner, training_tasks
+    from dags.aigq_training import DDP_MODULES as AIGQ_DDP
+    from dags.karma_training import DDP_MODULES as KARMA_DDP
 
-    calls = []
+    def command(module: str, params: dict, ddp: tuple[str, ...]) -> list[str]:
+        return runner.python_command(module, ["--ds", DS], training_tasks.step_nproc(module, params, ddp))
 
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, stdout='log line\n{"model_dir": "/m"}\n')
-
-    class FakePopen:
-        def __init__(self, cmd, **kwargs):
-            calls.append(cmd)
-            self.stdout, self.returncode = iter(['{"model_dir": "/a"}\n']), 0
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    monkeypatch.setattr(subprocess, "Popen", FakePopen)
     monkeypatch.delenv("PIPELINE__RUNTIME__NPROC_PER_NODE", raising=False)
     params = {"omp_threads": 1, "nproc_per_node": 0}
-    py = [sys.executable, "-m"]
-    torchrun = [*py, "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    launcher = [sys.executable, "-m", "common.steps"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    assert command("karma_model.train", params, KARMA_DDP) == [*launcher, "karma_model.train", "--ds", DS]
+    assert command("aigq_model.train_sft", params, AIGQ_DDP) == [*launcher, "aigq_model.train_sft", "--ds", DS]
 
-    assert karma_dag._run("karma_model.train", ["--ds", DS], params) == {"model_dir": "/m"}
-    assert aigq_dag._run_module("aigq_model.train_sft", ["--ds", DS], params) == {"model_dir": "/a"}
-    assert calls == [[*py, "karma_model.train", "--ds", DS], [*py, "aigq_model.train_sft", "--ds", DS]]
-
-    calls.clear()
     monkeypatch.setenv("PIPELINE__RUNTIME__NPROC_PER_NODE", "2")
-    karma_dag._run("karma_model.train", ["--ds", DS], params)
-    karma_dag._run("karma_model.evaluate", ["--ds", DS], params)  # not a training entry point
-    aigq_dag._run_module("aigq_model.train_sft", ["--ds", DS], params)
-    aigq_dag._run_module("aigq_model.run_eval", ["--ds", DS], params)
-    karma_dag._run("karma_model.train", ["--ds", DS], {**params, "nproc_per_node": 3})  # the param wins
-    aigq_dag._run_module("base_lm.pretrain", ["--ds", DS], params)
-    assert calls == [
-        [*torchrun, "2", "-m", "karma_model.train", "--ds", DS],
-        [*py, "karma_model.evaluate", "--ds", DS],
-        [*torchrun, "2", "-m", "aigq_model.train_sft", "--ds", DS],
-        [*py, "aigq_model.run_eval", "--ds", DS],
-        [*torchrun, "3", "-m", "karma_model.train", "--ds", DS],
-        [*torchrun, "2", "-m", "base_lm.pretrain", "--ds", DS],
-    ]
+    assert command("karma_model.train", params, KARMA_DDP) == [*torchrun, "2", "-m", "common.steps",
+                                                               "karma_model.train", "--ds", DS]
+    assert command("karma_model.evaluate", params, KARMA_DDP) == [*launcher, "karma_model.evaluate", "--ds", DS]
+    assert command("aigq_model.train_sft", params, AIGQ_DDP) == [*torchrun, "2", "-m", "common.steps",
+                                                                 "aigq_model.train_sft", "--ds", DS]
+    assert command("aigq_model.run_eval", params, AIGQ_DDP) == [*launcher, "aigq_model.run_eval", "--ds", DS]
+    three = {**params, "nproc_per_node": 3}  # the param wins
+    assert command("karma_model.train", three, KARMA_DDP) == [*torchrun, "3", "-m", "common.steps",
+                                                              "karma_model.train", "--ds", DS]
+    assert command("base_lm.pretrain", params, AIGQ_DDP) == [*torchrun, "2", "-m", "common.steps",
+                                                             "base_lm.pretrain", "--ds", DS]
 
     # the training tasks' Airflow pool: Airflow's default_pool unless runtime.training_pool names one
     monkeypatch.delenv("PIPELINE__RUNTIME__TRAINING_POOL", raising=False)
-    assert karma_dag._training_pool() == aigq_dag._training_pool() == ("default_pool", 2)
+    assert training_tasks.training_pool() == ("default_pool", 2)
     monkeypatch.setenv("PIPELINE__RUNTIME__TRAINING_POOL", "gpu")
-    assert karma_dag._training_pool() == aigq_dag._training_pool() == ("gpu", 2)
+    assert training_tasks.training_pool() == ("gpu", 2)

@@ -26,7 +26,7 @@ from common.config import load_config
 from common.paths import partition_path, published_ds
 from common.publish import read_manifest
 from export.data import ExportConfig, ExportInputError, load_active, shard_of, shard_users, users_digest
-from export.publish import STAGING, clean_staging, part_name, read_parts, run_folder_name, staging_dir
+from export.staging import STAGING, clean_staging, part_name, read_parts, run_folder_name, staging_dir
 from tests.export_fixtures import D1, D2, make_clean_root, register_folder, register_tiny_karma, tiny_base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,8 @@ def test_shard_arguments_are_checked(tmp_path, capsys):
             main([*common, *bad])
         assert e.value.code == 2, bad
     assert run_folder_name("manual__2026-11-02T00:00:00+00:00") != run_folder_name("manual__2026-11-02T00_00_00_00_00")
-    assert "/" not in run_folder_name("a/../b") and not run_folder_name(".hidden").startswith(".")
+    assert "/" not in run_folder_name("a/../b")
+    assert not run_folder_name(".hidden").startswith(".")
 
 
 @pytest.mark.airflow
@@ -92,27 +93,20 @@ def test_shard_count_comes_from_the_param_else_the_config(monkeypatch):
     monkeypatch.delenv("PIPELINE__RUNTIME__EXPORT_SHARDS", raising=False)
     assert shard_count({"shards": 0}) == int(load_config()["runtime"]["export_shards"]) == 1
     monkeypatch.setenv("PIPELINE__RUNTIME__EXPORT_SHARDS", "4")
-    assert shard_count({"shards": 0}) == 4 and shard_count({"shards": 2}) == 2
+    assert shard_count({"shards": 0}) == 4
+    assert shard_count({"shards": 2}) == 2
     monkeypatch.setenv("PIPELINE__RUNTIME__EXPORT_SHARDS", "-1")
     with pytest.raises(ValueError, match="export shards"):
         shard_count({})
-
-
-def test_publish_docstring_examples():
-    import doctest
-
-    import export.publish
-
-    result = doctest.testmod(export.publish, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
 
 
 # --- parts and the publish step, in process ----------------------------------------------------------
 def register_noisy_policy(root: Path, base_dir: Path, work: Path, version: str) -> Path:
     """An untrained Direct policy with random weights (seeded) that writes varied tokens and some
     ``<q>``-separated queries under greedy decoding."""
+    from aigq_model.load import save_aigq
     from aigq_model.parsing import Q_MARK
-    from aigq_model.train_sft import SFTConfig, prepare_model, save_aigq
+    from aigq_model.train_sft import SFTConfig, prepare_model
 
     model, tok = prepare_model(base_dir, SFTConfig(kind="direct"))
     gen = torch.Generator().manual_seed(0)
@@ -209,7 +203,8 @@ def test_sharded_parts_publish_exactly_the_unsharded_rows(root):
             manifest = read_manifest(partition_path(root, "exports", t, D3))
             assert manifest["content_hash"] == ref[t][0]["content_hash"], (n, t)
             assert _rows(root, t, D3) == ref[t][1], (n, t)  # float embeddings and scores bit for bit
-            assert manifest["run_id"] == run_id and manifest["shards"]["count"] == n
+            assert manifest["run_id"] == run_id
+            assert manifest["shards"]["count"] == n
             assert all(g["passed"] for g in manifest["gates"].values())
         for t in ("u2q", "u2i"):
             assert read_manifest(partition_path(root, "exports", t, D3))["counts"] == ref[t][0]["counts"]
@@ -230,7 +225,8 @@ def test_publish_needs_every_part_and_a_rerun_replaces_a_shards_part(root):
     assert main(argv) == 4  # ExportInputError: the DAG fails the task without retrying
     with pytest.raises(ExportInputError, match=r"2 of 3 shard parts complete .*missing shards \[1\]"):
         publish_u2i_parts(cfg, str(root), D3, "r", 3)
-    assert _files(root, "u2q", D3) == before and not partition_path(root, "exports", "u2i", D3).exists()
+    assert _files(root, "u2q", D3) == before
+    assert not partition_path(root, "exports", "u2i", D3).exists()
 
     run_dir = staging_dir(root, "u2q", D3, "r")
     first = stage_u2q_shard(cfg, str(root), D3, "r", 1, 3)
@@ -255,7 +251,8 @@ def test_publish_needs_every_part_and_a_rerun_replaces_a_shards_part(root):
         os.utime(path, (0, 0))
     assert publish_u2q_parts(cfg, str(root), D3, "r", 3)["shards"] == 3
     assert read_manifest(partition_path(root, "exports", "u2q", D3))["run_id"] == "r"
-    assert not run_dir.exists() and not stale.exists()
+    assert not run_dir.exists()
+    assert not stale.exists()
     assert staging_dir(root, "u2i", D3, "r").is_dir()  # u2i's parts wait for publish_u2i
 
 
@@ -277,7 +274,8 @@ def test_a_killed_shard_leaves_no_visible_part_and_its_rerun_completes(root):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert sorted(p.name for p in run_dir.iterdir()) == [part_name(0, 2)]  # leftovers removed
     assert result["users"] == read_manifest(run_dir / part_name(0, 2))["users"] > 0
-    assert clean_staging(root, older_than_s=0) == [run_dir] and not (root / "exports" / STAGING).exists()
+    assert clean_staging(root, older_than_s=0) == [run_dir]
+    assert not (root / "exports" / STAGING).exists()
 
 
 # --- the DAG ------------------------------------------------------------------------------------------
@@ -331,10 +329,12 @@ def test_dag_with_three_shards_publishes_the_rows_of_one_shard(dag, dag_root):
         assert not (dag_root / "exports" / STAGING).exists()
     for t in TABLES:
         one, three = results[1][t], results[3][t]
-        assert one[0]["shards"]["count"] == 1 and three[0]["shards"]["count"] == 3
+        assert one[0]["shards"]["count"] == 1
+        assert three[0]["shards"]["count"] == 3
         assert three[0]["content_hash"] == one[0]["content_hash"], t
         assert three[1] == one[1], t
-    assert results[3]["u2q"][0]["previous_ds"] == D1 and results[3]["u2q"][0]["rows_carried"] > 0
+    assert results[3]["u2q"][0]["previous_ds"] == D1
+    assert results[3]["u2q"][0]["rows_carried"] > 0
     assert results[3]["u2q"][0]["counts"]["model_rows"] > 0
 
 

@@ -30,20 +30,23 @@ def on_cuda():
 def test_cuda_setting_resolves_to_the_gpu_with_bf16():
     assert devices.resolve() == torch.device("cuda:0")
     assert devices.use_bf16() is torch.cuda.is_bf16_supported()
-    from base_lm.trainer import LoopArgs, setup_distributed
+    from common.ddp import setup_distributed
+    from common.training import LoopArgs
     from karma_model.config import KarmaConfig
 
     assert setup_distributed()[2].type == "cuda"
     assert LoopArgs.from_config(KarmaConfig(), "/tmp/x").bf16 is devices.use_bf16()
     devices.configure("cpu")
-    assert devices.resolve().type == "cpu" and not devices.use_bf16()
+    assert devices.resolve().type == "cpu"
+    assert not devices.use_bf16()
 
 
 def test_karma_trains_on_the_gpu_in_bf16_and_reloads_on_the_cpu(tmp_path):
-    from base_lm.trainer import evaluate_loss
+    from common.training import evaluate_loss
     from karma_model.data import KarmaDataset, KarmaEncoder
+    from karma_model.load import load_karma, save_karma
     from karma_model.model import embed_histories
-    from karma_model.train import load_karma, save_karma, train_karma
+    from karma_model.train import train_karma
     from tests.test_karma_model import (
         ITEM_CORPUS,
         KARMA_SAMPLES,
@@ -79,7 +82,8 @@ def test_karma_trains_on_the_gpu_in_bf16_and_reloads_on_the_cpu(tmp_path):
 
 def test_aigq_sft_on_the_gpu_then_generation_on_the_gpu_matches_the_cpu_logits(tmp_path):
     from aigq_model.generate import Decoding, generate_lists
-    from aigq_model.train_sft import SFTConfig, load_aigq, save_aigq, train_sft
+    from aigq_model.load import load_aigq, save_aigq
+    from aigq_model.train_sft import SFTConfig, train_sft
     from tests.test_aigq_sft import TINY_SFT, make_rows
     from tests.test_base_lm import make_tiny_base
 
@@ -100,7 +104,8 @@ def test_aigq_sft_on_the_gpu_then_generation_on_the_gpu_matches_the_cpu_logits(t
     bf16_model, _ = load_aigq(tmp_path / "model", device="cuda", dtype=torch.bfloat16)
     out = generate_lists(bf16_model, gpu_tok, rows, k=10, batch_size=6, decoding=Decoding(max_new_tokens=24),
                          cold_start="model")
-    assert len(out) == 6 and any(r.n_model > 0 for r in out)
+    assert len(out) == 6
+    assert any(r.n_model > 0 for r in out)
 
 
 def test_attention_diagnostics_switch_to_eager_on_the_gpu(tmp_path):

@@ -36,8 +36,10 @@ def test_karma_training_structure_params_and_schedule(dagbag):
     }
     assert {a.name for a in dag.get_task("register").outlets} == {"models.karma"}
     assert {a.name for a in dag.get_task("announce").outlets} == {"models.ready"}
-    assert dag.tags and all(t.retries >= 1 for t in dag.tasks)
-    assert dag.params["variant"] == "act+gen+rec" and dag.params["omp_threads"] == 1
+    assert dag.tags
+    assert all(t.retries >= 1 for t in dag.tasks)
+    assert dag.params["variant"] == "act+gen+rec"
+    assert dag.params["omp_threads"] == 1
     assert {a.name for a in dag.timetable.asset_condition.objects} == {
         "samples.karma_samples", "samples.item_corpus"}
 
@@ -95,10 +97,14 @@ def test_dag_test_trains_evaluates_indexes_and_registers(dagbag, tiny_root):
     assert current_version(tiny_root, "karma") == DS
     registered = current_path(tiny_root, "karma")
     manifest = json.loads((registered / "manifest.json").read_text())
-    assert manifest["ds_range"][-1] == DS and manifest["variant"] == "act+gen+rec"
-    assert manifest["base_model"]["path"].endswith(f"base_lm/{DS}") and manifest["config"]["max_steps"] == 2
+    assert manifest["ds_range"][-1] == DS
+    assert manifest["variant"] == "act+gen+rec"
+    assert manifest["base_model"]["path"].endswith(f"base_lm/{DS}")
+    assert manifest["config"]["max_steps"] == 2
     assert manifest["metrics"]["hr@200"] >= manifest["metrics"]["popularity_hr@200"]
-    assert (registered / "backbone").is_dir() and (registered / "metrics.json").is_file()
+    assert (registered / "backbone").is_dir()
+    assert (registered / "metrics.json").is_file()
     index = load_index(manifest["index_dir"])
-    assert len(index) == 200 and index.manifest["model_version"] == DS
+    assert len(index) == 200
+    assert index.manifest["model_version"] == DS
     assert (tiny_root / "reports" / "karma_act_gen_rec" / f"ds={DS}" / "report.md").is_file()

@@ -24,15 +24,19 @@ def test_round_trip_finds_exact_nearest_neighbour(tmp_path, vectors, factory):
     built = build_index(vectors, ids, IndexParams(factory=factory, nprobe=4))
     out = save_index(built, tmp_path / "index", model_version="karma-test-1")
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["factory"] == factory and manifest["dim"] == 16 and manifest["n"] == 300
-    assert manifest["metric"] == "ip" and manifest["model_version"] == "karma-test-1"
-    assert manifest["build_seconds"] >= 0
+    assert manifest["factory"] == factory
+    assert manifest["dim"] == 16
+    assert manifest["n"] == 300
+    assert manifest["metric"] == "ip"
+    assert manifest["model_version"] == "karma-test-1"
+    assert "build_seconds" in manifest  # karma_model.evaluate reports it
 
     loaded = load_index(out)
     rng = np.random.default_rng(1)
     queries = vectors[:20] + 0.01 * rng.normal(size=(20, 16)).astype(np.float32)
     scores, found = loaded.search(queries, k=5)
-    assert found.shape == (20, 5) and scores.shape == (20, 5)
+    assert found.shape == (20, 5)
+    assert scores.shape == (20, 5)
     exact = exact_topk_and_ranks(queries / np.linalg.norm(queries, axis=1, keepdims=True), vectors,
                                  np.arange(20), ks=(5,))
     assert found[:, 0].tolist() == [ids[i] for i in exact.topk_idx[:, 0]]
@@ -47,15 +51,18 @@ def test_ivf_pq_trains_on_a_sample(tmp_path):
     x = rng.normal(size=(2000, 16)).astype(np.float32)
     built = build_index(x, np.arange(2000), IndexParams(factory="IVF8,PQ4x4", train_size=1000, nprobe=8))
     _, found = built.search(x[:10], 10)
-    assert found.dtype.kind == "i" and (found[:, :10] == np.arange(10)[:, None]).any(axis=1).mean() >= 0.8
+    assert found.dtype.kind == "i"
+    assert (found[:, :10] == np.arange(10)[:, None]).any(axis=1).mean() >= 0.8
     loaded = load_index(save_index(built, tmp_path / "ivfpq"), nprobe=2)
-    assert loaded.params.nprobe == 2 and len(loaded) == 2000
+    assert loaded.params.nprobe == 2
+    assert len(loaded) == 2000
 
 
 def test_missing_results_are_none(vectors):
     built = build_index(vectors[:3], ["a", "b", "c"], IndexParams(factory="Flat"))
     _, found = built.search(vectors[:1], k=5)
-    assert found[0, 0] == "a" and found[0, 3:].tolist() == [None, None]
+    assert found[0, 0] == "a"
+    assert found[0, 3:].tolist() == [None, None]
 
 
 def test_corrupt_or_missing_index_names_the_path(tmp_path, vectors):

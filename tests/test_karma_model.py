@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from base_lm.trainer import evaluate_loss, train_loop
 from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
+from common.training import evaluate_loss, train_loop
 from karma_model.config import VARIANTS, KarmaConfig, variant_weights
 from karma_model.data import (
     ItemCatalog,
@@ -25,15 +25,15 @@ from karma_model.data import (
     collate_histories,
     collate_items,
 )
+from karma_model.load import load_karma, save_karma
+from karma_model.losses import image_regression_loss, info_nce_loss
 from karma_model.model import (
     KarmaModel,
     embed_histories,
     embed_items,
-    image_regression_loss,
-    info_nce_loss,
     position_ids_from_mask,
 )
-from karma_model.train import load_karma, loop_args, save_karma, train_karma
+from karma_model.train import loop_args, train_karma
 from tests.test_base_lm import corpus_texts, make_tiny_base
 
 IMAGE_DIM = 4
@@ -185,15 +185,19 @@ def test_history_serialisation_keeps_recent_whole_behaviours(base_dir, catalog):
     enc = KarmaEncoder(tok, config, catalog)
     hist = sample_rows()[2]["history"]  # search, click, click, click
     ids, img_rows = enc.history(hist)
-    assert ids[0] == tok.bos_token_id and ids[-1] == enc.ids["<INTEREST>"]
+    assert ids[0] == tok.bos_token_id
+    assert ids[-1] == enc.ids["<INTEREST>"]
     # by hand: <bucket><type>[<IMG>]text[:6] per behaviour; the longest suffix within 20 - <bos> - <INTEREST>
     sizes = [
         2 + (b["item_id"] is not None) + min(6, len(tok(b["text"], add_special_tokens=False)["input_ids"]))
         for b in hist
     ]
     kept = max(k for k in range(len(hist) + 1) if sum(sizes[len(hist) - k :]) <= 18)
-    assert 0 < kept < len(hist) and len(ids) == 2 + sum(sizes[len(hist) - kept :])
-    assert ids[1] == enc.ids["<lt_1h>"] and ids[2] == enc.ids["<click>"] and ids[3] == enc.ids["<IMG>"]
+    assert 0 < kept < len(hist)
+    assert len(ids) == 2 + sum(sizes[len(hist) - kept :])
+    assert ids[1] == enc.ids["<lt_1h>"]
+    assert ids[2] == enc.ids["<click>"]
+    assert ids[3] == enc.ids["<IMG>"]
     assert [catalog.item_ids[r] for r in img_rows] == [b["item_id"] for b in hist[len(hist) - kept :]]
     assert ids.count(enc.ids["<IMG>"]) == len(img_rows)
     assert enc.ids["<search>"] not in ids  # the oldest behaviour (the search) was dropped whole
@@ -256,9 +260,8 @@ def test_gen_loss_is_cross_entropy_on_target_positions_only(base_dir, catalog, s
         for k, token in enumerate(target):  # position pos + k predicts target[k]
             terms.append(-torch.log_softmax(logits[b, pos + k], -1)[token])
     assert out.loss_gen.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
-    assert out.loss_rec is None and out.loss.item() == pytest.approx(
-        out.loss_act.item() + 0.7 * out.loss_gen.item(), rel=1e-6
-    )
+    assert out.loss_rec is None
+    assert out.loss.item() == pytest.approx(        out.loss_act.item() + 0.7 * out.loss_gen.item(), rel=1e-6    )
 
 
 def test_rec_and_image_losses_match_hand_computation(base_dir, catalog, samples):
@@ -354,7 +357,8 @@ def test_reconstruction_loss_alone_reaches_the_interest_path(base_dir, catalog, 
         return model.user_proj.weight.grad, q_proj.grad.clone(), model.item_proj.weight.grad
 
     w_u, q_full, w_i = grads(detach=False)
-    assert w_u is not None and w_u.abs().sum() > 0
+    assert w_u is not None
+    assert w_u.abs().sum() > 0
     assert w_i is None  # the item tower plays no part in L_rec
     w_u_detached, q_detached, _ = grads(detach=True)
     assert w_u_detached is None
@@ -370,10 +374,12 @@ def test_image_soft_token_feeds_the_item_tower(base_dir, catalog, samples):
     e = model.encode_items(**batch)
     swapped = dict(batch, images=batch["images"].flip(0))
     e2 = model.encode_items(**swapped)
-    assert not torch.allclose(e[:2], e2[:2], atol=1e-4) and torch.allclose(e[2], e2[2], atol=1e-6)
+    assert not torch.allclose(e[:2], e2[:2], atol=1e-4)
+    assert torch.allclose(e[2], e2[2], atol=1e-6)
     e.sum().backward()
     assert model.image_adapter[0].weight.grad.abs().sum() > 0
-    assert model.rec_proj is None and model.image_head is None  # ``act`` has no train-only heads
+    assert model.rec_proj is None
+    assert model.image_head is None  # ``act`` has no train-only heads
 
 
 # --- training -----------------------------------------------------------------------------------------
@@ -394,12 +400,14 @@ def test_training_lowers_each_loss(base_dir, catalog, samples, tmp_path):
     after = evaluate_loss(
         model, KarmaDataset(train, KarmaEncoder(tok, config, catalog)), collate, batch_size=7
     )
-    assert state.global_step == 20 and len(state.log_history) == 20
+    assert state.global_step == 20
+    assert len(state.log_history) == 20
     assert set(before) == {"loss", "loss_act", "loss_gen", "loss_rec", "loss_img"}
     for term in before:
         assert after[term] < before[term], (term, before[term], after[term])
     assert {"loss_act", "loss_gen", "loss_rec", "loss_img"} <= set(state.log_history[0])
-    assert metrics["n_valid"] == 1 and "loss_rec" in metrics["valid"]
+    assert metrics["n_valid"] == 1
+    assert "loss_rec" in metrics["valid"]
 
 
 class CrashAfter:
@@ -426,7 +434,8 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
     model, _, _, collate, ds = build(base_dir, catalog, samples, config)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_loop(model, ds, CrashAfter(collate, 4), loop_args(config, tmp_path / "run"))  # dies in step 4
-    assert (tmp_path / "run" / "checkpoint-2").is_dir() and not (tmp_path / "run" / "checkpoint-4").exists()
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
     model, _, _, collate, ds = build(base_dir, catalog, samples, config)
     resumed = train_loop(model, ds, collate, loop_args(config, tmp_path / "run"), resume_from_checkpoint=True)
     assert resumed.global_step == 4
@@ -461,11 +470,13 @@ def test_save_and_load_give_identical_ids_and_embeddings(base_dir, catalog, samp
         decoded = loaded.decode_interest(
             torch.from_numpy(embed_histories(loaded, enc2, histories[:2])), max_new_tokens=5
         )
-    assert len(decoded) == 2 and all(len(d) <= 5 for d in decoded)
+    assert len(decoded) == 2
+    assert all(len(d) <= 5 for d in decoded)
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["format"] == "karma"
     eager, _ = load_karma(tmp_path / "m", attn_implementation="eager")
     att = eager.history_attentions(**collate_histories(enc2, histories[:2]))
-    assert len(att) == 2 and att[0].shape[:2] == (2, 4)
+    assert len(att) == 2
+    assert att[0].shape[:2] == (2, 4)
 
 
 def test_train_entry_point_publishes_the_variant(base_dir, tmp_path, monkeypatch):
@@ -501,10 +512,15 @@ def test_train_entry_point_publishes_the_variant(base_dir, tmp_path, monkeypatch
     ]
     assert main(args) == 0
     out = root / "models" / "karma_act_rec_img" / "2026-11-03"
-    assert (out / "_SUCCESS").is_file() and (out / "backbone" / "model.safetensors").is_file()
+    assert (out / "_SUCCESS").is_file()
+    assert (out / "backbone" / "model.safetensors").is_file()
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # checkpoints cleaned up
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["variant"] == "act+rec" and manifest["use_images"] and manifest["metrics"]["steps"] == 3
-    assert manifest["ds_range"] == ["2026-10-28", "2026-11-03"] and manifest["metrics"]["n_train"] == 7
+    assert manifest["variant"] == "act+rec"
+    assert manifest["use_images"]
+    assert manifest["metrics"]["steps"] == 3
+    assert manifest["ds_range"] == ["2026-10-28", "2026-11-03"]
+    assert manifest["metrics"]["n_train"] == 7
     model, _ = load_karma(out)
-    assert model.config.lambda_gen == 0 and model.image_adapter is not None
+    assert model.config.lambda_gen == 0
+    assert model.image_adapter is not None

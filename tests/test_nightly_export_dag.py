@@ -34,9 +34,12 @@ def test_nightly_export_structure(dag):
     assert dag.get_task("watcher").upstream_task_ids == set(dag.task_ids) - {"watcher"}
     assert dag.get_task("watcher").trigger_rule == "one_failed"  # a failed export fails the run
     assert dag.get_task("report").trigger_rule == "all_done"
-    assert dag.get_task("u2q").is_mapped and dag.get_task("u2i").is_mapped  # .expand over the shard list
-    assert not dag.get_task("publish_u2q").is_mapped and dag.get_task("publish_u2q").trigger_rule == "all_success"
-    assert dag.tags and all(t.retries >= 1 for t in dag.tasks if t.task_id != "watcher")
+    assert dag.get_task("u2q").is_mapped
+    assert dag.get_task("u2i").is_mapped  # .expand over the shard list
+    assert not dag.get_task("publish_u2q").is_mapped
+    assert dag.get_task("publish_u2q").trigger_rule == "all_success"
+    assert dag.tags
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "watcher")
     assert {"config", "profile", "data_root", "ds", "batch_users", "min_coverage", "max_new_tokens", "omp_threads",
             "shards"} == set(dag.params.keys())
     outlets = {t.task_id: sorted(a.name for a in t.outlets) for t in dag.tasks if t.outlets}
@@ -51,15 +54,16 @@ def test_nightly_export_structure(dag):
 def test_a_missing_model_fails_without_retry_and_no_think_policy_skips(airflow_db, tmp_path):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from dags.nightly_export import _run_export
+    from dags.nightly_export import run_export
 
     params = {"data_root": str(tmp_path / "empty"), "omp_threads": 1}
     with pytest.raises(AirflowFailException, match="model, index or input is missing or corrupt"):
-        _run_export("u2q", params, D2, "manual__test")
+        run_export("u2q", params, D2, "manual__test")
     with pytest.raises(AirflowFailException, match="exit 4"):
-        _run_export("u2i", params, D2, "manual__test")
-    skipped = _run_export("x2q", params, D2, "manual__test")  # the x2q task raises AirflowSkipException
-    assert skipped["skipped"] and "aigq_think" in skipped["reason"]
+        run_export("u2i", params, D2, "manual__test")
+    skipped = run_export("x2q", params, D2, "manual__test")  # the x2q task raises AirflowSkipException
+    assert skipped["skipped"]
+    assert "aigq_think" in skipped["reason"]
 
 
 def _train_tiny_models(root: Path, ds: str) -> None:
@@ -77,7 +81,8 @@ def _train_tiny_models(root: Path, ds: str) -> None:
     for kind in ("direct", "think"):
         assert train_sft.main([*common, "--kind", kind, "--max-steps", "4"]) == 0
         set_current(root, f"aigq_{kind}", ds)
-    assert ctr.main(common) == 0 and current_version(root, "aigq_ctr") == ds
+    assert ctr.main(common) == 0
+    assert current_version(root, "aigq_ctr") == ds
     assert karma_train.main([*common, "--max-steps", "2"]) == 0
     model_dir = root / "models" / "karma_act_gen_rec" / ds
     assert embed.main(["--ds", ds, "--model-dir", str(model_dir), "--data-root", str(root), "--version", ds]) == 0
@@ -86,22 +91,15 @@ def _train_tiny_models(root: Path, ds: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_dag_test_writes_all_four_exports(dag, spark, tmp_path):
+def test_dag_test_writes_all_four_exports(dag, etl_two_days, tmp_path):
+    import shutil
+
     import torch
 
-    from common.config import load_config
     from common.paths import partition_path
     from common.publish import read_manifest
-    from jobs import build_samples, sessionize, validate
-    from sources.synthetic import generate
 
-    root = tmp_path / "data"
-    generate(root, D1, 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
-    cfg = load_config(environ={})
-    cfg["data_root"] = str(root)
-    for ds in (D1, D2):
-        for job in (validate, sessionize, build_samples):
-            job.run(spark, cfg, ds)
+    root = shutil.copytree(etl_two_days, tmp_path / "data")  # D1 and D2 through the Spark jobs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -117,13 +115,18 @@ def test_dag_test_writes_all_four_exports(dag, spark, tmp_path):
         path = partition_path(root, "exports", table, D2)
         assert (path / "_SUCCESS").is_file(), table
         manifests[table] = read_manifest(path)
-        assert manifests[table]["rows"] > 0 and all(g["passed"] for g in manifests[table]["gates"].values())
-        assert manifests[table]["run_id"].startswith("manual__") or manifests[table]["run_id"]
-    assert manifests["u2q"]["model"]["name"] == "aigq_direct" and manifests["u2q"]["model"]["fallback_used"]
-    assert manifests["x2q"]["model"]["name"] == "aigq_think" and manifests["x2q"]["ctr_model"]["version"] == D2
-    assert manifests["u2i"]["model"]["version"] == D2 and manifests["u2i"]["index"]["version"] == D2
+        assert manifests[table]["rows"] > 0
+        assert all(g["passed"] for g in manifests[table]["gates"].values())
+        assert manifests[table]["run_id"] == run.run_id, table
+    assert manifests["u2q"]["model"]["name"] == "aigq_direct"
+    assert manifests["u2q"]["model"]["fallback_used"]
+    assert manifests["x2q"]["model"]["name"] == "aigq_think"
+    assert manifests["x2q"]["ctr_model"]["version"] == D2
+    assert manifests["u2i"]["model"]["version"] == D2
+    assert manifests["u2i"]["index"]["version"] == D2
     page = (root / "reports" / f"ds={D2}" / "index.html").read_text()
-    assert "<html" in page.lower() and "u2q" in page
+    assert "<html" in page.lower()
+    assert "u2q" in page
     active = manifests["u2q"]["counts"]["active_users"]
     assert manifests["user_interest_embedding"]["rows"] == active
     print(json.dumps({t: {"rows": m["rows"], "counts": m.get("counts")} for t, m in manifests.items()}))

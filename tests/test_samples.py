@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
 
@@ -62,8 +63,10 @@ def test_attach_history_is_strictly_before_capped_and_bucketed(spark):
                                     "user_id string, event_time timestamp, sample_id string")
     out = {r.sample_id: r.history for r in attach_history(index_behaviours(beh, 2), anchors).collect()}
     assert _brief(out["a1"]) == [("click", "red shoe", "1d_ago"), ("search", "q2", "lt_1h")]
-    assert out["a1"][0]["category"] == "shoe" and out["a1"][0]["item_id"] == "i1"
-    assert out["a0"] == [] and out["a9"] == []
+    assert out["a1"][0]["category"] == "shoe"
+    assert out["a1"][0]["item_id"] == "i1"
+    assert out["a0"] == []
+    assert out["a9"] == []
     longer = {r.sample_id: r.history for r in attach_history(index_behaviours(beh, 5), anchors).collect()}
     assert _brief(longer["a1"]) == [("search", "q1", "1d_ago"), ("click", "red shoe", "1d_ago"), ("search", "q2", "lt_1h")]
 
@@ -85,7 +88,8 @@ def test_karma_samples_targets_history_negatives_split(tiny_run):
 def test_direct_targets_clicked_first_then_ranker_order(tiny_run):
     cfg, _ = tiny_run
     (row,) = _rows(cfg, "aigq_direct_sft")
-    assert row["request_id"] == "h1" and row["label_source"] == "hintq"
+    assert row["request_id"] == "h1"
+    assert row["label_source"] == "hintq"
     assert row["target_queries"] == ["red hat", "hat", "blue shoe"]  # normalised, de-duplicated
     assert (row["gender"], row["age_bucket"], row["city"]) == ("f", "25-34", "hz")
     assert [h["text"] for h in row["history"]] == ["red shoe", "red running shoe", "Blue  Hat", "blue wool hat"]
@@ -104,13 +108,12 @@ def test_think_targets_sources_and_triggers(tiny_run):
     ]
 
 
-def test_session_anchors_add_direct_search_sessions_and_later_think_anchors(spark, tmp_path):
+def test_session_anchors_add_direct_search_sessions_and_later_think_anchors(spark, tiny_run, tmp_path):
     cfg = load_config(environ={"PIPELINE__SAMPLES__SESSION_ANCHORS": "true"})
-    cfg["data_root"] = str(tmp_path / "data")
-    write_tiny_dataset(cfg["data_root"])
+    # validate and sessionize do not read the samples settings: start from the tiny run's clean and
+    # sessions areas (a copy) and rebuild only the samples, which the setting changes.
+    cfg["data_root"] = str(shutil.copytree(tiny_run[0]["data_root"], tmp_path / "data"))
     for ds in (DS1, DS2):
-        validate.run(spark, cfg, ds)
-        sessionize.run(spark, cfg, ds)
         build_samples.run(spark, cfg, ds)
     direct = [(r["event_time"], r["label_source"], r["target_queries"]) for r in _rows(cfg, "aigq_direct_sft")]
     assert sorted(direct) == [
@@ -163,7 +166,8 @@ def test_direct_fallback_from_search_sessions(spark):
     cfg = load_config(environ={})["samples"]
     (row,) = direct_from_search_sessions(sessions, cfg).collect()
     assert row.target_queries == ["boot", "sock"]  # the query that led to a click first
-    assert row.label_source == "search_session" and row.event_time == ts(1, 9).replace(tzinfo=None)
+    assert row.label_source == "search_session"
+    assert row.event_time == ts(1, 9).replace(tzinfo=None)
 
 
 def _content_hash(root, ds):

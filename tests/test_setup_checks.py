@@ -42,7 +42,8 @@ def test_old_python_and_old_java_each_get_one_line(tmp_path):
     bin_dir = tmp_path / "bin"
     py, java = _python(bin_dir, "3.10.4"), _java(bin_dir, "11.0.2")
     proc = _run([bin_dir])
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"make: Python 3.11 is required (found 3.10.4 at {py}); {PY_HINT}",
         f"make: Java >= 17 is required for Spark (found 11.0.2 at {java}; {JAVA_HINT})",

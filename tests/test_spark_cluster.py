@@ -124,7 +124,8 @@ def test_behavior_etl_on_a_standalone_cluster_matches_local_mode(cluster, dagbag
     assert len(app_dirs) == 3, app_dirs
     for app in app_dirs:  # executors on the workers ran the tasks
         logs = [f.read_text(errors="replace") for f in app.glob("*/stderr")]
-        assert logs and sum(log.count("Running task") for log in logs) > 0, app
+        assert logs, app
+        assert sum(log.count("Running task") for log in logs) > 0, app
 
     # the same content, partition by partition
     for area, tables in AREAS.items():
@@ -138,15 +139,18 @@ def test_behavior_etl_on_a_standalone_cluster_matches_local_mode(cluster, dagbag
     # the helper is idempotent, and stop leaves nothing running
     state_dir = Path(cluster["state_dir"])
     again = _cli("start", state_dir, "--port", "0", "--webui-port", "0", "--worker-webui-port", "0")
-    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already running" in again.stdout, again.stdout + again.stderr
     status = _cli("status", state_dir)
-    assert status.returncode == 0 and json.loads(status.stdout)["alive_workers"] == 2
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["alive_workers"] == 2
     pgids = list(cluster["pids"].values())
     assert _cli("stop", state_dir).returncode == 0
     assert _leftovers(state_dir, pgids) == []
     assert _cli("status", state_dir).returncode == spark_cluster.NOT_RUNNING_EXIT
     second = _cli("stop", state_dir)
-    assert second.returncode == 0 and "not running" in second.stdout
+    assert second.returncode == 0
+    assert "not running" in second.stdout
 
 
 def test_start_that_times_out_names_the_problem_and_leaves_nothing_running(tmp_path):
@@ -154,7 +158,8 @@ def test_start_that_times_out_names_the_problem_and_leaves_nothing_running(tmp_p
     proc = _cli("start", state_dir, "--port", "0", "--webui-port", "0", "--worker-webui-port", "0",
                 "--timeout", "0")
     assert proc.returncode == 1
-    assert "timed out" in proc.stderr and "of 2 workers alive" in proc.stderr
+    assert "timed out" in proc.stderr
+    assert "of 2 workers alive" in proc.stderr
     assert spark_cluster.read_state(state_dir) is None
     assert _leftovers(state_dir, []) == []
 
@@ -168,5 +173,7 @@ def test_start_on_a_taken_port_refuses_before_launching_anything(tmp_path):
         sock.listen()
         taken = sock.getsockname()[1]
         proc = _cli("start", state_dir, "--port", str(taken), "--webui-port", "0", "--worker-webui-port", "0")
-    assert proc.returncode == 1 and f"[{taken}]" in proc.stderr and "already in use" in proc.stderr
+    assert proc.returncode == 1
+    assert f"[{taken}]" in proc.stderr
+    assert "already in use" in proc.stderr
     assert spark_cluster.read_state(state_dir) is None

@@ -52,7 +52,8 @@ def test_config_defaults_run_fast_and_hit_the_event_target(generated):
     target = DEFAULTS["n_users"] * DEFAULTS["events_per_user_day"] * 3
     assert 0.85 * target < total < 1.15 * target
     assert set(counts) == set(DAY_TABLES) | {"items", "users"}
-    assert counts["items"] == {START: 1500} and counts["users"] == {START: 400}
+    assert counts["items"] == {START: 1500}
+    assert counts["users"] == {START: 400}
 
 
 @pytest.mark.parametrize("table", [*schemas.RAW_TABLES, "true_interests"])
@@ -74,12 +75,14 @@ def test_partitions_are_published_with_manifests_and_times_inside_the_day(genera
             assert (part / SUCCESS).is_file()
             manifest = json.loads((part / MANIFEST).read_text())
             assert manifest["rows"] == counts[table][ds] == len(read(root, table, ds)) > 0
-            assert manifest["params"]["seed"] == 7 and manifest["params"]["n_users"] == 400
+            assert manifest["params"]["seed"] == 7
+            assert manifest["params"]["n_users"] == 400
             if table == "true_interests":
                 continue
             times = read(root, table, ds)["event_time"]
             day_start = pd.Timestamp(ds, tz="UTC")
-            assert times.min() > day_start and times.max() < day_start + pd.Timedelta(days=1), (table, ds)
+            assert times.min() > day_start, (table, ds)
+            assert times.max() < day_start + pd.Timedelta(days=1), (table, ds)
     assert not [p for p in (root / "raw").rglob(".*")], "temporary folders left behind"
 
 
@@ -121,10 +124,12 @@ def test_event_rows_obey_the_contract(generated, items):
     is_item = ev.event_type.isin(schemas.ITEM_EVENT_TYPES)
     assert (ev["query"].notna() == is_search).all()
     assert (ev.item_id.notna() == is_item).all()
-    assert ev.item_id[is_item].isin(items.item_id).all() and ev.user_id.isin(users.user_id).all()
+    assert ev.item_id[is_item].isin(items.item_id).all()
+    assert ev.user_id.isin(users.user_id).all()
     assert ev["query"][is_search].isin(list(synthetic.query_vocabulary())).all()
     assert ev.request_id[ev.scene.isin(["search", "hintq"])].notna().all()
-    assert ev.request_id[ev.event_type == "exit"].isna().all() and (ev.scene[ev.event_type == "exit"] == "other").all()
+    assert ev.request_id[ev.event_type == "exit"].isna().all()
+    assert (ev.scene[ev.event_type == "exit"] == "other").all()
     assert not ev.duplicated().any()
     # every request's views/clicks belong to the same user and follow its search
     searches = ev[is_search].set_index("request_id")
@@ -151,21 +156,25 @@ def test_hintq_exposures_impressions_and_searches_agree(generated):
     imp = read_all(root, "query_impressions")
     ev = read_all(root, "behavior_events")
     assert exp.request_id.is_unique
-    assert (exp.shown_queries.map(len) == 3).all() and (exp.shown_queries.map(lambda q: len(set(q))) == 3).all()
+    assert (exp.shown_queries.map(len) == 3).all()
+    assert (exp.shown_queries.map(lambda q: len(set(q))) == 3).all()
     assert (exp.ranker_scores.map(lambda s: len(s) == 3 and s[0] >= s[1] >= s[2])).all()
     clicked = exp[exp.clicked_query.notna()]
     assert 0.1 < len(clicked) / len(exp) < 0.9
     assert all(q in shown for q, shown in zip(clicked.clicked_query, clicked.shown_queries, strict=True))
     # impressions: the 3 shown queries at positions 0..2, clicked exactly where the exposure was
-    assert len(imp) == 3 * len(exp) and set(imp.position) == {0, 1, 2}
+    assert len(imp) == 3 * len(exp)
+    assert set(imp.position) == {0, 1, 2}
     assert imp.clicked.sum() == len(clicked)
     flat = exp.explode("shown_queries")
     assert list(imp["query"]) == list(flat.shown_queries)
     # each clicked exposure has exactly one 'hintq' search with its query, after it; nothing else
     hs = ev[(ev.event_type == "search") & (ev.scene == "hintq")].set_index("request_id")
-    assert hs.index.is_unique and set(hs.index) == set(clicked.request_id)
+    assert hs.index.is_unique
+    assert set(hs.index) == set(clicked.request_id)
     c = clicked.set_index("request_id").loc[hs.index]
-    assert (hs["query"] == c.clicked_query).all() and (hs.user_id == c.user_id).all()
+    assert (hs["query"] == c.clicked_query).all()
+    assert (hs.user_id == c.user_id).all()
     assert (hs.event_time > c.event_time).all()
     assert ev.request_id.dropna().str[0].isin(["h", "s"]).all()
 
@@ -211,7 +220,8 @@ def test_query_impression_ctr_follows_interest(generated):
         rates.append(imp)
     imp = pd.concat(rates)
     ctr = imp.groupby("match").clicked.mean()
-    assert imp.match.mean() > 0.2 and (~imp.match).mean() > 0.2
+    assert imp.match.mean() > 0.2
+    assert (~imp.match).mean() > 0.2
     assert ctr[True] > 3 * ctr[False], ctr.to_dict()
 
 
@@ -221,37 +231,45 @@ def test_interests_drift_but_stay_correlated(generated):
     last = read(root, "true_interests", DAYS[2]).pivot(index="user_id", columns="category", values="weight")
     first, last = first.align(last, join="outer", fill_value=0.0)
     first, last = first.fillna(0.0).to_numpy(), last.fillna(0.0).to_numpy()
-    assert np.allclose(first.sum(axis=1), 1.0, atol=1e-5) and np.allclose(last.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(first.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(last.sum(axis=1), 1.0, atol=1e-5)
     changed = np.abs(first - last).sum(axis=1) > 1e-3
     assert changed.mean() > 0.9
     cos = (first * last).sum(axis=1) / np.linalg.norm(first, axis=1) / np.linalg.norm(last, axis=1)
     other = np.roll(last, 1, axis=0)
     cos_other = (first * other).sum(axis=1) / np.linalg.norm(first, axis=1) / np.linalg.norm(other, axis=1)
-    assert cos.mean() > 0.6 and cos.mean() > cos_other.mean() + 0.4, (cos.mean(), cos_other.mean())
+    assert cos.mean() > 0.6, (cos.mean(), cos_other.mean())
+    assert cos.mean() > cos_other.mean() + 0.4, (cos.mean(), cos_other.mean())
     counts = (first > 0).sum(axis=1)
-    assert counts.min() >= 2 and counts.max() <= 5
+    assert counts.min() >= 2
+    assert counts.max() <= 5
 
 
 def test_items_look_like_a_catalogue(items):
     emb = np.stack(items.image_embedding.map(np.asarray).values)
-    assert emb.shape == (1500, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert emb.shape == (1500, 16)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     leaf = items.leaf_category.values
     same = leaf[:, None] == leaf[None, :]
     sim = emb @ emb.T
     assert sim[same & ~np.eye(len(leaf), dtype=bool)].mean() > sim[~same].mean() + 0.3
-    assert items.item_id.is_unique and items.item_id.str.fullmatch(r"i\d{6}").all()
+    assert items.item_id.is_unique
+    assert items.item_id.str.fullmatch(r"i\d{6}").all()
     assert (items.category_path.str.split(" > ").str[-1] == items.leaf_category).all()
     assert items.leaf_category.nunique() == 160
     assert all(b in t for b, t in zip(items.brand, items.title, strict=True))
-    assert (items.price > 0).all() and (items.tags.map(len) >= 1).all()
+    assert (items.price > 0).all()
+    assert (items.tags.map(len) >= 1).all()
 
 
 def test_cli_uses_config_defaults_and_overrides(tmp_path):
     counts = synthetic.main(["--data-root", str(tmp_path), "--days", "1", "--users", "50", "--seed", "11"])
     assert set(counts["behavior_events"]) == {START}
-    assert counts["users"] == {START: 50} and counts["items"] == {START: 1500}
+    assert counts["users"] == {START: 50}
+    assert counts["items"] == {START: 1500}
     manifest = json.loads((partition_path(tmp_path, "raw", "behavior_events", START) / MANIFEST).read_text())
-    assert manifest["params"]["seed"] == 11 and manifest["params"]["events_per_user_day"] == 12.0
+    assert manifest["params"]["seed"] == 11
+    assert manifest["params"]["events_per_user_day"] == 12.0
 
 
 def test_rejects_bad_arguments(tmp_path):
@@ -264,7 +282,7 @@ def test_rejects_bad_arguments(tmp_path):
 def test_session_plan_matches_the_event_target():
     for target in (1.0, 12.0, 200.0):
         rate, extra = synthetic.session_plan(target)
-        sessions = synthetic._expected_capped_sessions(rate)
+        sessions = synthetic.expected_capped_sessions(rate)
         per_session = synthetic.EVENTS_OUTSIDE_SEARCHES + synthetic.EVENTS_PER_SEARCH * (1.0 + extra)
         assert sessions <= synthetic.TARGET_SESSIONS + 1e-9
         assert abs(sessions * per_session - target) < 1e-6 * target
@@ -277,8 +295,10 @@ def test_injected_bad_rows_are_deterministic_and_typed(tmp_path):
     dirty = synthetic.generate(tmp_path / "b", START, 1, 30, 100, 12.0, seed=5, bad_row_rate=0.05)
     n_clean, n_dirty = clean["behavior_events"][START], dirty["behavior_events"][START]
     events = pq.read_table(partition_path(tmp_path / "b", "raw", "behavior_events", START)).to_pandas()
-    assert events.user_id.isna().sum() > 0 and (events.event_type == "teleport").sum() > 0
+    assert events.user_id.isna().sum() > 0
+    assert (events.event_type == "teleport").sum() > 0
     assert n_dirty - n_clean == events.duplicated().sum() > 0  # only duplicates add rows
     again = synthetic.generate(tmp_path / "c", START, 1, 30, 100, 12.0, seed=5, bad_row_rate=0.05)
     assert again == dirty
-    assert len(BAD_ROW_KINDS) == 5 and inject_bad_rows(pa.table({"x": [1]}), 0.0, np.random.default_rng(0)).num_rows == 1
+    assert len(BAD_ROW_KINDS) == 5
+    assert inject_bad_rows(pa.table({"x": [1]}), 0.0, np.random.default_rng(0)).num_rows == 1

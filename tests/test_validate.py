@@ -47,7 +47,9 @@ def test_each_bad_row_gets_its_reason_and_counts_add_up(spark, cfg):
     _write_base(root, events)
     summary = validate.run(spark, cfg, DS1)
     be = summary["behavior_events"]
-    assert be["rows_in"] == 14 and be["rows_out"] == 3 and be["rows_quarantined"] == 11
+    assert be["rows_in"] == 14
+    assert be["rows_out"] == 3
+    assert be["rows_quarantined"] == 11
     assert be["reasons"] == {
         "duplicate": 1,
         "event_time_outside_partition": 1,
@@ -65,7 +67,8 @@ def test_each_bad_row_gets_its_reason_and_counts_add_up(spark, cfg):
     assert by_row[("u1", "search", None, "search")] == "search_without_query"
     assert by_row[("u2", "teleport", None, "search")] == "unknown_event_type"
     clean = read_partition(root, "clean", "behavior_events", DS1)
-    assert clean.num_rows == 3 and clean.schema.equals(schemas.BEHAVIOR_EVENTS)
+    assert clean.num_rows == 3
+    assert clean.schema.equals(schemas.BEHAVIOR_EVENTS)
     assert read_manifest(partition_path(root, "clean", "behavior_events", DS1))["rows"] == 3
     assert read_manifest(partition_path(root, "quarantine", "behavior_events", DS1))["rows"] == 11
 
@@ -89,7 +92,8 @@ def test_invalid_utf8_is_quarantined(spark, cfg, tmp_path):
     part = partition_path(root, "raw", "behavior_events", DS1)
     pq.write_table(table, part / "part-00000.parquet")
     summary = validate.run(spark, cfg, DS1)["behavior_events"]
-    assert summary["reasons"] == {"invalid_utf8": 1} and summary["rows_out"] == 1
+    assert summary["reasons"] == {"invalid_utf8": 1}
+    assert summary["rows_out"] == 1
 
 
 def test_hintq_and_impression_rules(spark, cfg):
@@ -147,7 +151,8 @@ def test_bad_input_file_fails_naming_file_and_publishes_nothing(spark, cfg, kind
     path = _corrupt(root, kind)
     with pytest.raises(validate.InputContractError) as err:
         validate.run(spark, cfg, DS2)
-    assert message in str(err.value) and str(path) in str(err.value)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
     for area in ("clean", "quarantine"):
         for table in schemas.RAW_TABLES:
             assert not partition_path(root, area, table, DS2).exists(), (area, table)
@@ -179,7 +184,8 @@ def test_rerun_replaces_partition_with_identical_content(spark, cfg):
     second = validate.run(spark, cfg, DS2)
     after = read_partition(root, "clean", "behavior_events", DS2).sort_by("event_time")
     assert first == second
-    assert before.equals(after) and after.num_rows == 7
+    assert before.equals(after)
+    assert after.num_rows == 7
     siblings = [p.name for p in partition_path(root, "clean", "behavior_events", DS2).parent.iterdir()]
     assert siblings == ["ds=2026-11-02"]
     assert is_published(partition_path(root, "clean", "items", DS2))  # snapshot re-published for ds

@@ -1,0 +1,18 @@
+"""Offline Hugging Face setup for every entry point that loads a model or tokenizer.
+
+The pipeline's models are local folders; a task must never reach the Hub, start tokenizer thread
+pools or print progress bars into task logs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def quiet_offline_hf() -> None:
+    """Entry points: never reach the Hub, no tokenizer thread pools, no progress bars in task logs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging  # after the variables: they are read at import
+
+    hf_logging.disable_progress_bar()

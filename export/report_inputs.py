@@ -1,0 +1,94 @@
+"""What the analyst report reads from a data root: partition row counts and manifests, model
+version folders and the registry's CURRENT, ablation reports and export partitions. Missing
+inputs give ``None`` (or an empty result) so that a section can say what is missing; an unreadable
+JSON file is logged and read as missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object at ``path``; ``None`` when it is missing or unreadable (logged)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("unreadable %s: %s", path, exc)
+        return None
+
+
+def partition_rows(root: Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
+    """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
+    from common.arrow_io import parquet_row_count
+    from common.paths import is_published, partition_path
+    from common.publish import read_manifest
+
+    path = partition_path(root, area, table, ds)
+    if not is_published(path):
+        return None, {}
+    manifest = read_manifest(path)
+    rows = manifest.get("rows")
+    return (int(rows) if isinstance(rows, int) else parquet_row_count(path)), manifest
+
+
+def rebase(path_text: str | None, root: Path, area: str) -> Path | None:
+    """A recorded absolute path, or the same path under this root's ``area`` folder when the data
+    root was moved since it was recorded."""
+    if not path_text:
+        return None
+    path = Path(path_text)
+    if path.exists():
+        return path
+    parts = path.parts
+    if area in parts:
+        moved = root.joinpath(area, *parts[len(parts) - parts[::-1].index(area):])
+        if moved.exists():
+            return moved
+    return path
+
+
+def versions(root: Path, name: str) -> list[Path]:
+    """Version folders of ``models/<name>`` (hidden temporaries skipped), oldest first."""
+    base = root / "models" / name
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def current(root: Path, name: str) -> str | None:
+    """The registry's CURRENT version of ``name``; ``None`` when there is none or it is unreadable."""
+    from common.registry import current_version
+
+    try:
+        return current_version(root, name)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def newest_ablation(root: Path, name: str, ds: str) -> Path | None:
+    """``reports/<name>/ds=*/ablation.md`` of the newest date at or before ``ds`` (else the newest)."""
+    base = root / "reports" / name
+    if not base.is_dir():
+        return None
+    found = sorted(p for p in base.glob("ds=*/ablation.md"))
+    if not found:
+        return None
+    before = [p for p in found if p.parent.name[3:] <= ds]
+    return (before or found)[-1]
+
+
+def read_export(root: Path, ds: str, table: str, columns: Sequence[str]):
+    """The published export partition ``table`` of ``ds`` (only the ``columns`` it has); ``None``
+    when it is not published."""
+    from common.arrow_io import read_partition
+    from common.paths import is_published, partition_path
+
+    if not is_published(partition_path(root, "exports", table, ds)):
+        return None
+    t = read_partition(root, "exports", table, ds)
+    return t.select([c for c in columns if c in t.column_names])
