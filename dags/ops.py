@@ -58,10 +58,10 @@ def record_alert(data_root: str | Path, alert: Mapping, command: str | None = No
 
 
 def _alert_settings(params: Mapping) -> tuple[str, str | None]:
-    from common.config import load_config
+    """``(data_root, ops.alert_command)`` of the run (``dags.runner.settings``)."""
+    from dags.runner import settings
 
-    cfg = load_config(params.get("config") or None, params.get("profile") or None)
-    root = str(Path(params["data_root"]).resolve()) if params.get("data_root") else cfg["data_root"]
+    cfg, root = settings(params)
     return root, ((cfg.get("ops") or {}).get("alert_command") or None)
 
 
