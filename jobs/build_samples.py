@@ -44,9 +44,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from dataclasses import dataclass
+
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 
 from common import schemas
 from common.paths import previous_ds
+from jobs.sessionize import EVENT_ORDER
+from jobs.spark import load_sql, publish_tables, published_rows, read_partition, read_published_range, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +61,11 @@ TOKENS_SQL = "filter(split(lower({x}), '[\\\\s\\\\p{{Punct}}]+'), w -> length(w)
 
 
 def normalize_query(col):
-    from pyspark.sql import functions as F
-
     return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
 
 
 def with_behaviour_text(events, items):
     """Keep behaviour events and add ``text`` and ``category`` from the item catalogue."""
-    from pyspark.sql import functions as F
-
     catalogue = items.select("item_id", "title", "leaf_category")
     return (
         events.filter(F.col("event_type").isin(*BEHAVIOUR_TYPES))
@@ -81,10 +83,6 @@ def with_behaviour_text(events, items):
 
 def _tie_key():
     """A string that orders a user's same-instant behaviours deterministically."""
-    from pyspark.sql import functions as F
-
-    from jobs.sessionize import EVENT_ORDER
-
     rank = F.lit(str(len(EVENT_ORDER)))
     for name, i in reversed(list(EVENT_ORDER.items())):
         rank = F.when(F.col("event_type") == name, F.lit(str(i))).otherwise(rank)
@@ -95,8 +93,6 @@ def _tie_key():
 
 
 def time_bucket(seconds):
-    from pyspark.sql import functions as F
-
     day = 86400
     return (
         F.when(seconds < 3600, "lt_1h")
@@ -114,9 +110,6 @@ def index_behaviours(behaviours, history_len: int):
 
     Computed once per run and shared by every sample table.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     beh = behaviours.withColumn("_tie", _tie_key())
     order = Window.partitionBy("user_id").orderBy("event_time", "_tie")
     item = F.struct("event_time", "event_type", "text", "item_id", "category")
@@ -133,9 +126,6 @@ def attach_history(indexed, anchors, key: str = "sample_id", time_col: str = "ev
     ``anchors`` needs ``user_id``, ``time_col`` and a unique ``key``. Cost is linear in the
     number of behaviours plus an equi-join, never anchors x behaviours.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     # Count behaviours strictly before each anchor: anchors sort before behaviours at equal time.
     marks = anchors.select(
         "user_id", F.col(time_col).alias("event_time"), F.lit(0).alias("_is_beh"), F.col(key).alias("_key"),
@@ -171,8 +161,6 @@ def attach_history(indexed, anchors, key: str = "sample_id", time_col: str = "ev
 
 
 def with_time_split(df, ds: str, valid_fraction: float, test_fraction: float, time_col: str = "event_time"):
-    from pyspark.sql import functions as F
-
     midnight = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
     frac = (F.unix_micros(F.col(time_col)) - int(midnight.timestamp() * 1_000_000)) / (86400 * 1_000_000)
     train_end = 1.0 - valid_fraction - test_fraction
@@ -182,8 +170,6 @@ def with_time_split(df, ds: str, valid_fraction: float, test_fraction: float, ti
 
 
 def _sample_id(*cols):
-    from pyspark.sql import functions as F
-
     return F.substring(F.sha2(F.concat_ws("|", *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in cols]), 256), 1, 20)
 
 
@@ -192,8 +178,6 @@ def _sample_id(*cols):
 
 def hard_negatives(day_events, max_negatives: int):
     """Per (user, request): items viewed and not clicked, sorted by id, at most ``max_negatives``."""
-    from pyspark.sql import functions as F
-
     per_request = (
         day_events.filter(F.col("request_id").isNotNull() & F.col("item_id").isNotNull())
         .groupBy("user_id", "request_id")
@@ -206,25 +190,20 @@ def hard_negatives(day_events, max_negatives: int):
     return per_request.select("user_id", "request_id", negatives.alias("hard_negative_ids"))
 
 
-def build_karma_samples(indexed, day_events, ds: str, scfg: dict):
-    from pyspark.sql import functions as F
-
-    targets = day_events.filter(
-        F.col("event_type").isin(*scfg.get("target_event_types", ["click"])) & F.col("item_id").isNotNull()
-    ).select(
+def build_karma_samples(indexed, day_events, *, target_event_types: tuple[str, ...], max_hard_negatives: int):
+    targets = day_events.filter(F.col("event_type").isin(*target_event_types) & F.col("item_id").isNotNull()).select(
         "user_id", "event_time", "request_id", F.col("item_id").alias("target_item_id"),
         F.col("event_type").alias("target_event_type"),
     )
     targets = targets.withColumn("sample_id", _sample_id("user_id", "event_time", "target_item_id", "target_event_type"))
     targets = targets.dropDuplicates(["sample_id"])
     with_hist = attach_history(indexed, targets)
-    negs = hard_negatives(day_events, int(scfg["hard_negatives"]))
-    out = (
+    negs = hard_negatives(day_events, max_hard_negatives)
+    return (
         with_hist.join(negs, on=["user_id", "request_id"], how="left")
         .withColumn("hard_negative_ids", F.coalesce("hard_negative_ids", F.array().cast("array<string>")))
         .filter(F.size("history") > 0)
     )
-    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
 
 
 # --- AIGQ -------------------------------------------------------------------------------------
@@ -232,8 +211,6 @@ def build_karma_samples(indexed, day_events, ds: str, scfg: dict):
 
 def ranked_shown_queries(top_k: int):
     """Shown queries by ranker score descending (shown order on ties or null scores), top-k."""
-    from pyspark.sql import functions as F
-
     return F.expr(
         f"""slice(transform(array_sort(
               transform(shown_queries, (q, i) -> named_struct(
@@ -247,27 +224,21 @@ def ranked_shown_queries(top_k: int):
 
 def clean_query_list(arr, max_len: int):
     """Normalise, drop empties, de-duplicate keeping first occurrences, cap the length."""
-    from pyspark.sql import functions as F
-
     normalised = F.transform(arr, lambda q: normalize_query(q))
     return F.slice(F.array_distinct(F.filter(normalised, lambda q: q.isNotNull() & (q != ""))), 1, max_len)
 
 
-def direct_from_exposures(exposures, scfg: dict):
-    from pyspark.sql import functions as F
-
-    target = F.concat(F.array(F.col("clicked_query")), ranked_shown_queries(int(scfg["ranker_top_k"])))
+def direct_from_exposures(exposures, *, ranker_top_k: int, max_queries: int):
+    target = F.concat(F.array(F.col("clicked_query")), ranked_shown_queries(ranker_top_k))
     return exposures.select(
         "user_id", "request_id", "event_time",
-        clean_query_list(target, int(scfg["max_target_queries"])).alias("target_queries"),
+        clean_query_list(target, max_queries).alias("target_queries"),
         F.lit("hintq").alias("label_source"),
     )
 
 
-def direct_from_search_sessions(sessions, scfg: dict):
+def direct_from_search_sessions(sessions, *, max_queries: int):
     """Fallback for logs without HintQ: one sample per gap session with a search."""
-    from pyspark.sql import functions as F
-
     clicked_requests = (
         sessions.filter(F.col("event_type").isin("click", "cart", "buy") & F.col("request_id").isNotNull())
         .select("user_id", "request_id").distinct().withColumn("_clicked", F.lit(1))
@@ -284,9 +255,7 @@ def direct_from_search_sessions(sessions, scfg: dict):
         F.min("event_time").alias("event_time"), ordered.alias("_ordered")
     ).select(
         "user_id", F.col("session_id").alias("request_id"), "event_time",
-        clean_query_list(F.transform("_ordered", lambda x: x["q"]), int(scfg["max_target_queries"])).alias(
-            "target_queries"
-        ),
+        clean_query_list(F.transform("_ordered", lambda x: x["q"]), max_queries).alias("target_queries"),
         F.lit("search_session").alias("label_source"),
     )
 
@@ -296,36 +265,32 @@ def with_profile(df, users):
     return df.join(users.select("user_id", *cols), on="user_id", how="left")
 
 
-def build_direct_samples(indexed, anchors, users, ds: str, scfg: dict):
+def build_direct_samples(indexed, anchors, users):
     """``anchors``: ``direct_anchors(...)``."""
-    out = with_profile(attach_history(indexed, anchors), users)
-    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+    return with_profile(attach_history(indexed, anchors), users)
 
 
-def direct_anchors(exposures, sessions, scfg: dict):
+def direct_anchors(exposures, sessions, *, has_exposures: bool, session_anchors: bool, ranker_top_k: int,
+                   max_queries: int):
     """Direct anchors with their target lists: clicked HintQ exposures; gap sessions with a search
-    on days without exposures, or on every day as well with ``samples.session_anchors``."""
-    from pyspark.sql import functions as F
-
-    has_exposures = exposures.limit(1).count() > 0
+    on days without exposures (``has_exposures`` false: the day's exposure partition is empty), or
+    on every day as well with ``session_anchors``."""
     if not has_exposures:
-        anchors = direct_from_search_sessions(sessions, scfg)
+        anchors = direct_from_search_sessions(sessions, max_queries=max_queries)
     else:
-        anchors = direct_from_exposures(exposures.filter(F.col("clicked_query").isNotNull()), scfg)
-        if scfg.get("session_anchors"):
-            anchors = anchors.unionByName(direct_from_search_sessions(sessions, scfg))
+        clicked = exposures.filter(F.col("clicked_query").isNotNull())
+        anchors = direct_from_exposures(clicked, ranker_top_k=ranker_top_k, max_queries=max_queries)
+        if session_anchors:
+            anchors = anchors.unionByName(direct_from_search_sessions(sessions, max_queries=max_queries))
     return anchors.filter(F.size("target_queries") > 0).withColumn(
         "sample_id", _sample_id("user_id", "request_id", "event_time")
     )
 
 
-def think_targets(day_events, exposures, scfg: dict, anchors=None):
+def think_targets(day_events, exposures, *, ranker_top_k: int, max_queries: int, anchors=None):
     """Per user and day: the ordered, de-duplicated (query, source) target list. With ``anchors``
     (``user_id, event_time``): one list per anchor from the day's entries at or after its time,
     keyed by ``user_id, event_time``."""
-    from pyspark.sql import functions as F
-
-    top_k = int(scfg["ranker_top_k"])
     hint_clicks = exposures.filter(F.col("clicked_query").isNotNull()).select(
         "user_id", F.lit(0).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
         F.col("clicked_query").alias("query"), F.lit("hint_click").alias("source"),
@@ -336,7 +301,7 @@ def think_targets(day_events, exposures, scfg: dict, anchors=None):
     )
     ranker = exposures.select(
         "user_id", F.unix_micros("event_time").alias("_t"),
-        F.posexplode(ranked_shown_queries(top_k)).alias("_i", "query"),
+        F.posexplode(ranked_shown_queries(ranker_top_k)).alias("_i", "query"),
     ).select("user_id", F.lit(2).alias("_p"), "_t", "_i", "query", F.lit("ranker").alias("source"))
     long = hint_clicks.unionByName(searches).unionByName(ranker).withColumn("query", normalize_query(F.col("query")))
     long = long.filter(F.col("query").isNotNull() & (F.col("query") != ""))
@@ -347,7 +312,6 @@ def think_targets(day_events, exposures, scfg: dict, anchors=None):
         )
         keys = ["user_id", "event_time"]
     ordered = F.array_sort(F.collect_list(F.struct("_p", "_t", "_i", "query", "source")))
-    max_q = int(scfg["max_target_queries"])
     # Keep the first occurrence of each query: drop entries whose query appeared earlier.
     dedup = F.expr(
         "filter(_all, (x, i) -> NOT exists(slice(_all, 1, i), y -> y.query = x.query))"
@@ -355,14 +319,12 @@ def think_targets(day_events, exposures, scfg: dict, anchors=None):
     return (
         long.groupBy(*keys).agg(ordered.alias("_all"))
         .withColumn("_dedup", dedup)
-        .select(*keys, F.slice(F.transform("_dedup", lambda x: F.struct(x["query"].alias("query"), x["source"].alias("source"))), 1, max_q).alias("_targets"))
+        .select(*keys, F.slice(F.transform("_dedup", lambda x: F.struct(x["query"].alias("query"), x["source"].alias("source"))), 1, max_queries).alias("_targets"))
     )
 
 
 def with_triggers(df):
     """Add per-target trigger indices: history behaviours sharing a word with the query."""
-    from pyspark.sql import functions as F
-
     hist_tokens = TOKENS_SQL.format(x="history[i].text")
     query_tokens = TOKENS_SQL.format(x="t.query")
     expr = f"""transform(_targets, t -> named_struct(
@@ -373,87 +335,112 @@ def with_triggers(df):
     return df.withColumn("targets", F.expr(expr)).drop("_targets")
 
 
-def build_think_samples(indexed, day_events, exposures, day_sessions, users, ds: str, scfg: dict, direct=None):
-    """``direct``: the Direct anchors; with ``samples.session_anchors`` those after the day
+def build_think_samples(indexed, day_events, exposures, day_sessions, users, *, ranker_top_k: int,
+                        max_queries: int, direct=None):
+    """``direct`` (given with ``samples.session_anchors``): the Direct anchors; those after the day
     session's start become Think anchors too, each with the rest of the day as its target."""
-    from pyspark.sql import functions as F
-
+    lists = {"ranker_top_k": ranker_top_k, "max_queries": max_queries}
     starts = day_sessions.select("user_id", F.col("start_time").alias("event_time"))
-    anchors = starts.join(think_targets(day_events, exposures, scfg), on="user_id", how="inner")
-    if scfg.get("session_anchors") and direct is not None:
+    anchors = starts.join(think_targets(day_events, exposures, **lists), on="user_id", how="inner")
+    if direct is not None:
         later = direct.select("user_id", "event_time").distinct().join(
             starts.withColumnRenamed("event_time", "_start"), on="user_id"
         ).filter(F.col("event_time") > F.col("_start")).drop("_start")
-        anchors = anchors.unionByName(later.join(think_targets(day_events, exposures, scfg, later),
+        anchors = anchors.unionByName(later.join(think_targets(day_events, exposures, anchors=later, **lists),
                                                  on=["user_id", "event_time"], how="inner"))
     anchors = anchors.withColumn("sample_id", _sample_id("user_id", "event_time"))
     out = with_triggers(attach_history(indexed, anchors))
-    out = with_profile(out.filter(F.size("targets") > 0), users)
-    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+    return with_profile(out.filter(F.size("targets") > 0), users)
 
 
-def build_ctr_samples(spark, indexed, impressions, users, ds: str, scfg: dict, day_events=None):
+def build_ctr_samples(indexed, users, *, impressions=None, day_events=None):
     """One row per query impression (label = clicked); on a day without impressions (a plain
-    search log such as Best Buy's), one row per search instead (label = the search's request
-    got a click, position 0), so the CTR reward model can train on any log."""
-    from pyspark.sql import functions as F
-
-    from jobs.spark import load_sql
-
-    users.createOrReplaceTempView("users")
-    if day_events is not None and impressions.limit(1).count() == 0:
-        day_events.createOrReplaceTempView("day_events")
-        query = load_sql("ctr_samples_from_searches")
+    search log such as Best Buy's: pass ``day_events`` instead), one row per search (label = the
+    search's request got a click, position 0), so the CTR reward model can train on any log."""
+    if (impressions is None) == (day_events is None):
+        raise ValueError("build_ctr_samples takes exactly one of impressions and day_events")
+    if impressions is not None:
+        base = users.sparkSession.sql(load_sql("ctr_samples"), impressions=impressions, users=users)
     else:
-        impressions.createOrReplaceTempView("impressions")
-        query = load_sql("ctr_samples")
-    base = spark.sql(query).withColumn(
+        base = users.sparkSession.sql(load_sql("ctr_samples_from_searches"), day_events=day_events, users=users)
+    base = base.withColumn(
         "sample_id", _sample_id("user_id", "event_time", "query", "position")
     )
     out = attach_history(indexed, base)
     searched = F.filter("history", lambda h: h["event_type"] == "search")
-    out = out.withColumn("recent_queries", F.transform(searched, lambda h: h["text"]))
-    return with_time_split(out, ds, float(scfg["valid_fraction"]), float(scfg["test_fraction"]))
+    return out.withColumn("recent_queries", F.transform(searched, lambda h: h["text"]))
 
 
-def build_item_corpus(spark, items):
-    from jobs.spark import load_sql
+def build_item_corpus(items):
+    return items.sparkSession.sql(load_sql("item_corpus"), items=items)
 
-    items.createOrReplaceTempView("items")
-    return spark.sql(load_sql("item_corpus"))
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """The config's ``samples`` section, typed: what the builders are called with."""
+
+    history_len: int
+    lookback_days: int
+    ranker_top_k: int
+    max_target_queries: int
+    hard_negatives: int
+    valid_fraction: float
+    test_fraction: float
+    session_anchors: bool
+    target_event_types: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, samples: dict) -> SampleSettings:
+        return cls(
+            history_len=int(samples["history_len"]), lookback_days=int(samples["lookback_days"]),
+            ranker_top_k=int(samples["ranker_top_k"]), max_target_queries=int(samples["max_target_queries"]),
+            hard_negatives=int(samples["hard_negatives"]), valid_fraction=float(samples["valid_fraction"]),
+            test_fraction=float(samples["test_fraction"]), session_anchors=bool(samples["session_anchors"]),
+            target_event_types=tuple(samples["target_event_types"]),
+        )
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
-    from jobs.spark import publish_tables, read_partition, read_published_range
-
-    root = cfg["data_root"]
-    scfg = cfg["samples"]
-    lookback = previous_ds(ds, int(scfg["lookback_days"])) + [ds]
+    """Build the five sample tables of ``ds`` and publish them together; rows per table."""
+    root, settings = cfg["data_root"], SampleSettings.from_config(cfg["samples"])
+    lookback = previous_ds(ds, settings.lookback_days) + [ds]
     items = read_partition(spark, root, "clean", "items", ds)
     users = read_partition(spark, root, "clean", "users", ds)
     events = read_published_range(spark, root, "clean", "behavior_events", lookback)
-    indexed = index_behaviours(with_behaviour_text(events, items), int(scfg["history_len"])).persist()
+    indexed = index_behaviours(with_behaviour_text(events, items), settings.history_len).persist()
     day_events = read_partition(spark, root, "clean", "behavior_events", ds)
     exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
     sessions = read_partition(spark, root, "sessions", "behavior_sessions", ds)
     day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
-    impressions = read_partition(spark, root, "clean", "query_impressions", ds)
-    direct = direct_anchors(exposures, sessions, scfg)
+    # Which rule makes the Direct anchors and the CTR rows follows from the published row counts
+    # (the manifests), not from an action on the data.
+    has_exposures = published_rows(root, "clean", "hintq_exposures", ds) > 0
+    if published_rows(root, "clean", "query_impressions", ds) > 0:
+        ctr_input = {"impressions": read_partition(spark, root, "clean", "query_impressions", ds)}
+    else:
+        ctr_input = {"day_events": day_events}
+    lists = {"ranker_top_k": settings.ranker_top_k, "max_queries": settings.max_target_queries}
+    direct = direct_anchors(exposures, sessions, has_exposures=has_exposures,
+                            session_anchors=settings.session_anchors, **lists)
+    split = {"ds": ds, "valid_fraction": settings.valid_fraction, "test_fraction": settings.test_fraction}
+    karma = build_karma_samples(indexed, day_events, target_event_types=settings.target_event_types,
+                                max_hard_negatives=settings.hard_negatives)
+    think = build_think_samples(indexed, day_events, exposures, day_sessions, users,
+                                direct=direct if settings.session_anchors else None, **lists)
     outputs = {
-        "karma_samples": build_karma_samples(indexed, day_events, ds, scfg),
-        "aigq_direct_sft": build_direct_samples(indexed, direct, users, ds, scfg),
-        "aigq_think_sft": build_think_samples(indexed, day_events, exposures, day_sessions, users, ds, scfg, direct),
-        "ctr_samples": build_ctr_samples(spark, indexed, impressions, users, ds, scfg, day_events),
-        "item_corpus": build_item_corpus(spark, items),
+        "karma_samples": with_time_split(karma, **split),
+        "aigq_direct_sft": with_time_split(build_direct_samples(indexed, direct, users), **split),
+        "aigq_think_sft": with_time_split(think, **split),
+        "ctr_samples": with_time_split(build_ctr_samples(indexed, users, **ctr_input), **split),
+        "item_corpus": build_item_corpus(items),
     }
-    counts = publish_tables(root, "samples", ds, outputs, {"history_ds": lookback})
-    indexed.unpersist()
-    return counts
+    try:
+        return publish_tables(root, "samples", ds, outputs, {"history_ds": lookback})
+    finally:
+        indexed.unpersist()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import run_job
-
     return run_job("build_samples", run, argv, __doc__.splitlines()[0])
 
 

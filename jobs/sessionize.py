@@ -14,6 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from jobs.spark import load_sql, publish_tables, read_partition, run_job
+
 logger = logging.getLogger(__name__)
 
 EVENT_ORDER = {name: i for i, name in enumerate(("search", "view", "click", "cart", "buy", "exit"))}
@@ -21,8 +26,6 @@ EVENT_ORDER = {name: i for i, name in enumerate(("search", "view", "click", "car
 
 def event_order_columns():
     """Deterministic total order of a user's events: time, event type, then text and ids."""
-    from pyspark.sql import functions as F
-
     rank = F.lit(len(EVENT_ORDER))
     for name, i in reversed(list(EVENT_ORDER.items())):
         rank = F.when(F.col("event_type") == name, F.lit(i)).otherwise(rank)
@@ -37,9 +40,6 @@ def event_order_columns():
 
 def with_session_id(events, gap_minutes: int, ds: str):
     """Add ``session_seq`` (1-based per user) and ``session_id`` = ``user|ds|seq``."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     ordered = Window.partitionBy("user_id").orderBy(*event_order_columns())
     gap_us = int(gap_minutes) * 60 * 1_000_000
     prev = F.lag(F.unix_micros("event_time")).over(ordered)
@@ -54,22 +54,15 @@ def with_session_id(events, gap_minutes: int, ds: str):
 
 
 def filter_clicked_exposures(exposures):
-    from pyspark.sql import functions as F
-
     return exposures.filter(F.col("clicked_query").isNotNull())
 
 
-def build_day_sessions(spark, events):
+def build_day_sessions(events):
     """One row per user of the day's ``events`` (the date is the partition, not a column)."""
-    from jobs.spark import load_sql
-
-    events.createOrReplaceTempView("events")
-    return spark.sql(load_sql("day_sessions"))
+    return events.sparkSession.sql(load_sql("day_sessions"), events=events)
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
-    from jobs.spark import publish_tables, read_partition
-
     root = cfg["data_root"]
     gap = int(cfg.get("sessionize", {}).get("gap_minutes", 30))
     events = read_partition(spark, root, "clean", "behavior_events", ds)
@@ -77,14 +70,12 @@ def run(spark, cfg: dict, ds: str) -> dict:
     outputs = {
         "behavior_sessions": with_session_id(events, gap, ds),
         "hintq_sessions": filter_clicked_exposures(exposures),
-        "day_sessions": build_day_sessions(spark, events),
+        "day_sessions": build_day_sessions(events),
     }
     return publish_tables(root, "sessions", ds, outputs, {"gap_minutes": gap})
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import run_job
-
     return run_job("sessionize", run, argv, __doc__.splitlines()[0])
 
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from pyspark.sql import SparkSession
+
 from common import schemas
+from common.arrow_io import parquet_row_count
 from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import check_ds, is_published, latest_published_ds, partition_path
+from common.publish import read_manifest, staged_partitions
 from common.steps import write_result
 
 logger = logging.getLogger(__name__)
@@ -30,8 +36,6 @@ def build_spark(cfg: dict, app_name: str):
     Under ``spark-submit`` the master and app name come from the command line and
     ``getOrCreate`` returns that session; the settings below only fill in what is unset.
     """
-    from pyspark.sql import SparkSession
-
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     scfg = cfg.get("spark", {})
@@ -65,9 +69,6 @@ def job_arg_parser(description: str) -> argparse.ArgumentParser:
 def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
     """The shared ``main``: parse ``--ds [--through]/--config/--profile/--data-root``, run each
     date, print one JSON line per date."""
-    import datetime as dt
-    import json
-
     setup_logging()
     parser = job_arg_parser(description)
     args = parser.parse_args(argv)
@@ -131,6 +132,16 @@ def read_published_range(spark, root, area: str, table: str, ds_list: list[str],
     return spark.read.schema(schema).parquet(*paths)
 
 
+def published_rows(root, area: str, table: str, ds: str) -> int:
+    """Rows of a published partition (0 when not published), from its manifest or else the Parquet
+    footers: lets a job choose a rule from the size of an input without an action on the data."""
+    path = partition_path(root, area, table, ds)
+    if not is_published(path):
+        return 0
+    rows = read_manifest(path).get("rows")
+    return int(rows) if rows is not None else parquet_row_count(path)
+
+
 def read_snapshot(spark, root, area: str, table: str, ds: str):
     """The newest published snapshot partition at or before ``ds``."""
     snap_ds = latest_published_ds(root, area, table, ds)
@@ -142,9 +153,6 @@ def read_snapshot(spark, root, area: str, table: str, ds: str):
 def publish_tables(root, area: str, ds: str, outputs: dict, manifest_extra: dict | None = None) -> dict[str, int]:
     """Cast each DataFrame of ``outputs`` ({table: df}) to its contract schema, stage it as
     ``<area>/<table>/ds=<ds>`` and publish them all together; returns rows per table."""
-    from common.arrow_io import parquet_row_count
-    from common.publish import staged_partitions
-
     counts: dict[str, int] = {}
     with staged_partitions() as batch:
         for table, df in outputs.items():

@@ -21,16 +21,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, MapType, StructType
 
 from common import schemas
 from common.arrow_io import data_files, parquet_row_count
 from common.paths import is_published, latest_published_ds, partition_path
 from common.publish import staged_partitions
-from jobs.spark import InputContractError
+from jobs.spark import InputContractError, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ def preflight_partition(partition: str | Path, table: str) -> list[Path]:
 # --- row checks -------------------------------------------------------------------------------
 
 
-def _text_checks(F, columns: list[str], max_len: int):
+def _text_checks(columns: list[str], max_len: int):
     """(reason, condition) pairs for invalid UTF-8 and over-long text in ``columns``."""
     invalid = None
     too_long = None
@@ -80,14 +84,14 @@ def _text_checks(F, columns: list[str], max_len: int):
     return [("invalid_utf8", invalid), ("text_too_long", too_long)]
 
 
-def _list_text_checks(F, column: str, max_len: int, max_items: int):
+def _list_text_checks(column: str, max_len: int, max_items: int):
     col = F.col(column)
     invalid = F.exists(col, lambda q: q.isNotNull() & ~F.is_valid_utf8(q))
     too_long = F.exists(col, lambda q: F.length(q) > max_len) | (F.size(col) > max_items)
     return [("invalid_utf8", col.isNotNull() & invalid), ("text_too_long", col.isNotNull() & too_long)]
 
 
-def _time_checks(F, ds: str):
+def _time_checks(ds: str):
     start = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
     end = start + dt.timedelta(days=1)
     t = F.col("event_time")
@@ -95,39 +99,48 @@ def _time_checks(F, ds: str):
     return [("null_event_time", t.isNull()), ("event_time_outside_partition", ~inside)]
 
 
-def _blank(F, name: str):
+def _blank(name: str):
     return F.col(name).isNull() | (F.trim(F.col(name)) == "")
 
 
-def row_rules(table: str, ds: str, cfg_validate: dict) -> list:
-    """Ordered (reason, condition) rules for ``table``; the first that holds is the reason."""
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class TextLimits:
+    """The config's ``validate`` section: longest text, title and query list a row may carry."""
 
-    max_len = int(cfg_validate.get("max_text_len", 256))
-    max_title = int(cfg_validate.get("max_title_len", 1024))
-    max_items = int(cfg_validate.get("max_list_len", 50))
+    max_text_len: int = 256
+    max_title_len: int = 1024
+    max_list_len: int = 50
+
+    @classmethod
+    def from_config(cls, validate: dict) -> TextLimits:
+        return cls(**{key: int(value) for key, value in validate.items() if key in cls.__dataclass_fields__})
+
+
+def row_rules(table: str, ds: str, limits: TextLimits) -> list:
+    """Ordered (reason, condition) rules for ``table``; the first that holds is the reason."""
+    max_len, max_title, max_items = limits.max_text_len, limits.max_title_len, limits.max_list_len
     if table == "behavior_events":
         item_event = F.col("event_type").isin(*schemas.ITEM_EVENT_TYPES)
         return [
-            ("null_user_id", _blank(F, "user_id")),
-            *_time_checks(F, ds),
+            ("null_user_id", _blank("user_id")),
+            *_time_checks(ds),
             ("unknown_event_type", F.col("event_type").isNull() | ~F.col("event_type").isin(*schemas.EVENT_TYPES)),
             ("unknown_scene", F.col("scene").isNotNull() & ~F.col("scene").isin(*schemas.SCENES)),
-            *_text_checks(F, ["user_id", "query", "item_id", "request_id"], max_len),
-            ("search_without_query", (F.col("event_type") == "search") & _blank(F, "query")),
-            ("item_event_without_item_id", item_event & _blank(F, "item_id")),
+            *_text_checks(["user_id", "query", "item_id", "request_id"], max_len),
+            ("search_without_query", (F.col("event_type") == "search") & _blank("query")),
+            ("item_event_without_item_id", item_event & _blank("item_id")),
         ]
     if table == "hintq_exposures":
         shown = F.col("shown_queries")
         scores = F.col("ranker_scores")
         return [
-            ("null_request_id", _blank(F, "request_id")),
-            ("null_user_id", _blank(F, "user_id")),
-            *_time_checks(F, ds),
+            ("null_request_id", _blank("request_id")),
+            ("null_user_id", _blank("user_id")),
+            *_time_checks(ds),
             ("no_shown_queries", shown.isNull() | (F.size(shown) == 0)),
             ("null_shown_query", F.exists(shown, lambda q: q.isNull() | (F.trim(q) == ""))),
-            *_text_checks(F, ["request_id", "user_id", "clicked_query"], max_len),
-            *_list_text_checks(F, "shown_queries", max_len, max_items),
+            *_text_checks(["request_id", "user_id", "clicked_query"], max_len),
+            *_list_text_checks("shown_queries", max_len, max_items),
             ("ranker_scores_length_mismatch", scores.isNotNull() & (F.size(scores) != F.size(shown))),
             (
                 "clicked_query_not_shown",
@@ -136,23 +149,23 @@ def row_rules(table: str, ds: str, cfg_validate: dict) -> list:
         ]
     if table == "query_impressions":
         return [
-            ("null_user_id", _blank(F, "user_id")),
-            *_time_checks(F, ds),
-            ("null_query", _blank(F, "query")),
-            *_text_checks(F, ["user_id", "query"], max_len),
+            ("null_user_id", _blank("user_id")),
+            *_time_checks(ds),
+            ("null_query", _blank("query")),
+            *_text_checks(["user_id", "query"], max_len),
             ("bad_position", F.col("position").isNull() | (F.col("position") < 0)),
             ("null_clicked", F.col("clicked").isNull()),
         ]
     if table == "items":
         return [
-            ("null_item_id", _blank(F, "item_id")),
-            *_text_checks(F, ["item_id", "leaf_category", "brand"], max_len),
-            *[(r, c) for r, c in _text_checks(F, ["title", "category_path"], max_title)],
+            ("null_item_id", _blank("item_id")),
+            *_text_checks(["item_id", "leaf_category", "brand"], max_len),
+            *[(r, c) for r, c in _text_checks(["title", "category_path"], max_title)],
         ]
     if table == "users":
         return [
-            ("null_user_id", _blank(F, "user_id")),
-            *_text_checks(F, ["user_id", "gender", "age_bucket", "city", "purchase_level"], max_len),
+            ("null_user_id", _blank("user_id")),
+            *_text_checks(["user_id", "gender", "age_bucket", "city", "purchase_level"], max_len),
         ]
     raise KeyError(f"no validation rules for table '{table}'")
 
@@ -174,9 +187,6 @@ def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
     not hide a good one. Among keyed duplicates the kept copy is the one with the smallest hash
     of the whole row (deterministic across reruns).
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     reason = F.lit(None).cast("string")
     for name, cond in reversed(rules):
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(name)).otherwise(reason)
@@ -199,15 +209,11 @@ def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
 
 
 def _is_complex(df, column: str) -> bool:
-    from pyspark.sql.types import ArrayType, MapType, StructType
-
     return isinstance(df.schema[column].dataType, ArrayType | MapType | StructType)
 
 
-def validate_table(spark, table: str, ds: str, source_partition: Path, cfg: dict):
+def validate_table(spark, table: str, ds: str, source_partition: Path, limits: TextLimits):
     """Return (annotated DataFrame with ``reason``, list of input files)."""
-    from pyspark.sql import functions as F
-
     files = preflight_partition(source_partition, table)
     schema = schemas.spark_schema(table)
     if not files:
@@ -216,15 +222,13 @@ def validate_table(spark, table: str, ds: str, source_partition: Path, cfg: dict
         df = spark.read.parquet(*[str(f) for f in files]).select(
             *[F.col(f.name).cast(f.dataType) for f in schema]
         )
-    rules = row_rules(table, ds, cfg.get("validate", {}))
+    rules = row_rules(table, ds, limits)
     return with_quarantine_reason(df, rules, DUPLICATE_KEYS[table]), files
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
     """Validate every raw table for ``ds``; publish clean + quarantine partitions together."""
-    from pyspark.sql import functions as F
-
-    root = cfg["data_root"]
+    root, limits = cfg["data_root"], TextLimits.from_config(cfg.get("validate", {}))
     summary: dict[str, dict] = {}
     plan: list[tuple[str, Path, str | None]] = []
     for table in schemas.EVENT_TABLES:
@@ -248,7 +252,7 @@ def run(spark, cfg: dict, ds: str) -> dict:
     with staged_partitions() as batch:
         for table, src, src_ds in plan:
             if is_published(src):
-                annotated, files = validate_table(spark, table, ds, src, cfg)
+                annotated, files = validate_table(spark, table, ds, src, limits)
             else:
                 annotated, files = with_quarantine_reason(
                     spark.createDataFrame([], schemas.spark_schema(table)), [], None
@@ -292,8 +296,6 @@ def run(spark, cfg: dict, ds: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import run_job
-
     return run_job("validate", run, argv, __doc__.splitlines()[0])
 
 

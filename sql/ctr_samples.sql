@@ -1,5 +1,5 @@
 -- CTR samples: one row per query impression with its click label and the user's
--- profile. Input views: impressions (clean query_impressions of one ds),
+-- profile. Inputs (DataFrames passed to spark.sql by keyword): impressions (clean query_impressions of one ds),
 -- users (clean users of that ds).
 SELECT i.user_id,
        i.event_time,
@@ -10,5 +10,5 @@ SELECT i.user_id,
        u.age_bucket,
        u.city,
        u.purchase_level
-FROM impressions i
-LEFT JOIN users u ON i.user_id = u.user_id
+FROM {impressions} i
+LEFT JOIN {users} u ON i.user_id = u.user_id

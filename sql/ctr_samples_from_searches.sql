@@ -1,9 +1,9 @@
 -- CTR samples of a day whose log has no HintQ impressions (a plain search log): one row per
 -- search with label 1 when a click shares its request_id (the query led to a click).
--- Input views: day_events (clean behavior_events of one ds), users (clean users of that ds).
+-- Inputs (DataFrames passed to spark.sql by keyword): day_events (clean behavior_events of one ds), users (clean users of that ds).
 WITH clicked AS (
     SELECT DISTINCT request_id
-    FROM day_events
+    FROM {day_events}
     WHERE event_type = 'click' AND request_id IS NOT NULL
 )
 SELECT s.user_id,
@@ -15,7 +15,7 @@ SELECT s.user_id,
        u.age_bucket,
        u.city,
        u.purchase_level
-FROM day_events s
+FROM {day_events} s
 LEFT JOIN clicked c ON s.request_id = c.request_id
-LEFT JOIN users u ON s.user_id = u.user_id
+LEFT JOIN {users} u ON s.user_id = u.user_id
 WHERE s.event_type = 'search' AND s.query IS NOT NULL AND trim(s.query) <> ''

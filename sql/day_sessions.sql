@@ -1,10 +1,10 @@
 -- Day-level (Think) sessions: for each user and day, from the first search-entry interaction
 -- (a search, or any event in the search / hintq scene) to the last exit at or after it; when
 -- no exit follows, the session ends at the user's last event of the day.
--- Input view: events (clean behavior_events of one ds; the date is the partition, not a column).
+-- Input (a DataFrame passed to spark.sql by keyword): events (clean behavior_events of one ds; the date is the partition, not a column).
 WITH entry AS (
   SELECT user_id, MIN(event_time) AS start_time
-  FROM events
+  FROM {events}
   WHERE event_type = 'search' OR scene IN ('search', 'hintq')
   GROUP BY user_id
 ),
@@ -13,7 +13,7 @@ bounds AS (
          en.start_time,
          MAX(CASE WHEN e.event_type = 'exit' AND e.event_time >= en.start_time THEN e.event_time END) AS last_exit,
          MAX(e.event_time) AS last_event
-  FROM events e
+  FROM {events} e
   JOIN entry en ON e.user_id = en.user_id
   GROUP BY e.user_id, en.start_time
 )
@@ -24,7 +24,7 @@ SELECT b.user_id,
        CAST(COUNT(CASE WHEN e.event_type = 'search' THEN 1 END) AS INT) AS n_searches,
        b.last_exit IS NOT NULL AS ended_by_exit
 FROM bounds b
-JOIN events e
+JOIN {events} e
   ON e.user_id = b.user_id
  AND e.event_time BETWEEN b.start_time AND COALESCE(b.last_exit, b.last_event)
 GROUP BY b.user_id, b.start_time, b.last_exit, b.last_event

@@ -1,6 +1,6 @@
 -- Item corpus for the item tower and the faiss index: one row per clean item of :ds, with the
 -- text the models read (title, category path, brand, tags) joined by ' | '.
--- Input view: items (clean items of :ds).
+-- Input (a DataFrame passed to spark.sql by keyword): items (clean items of :ds).
 SELECT item_id,
        concat_ws(' | ',
                  title,
@@ -11,5 +11,5 @@ SELECT item_id,
        leaf_category,
        brand,
        image_embedding
-FROM items
+FROM {items}
 WHERE item_id IS NOT NULL

@@ -163,8 +163,7 @@ def test_direct_fallback_from_search_sessions(spark):
         30,
         DS1,
     )
-    cfg = load_config(environ={})["samples"]
-    (row,) = direct_from_search_sessions(sessions, cfg).collect()
+    (row,) = direct_from_search_sessions(sessions, max_queries=10).collect()
     assert row.target_queries == ["boot", "sock"]  # the query that led to a click first
     assert row.label_source == "search_session"
     assert row.event_time == ts(1, 9).replace(tzinfo=None)

@@ -69,7 +69,7 @@ def test_day_sessions_from_first_search_entry_to_last_exit(spark):
         ev("u2", ts(1, 8, 3), "click", item="i2", scene="home"),  # no exit: ends at the last event
         ev("u3", ts(1, 8), "click", item="i1", scene="home"),  # never enters search: no session
     ]
-    out = build_day_sessions(spark, _events(spark, rows))
+    out = build_day_sessions(_events(spark, rows))
     expected = [
         ("u1", ts(1, 9), ts(1, 12, 5), 4, 2, True),
         ("u2", ts(1, 8), ts(1, 8, 3), 2, 0, False),
