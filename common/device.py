@@ -12,6 +12,8 @@ import contextlib
 import os
 from collections.abc import Mapping
 
+import torch
+
 SETTINGS = ("auto", "cpu", "cuda")
 _setting: str | None = None
 
@@ -36,8 +38,6 @@ def setting() -> str:
 
 def resolve():
     """The ``torch.device`` of this process (``cuda:<LOCAL_RANK>`` on GPU)."""
-    import torch
-
     value = setting()
     cuda = torch.cuda.is_available()
     if value == "cuda" and not cuda:
@@ -50,15 +50,11 @@ def resolve():
 
 def use_bf16() -> bool:
     """bf16 autocast: on a CUDA device that supports it; never on the CPU (slow there)."""
-    import torch
-
     return resolve().type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast(device=None):
     """bf16 autocast on CUDA, a no-op context elsewhere."""
-    import torch
-
     device = device or resolve()
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)

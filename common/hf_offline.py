@@ -13,6 +13,6 @@ def quiet_offline_hf() -> None:
     """Entry points: never reach the Hub, no tokenizer thread pools, no progress bars in task logs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging  # after the variables: they are read at import
+    from transformers.utils import logging as hf_logging  # lazy: after the variables, read at import
 
     hf_logging.disable_progress_bar()

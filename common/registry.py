@@ -9,6 +9,7 @@ stays on disk, so a rollback is ``set_current(name, old_version)``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -216,8 +217,6 @@ def record_day_outcome(root, ds: str, producer: str, outcome: dict, required: tu
     >>> record_day_outcome(root, "2026-11-01", "aigq_training", {}, ("karma_training", "aigq_training"))
     True
     """
-    import fcntl
-
     base = Path(root) / "models" / READY_DIR
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "a") as lock:
@@ -237,8 +236,6 @@ def day_outcomes(root, ds: str) -> dict[str, dict]:
 
 def reset_day_outcomes(root, ds: str) -> None:
     """Forget the training outcomes of ``ds`` (new samples start a new training cycle for the day)."""
-    import fcntl
-
     base = Path(root) / "models" / READY_DIR
     if not (base / ds).is_dir():
         return

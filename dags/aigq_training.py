@@ -119,16 +119,7 @@ def aigq_training():
     def base_lm(day: str, params=None) -> str:
         """``aigq.base_model`` when set (any local HF checkpoint), else the newest published base LM
         at or before the day; pre-trains one when there is none."""
-        from base_lm.release import ensure_base_model
-
-        cfg, root = runner.settings(params)
-        configured = (cfg.get("aigq") or {}).get("base_model")
-        if configured:
-            return str(configured)
-        args = ["--ds", day, *runner.common_args(params)]
-        if params.get("base_max_steps"):
-            args += ["--max-steps", str(params["base_max_steps"])]
-        return str(ensure_base_model(root, day, lambda: _run("base_lm.pretrain", args, params)))
+        return training_tasks.base_model(day, params, "aigq", _run)
 
     @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def train_sft(day: str, base_model: str, params=None) -> dict:

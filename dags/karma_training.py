@@ -89,17 +89,9 @@ def karma_training():
 
     @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def base_lm(day: str, params=None) -> str:
-        """Path of the base LM: configured, newest published at or before the day, or pre-trained now."""
-        from base_lm.release import ensure_base_model
-
-        cfg, root = runner.settings(params)
-        configured = params.get("base_model") or (cfg.get("karma") or {}).get("base_model")
-        if configured:
-            return str(configured)
-        args = ["--ds", day, "--data-root", root]
-        if params["base_max_steps"]:
-            args += ["--max-steps", str(params["base_max_steps"])]
-        return str(ensure_base_model(root, day, lambda: _run("base_lm.pretrain", args, params)))
+        """The ``base_model`` Param or ``karma.base_model``, else the newest published base LM at or
+        before the day; pre-trains one when there is none."""
+        return training_tasks.base_model(day, params, "karma", _run)
 
     @task(pool=TRAINING_POOL, pool_slots=TRAINING_POOL_SLOTS)
     def train(day: str, base_model: str, params=None) -> str:

@@ -28,6 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common.arrow_io import read_partition
+from common.paths import is_published, latest_published_ds, partition_path, previous_ds
+from common.schemas import arrow_schema
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +150,6 @@ def users_digest(users: Sequence[str]) -> str:
 # --- reading --------------------------------------------------------------------------------------
 def read_days(root: str | Path, area: str, table: str, ds_list: Sequence[str]):
     """The published partitions of ``ds_list`` as one pyarrow Table (None when none is published)."""
-    import pyarrow as pa
-
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-    from common.schemas import arrow_schema
-
     schema = arrow_schema(table)
     parts = [
         read_partition(root, area, table, d, schema=schema)
@@ -160,10 +161,6 @@ def read_days(root: str | Path, area: str, table: str, ds_list: Sequence[str]):
 
 def read_snapshot(root: str | Path, table: str, ds: str):
     """``(newest clean snapshot at or before ds, its ds)``; ``(None, None)`` when there is none."""
-    from common.arrow_io import read_partition
-    from common.paths import latest_published_ds
-    from common.schemas import arrow_schema
-
     snap = latest_published_ds(root, "clean", table, ds)
     if snap is None:
         return None, None
@@ -171,15 +168,11 @@ def read_snapshot(root: str | Path, table: str, ds: str):
 
 
 def window_days(ds: str, days: int) -> list[str]:
-    from common.paths import previous_ds
-
     return [*previous_ds(ds, days - 1), ds] if days > 1 else [ds]
 
 
 def active_users(events, ds: str, days: int) -> list[str]:
     """Sorted ids of the users with any clean behaviour event in the ``days`` days ending at ``ds``."""
-    import pyarrow.compute as pc
-
     if events is None or events.num_rows == 0:
         return []
     start = anchor_time(ds) - dt.timedelta(days=days)
@@ -235,8 +228,6 @@ class BehaviourLog:
     """
 
     def __init__(self, events, items=None):
-        import pandas as pd
-
         df = _frame(events, ("user_id", "event_time", "event_type", "query", "item_id", "request_id"))
         df = df[df["event_type"].isin(BEHAVIOUR_TYPES) & df["user_id"].notna() & df["event_time"].notna()]
         cat = _frame(items, ("item_id", "title", "leaf_category")) if items is not None else None
@@ -310,8 +301,6 @@ def _micros(value: dt.datetime) -> int:
 
 
 def _frame(data, columns: Sequence[str]):
-    import pandas as pd
-
     if data is None:
         return pd.DataFrame({c: [] for c in columns})
     if hasattr(data, "select") and hasattr(data, "column_names"):  # pyarrow Table
@@ -366,8 +355,6 @@ class ExportInputs:
 
 
 def _require_events(root: str | Path, ds: str) -> None:
-    from common.paths import is_published, partition_path
-
     if not is_published(partition_path(root, "clean", "behavior_events", ds)):
         raise ExportInputError(
             f"clean behavior_events not published for {ds}: {partition_path(root, 'clean', 'behavior_events', ds)}"
@@ -383,9 +370,6 @@ def load_inputs(root: str | Path, ds: str, config: ExportConfig,
     is the day's, the same for every shard).
     Raises :class:`ExportInputError` when ``ds`` itself has no published clean events.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     _require_events(root, ds)
     days = window_days(ds, max(config.lookback_days + 1, config.window_days))
     events = read_days(root, "clean", "behavior_events", days)

@@ -18,6 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.schemas import COLUMN_DOCS, EXPORT_TABLES, PARTITION_COLUMN, UNIQUE_KEYS, arrow_schema
+from common.schemas import PARTITION_COLUMN as P
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 OUTPUTS_DOC = REPO / "docs" / "outputs.md"
@@ -30,8 +33,6 @@ EXAMPLE_TABLE, EXAMPLE_DS = "u2q", "2026-11-03"
 
 def reader_snippets(table: str = EXAMPLE_TABLE, ds: str = EXAMPLE_DS) -> str:
     """The three readers on one table folder, as ``tests/test_read_outputs.py`` calls them (Markdown)."""
-    from common.schemas import PARTITION_COLUMN as P
-
     path = f"data/exports/{table}"
     return "\n".join([
         "```python",
@@ -46,9 +47,6 @@ def reader_snippets(table: str = EXAMPLE_TABLE, ds: str = EXAMPLE_DS) -> str:
 
 def readme_section() -> str:
     """The README's "Reading the outputs" body, markers included."""
-    from common.schemas import EXPORT_TABLES
-    from common.schemas import PARTITION_COLUMN as P
-
     tables = ", ".join(f"`{t}`" for t in EXPORT_TABLES)
     return "\n".join([
         BEGIN,
@@ -76,8 +74,6 @@ def _cell(text: str) -> str:
 
 def column_table(table: str) -> str:
     """One export table's columns as a Markdown table: column, type, meaning (``ds`` first)."""
-    from common.schemas import COLUMN_DOCS, PARTITION_COLUMN, arrow_schema
-
     schema, docs = arrow_schema(table), COLUMN_DOCS[table]
     missing = [f.name for f in schema if f.name not in docs]
     extra = [c for c in docs if c not in schema.names]
@@ -91,9 +87,6 @@ def column_table(table: str) -> str:
 
 def outputs_doc() -> str:
     """The whole of ``docs/outputs.md``."""
-    from common.schemas import EXPORT_TABLES, UNIQUE_KEYS
-    from common.schemas import PARTITION_COLUMN as P
-
     parts = [
         "# Reading the outputs",
         "",

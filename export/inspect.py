@@ -21,6 +21,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from common.arrow_io import data_files
+from common.config import load_config
+from common.paths import AREAS, SUCCESS, check_ds, is_published, table_path
+from common.publish import read_manifest
+
 SEARCH_AREAS = ("exports", "samples", "clean", "sessions", "quarantine", "raw")
 EXIT_MISSING = 2
 MAX_VALUE_CHARS = 120
@@ -31,16 +38,12 @@ class InspectError(RuntimeError):
 
 
 def _published_partitions(table_dir: Path) -> list[Path]:
-    from common.paths import is_published
-
     return sorted(p for p in table_dir.glob("ds=*") if p.is_dir() and is_published(p))
 
 
 def resolve_partition(target: str, ds: str | None, area: str | None, root: str | Path | None,
                       unpublished: bool = False) -> Path:
     """The partition folder ``target`` (a table name or a path) and ``ds`` designate."""
-    from common.paths import SUCCESS, check_ds, is_published, table_path
-
     if ds is not None:
         check_ds(ds)
     path = Path(target)
@@ -99,11 +102,6 @@ def short(value, limit: int = MAX_VALUE_CHARS) -> str:
 
 def inspect_partition(folder: Path, rows: int = 5, batch_size: int = 65_536) -> dict:
     """Schema, row count, per-column null counts and the first ``rows`` rows of ``folder``."""
-    import pyarrow.parquet as pq
-
-    from common.arrow_io import data_files
-    from common.publish import read_manifest
-
     files = data_files(folder)
     if not files:
         return {"path": str(folder), "files": 0, "rows": 0, "schema": None, "nulls": {}, "sample": [],
@@ -172,14 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error("--rows must be >= 0")
-    from common.paths import AREAS
-
     if args.area is not None and args.area not in AREAS:
         parser.error(f"unknown --area {args.area!r} (known: {', '.join(AREAS)})")
     root = args.data_root
     if root is None and not ("/" in args.table or Path(args.table).is_dir()):
-        from common.config import load_config
-
         root = load_config(args.config, args.profile)["data_root"]
     try:
         folder = resolve_partition(args.table, args.ds, args.area, root, args.unpublished)

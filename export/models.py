@@ -9,6 +9,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from aigq_model.baselines import PopularityBaseline
+from aigq_model.evaluate import build_query_vocabulary
+from aigq_model.generate import Decoding
+from aigq_model.load import load_aigq
+from aigq_model.parsing import Blocklist, postprocess
+from common.device import resolve, use_bf16
+from common.registry import RegistryError, model_dir, read_manifest, serving_version
 from export.data import ExportInputError, anchor_time
 
 logger = logging.getLogger(__name__)
@@ -32,8 +41,6 @@ def resolve_registered(root: str | Path, names: Sequence[str], ds: str | None = 
     registered at or before ``ds`` when ``CURRENT`` is newer), or None when none is registered.
     A registered but broken version raises :class:`ExportInputError` (the export never silently
     falls back past a broken model)."""
-    from common.registry import RegistryError, model_dir, read_manifest, serving_version
-
     for name in names:
         try:
             version = serving_version(root, name, ds)
@@ -54,8 +61,6 @@ def resolve_registered(root: str | Path, names: Sequence[str], ds: str | None = 
 def require_registered(root: str | Path, names: Sequence[str], what: str, ds: str | None = None) -> Registered:
     found = resolve_registered(root, names, ds)
     if found is None:
-        from common.registry import model_dir
-
         where = ", ".join(str(model_dir(root, n)) for n in names)
         raise ExportInputError(f"no registered {what}: none of {list(names)} has a CURRENT version ({where})")
     return found
@@ -63,9 +68,6 @@ def require_registered(root: str | Path, names: Sequence[str], what: str, ds: st
 
 def load_policy(reg: Registered):
     """``(model, tokenizer)`` of an AIGQ policy; :class:`ExportInputError` naming the path on failure."""
-    from aigq_model.load import load_aigq
-    from common.device import resolve, use_bf16
-
     try:
         device = resolve()  # runtime.device; bf16 weights on a GPU that supports them
         return load_aigq(reg.path, dtype=_bf16() if use_bf16() else None, device=device)
@@ -75,8 +77,6 @@ def load_policy(reg: Registered):
 
 
 def _bf16():
-    import torch
-
     return torch.bfloat16
 
 
@@ -89,8 +89,6 @@ def policy_settings(reg: Registered) -> tuple[str, int]:
 def decoding(cfg: Mapping, export_section: Mapping | None, max_new_tokens: int | None = None):
     """``(Decoding, batch_size)``: ``aigq.generate`` overridden by ``export.generate``; an explicit
     ``max_new_tokens`` (the DAG's Param) is the budget of Direct and Think outputs alike."""
-    from aigq_model.generate import Decoding
-
     export_section = dict(export_section or {})
     if "max_new_tokens" in export_section:  # an export budget caps Think outputs too, unless set apart
         export_section.setdefault("max_new_tokens_think", export_section["max_new_tokens"])
@@ -107,8 +105,6 @@ def query_vocabulary(decoding, inputs, ds: str, root):
     if not (decoding.group_queries or decoding.wording == "log"):
         return None
     if inputs.items is not None and inputs.events is not None:
-        from aigq_model.evaluate import build_query_vocabulary
-
         return build_query_vocabulary(inputs.events, inputs.items)
     if decoding.wording == "log":
         raise ValueError("aigq.generate.wording 'log' needs the window's events and the items table "
@@ -118,8 +114,6 @@ def query_vocabulary(decoding, inputs, ds: str, root):
 
 def blocklist(cfg: Mapping, extra: Sequence[str] = ()):
     """``aigq.generate.blocklist`` plus ``export.blocklist``."""
-    from aigq_model.parsing import Blocklist
-
     rules = list(((cfg.get("aigq") or {}).get("generate") or {}).get("blocklist") or []) + list(extra or [])
     return Blocklist.from_lines(rules)
 
@@ -127,9 +121,6 @@ def blocklist(cfg: Mapping, extra: Sequence[str] = ()):
 def popular_queries(events, ds: str, k: int, blocked=None) -> list[str]:
     """The ``k`` most searched queries of the 7 days before the end of ``ds``, block-list applied
     (the fallback list of cold-start users and the top-up of short model lists)."""
-    from aigq_model.baselines import PopularityBaseline
-    from aigq_model.parsing import postprocess
-
     if events is None or events.num_rows == 0:
         return []
     popularity = PopularityBaseline().fit(events)

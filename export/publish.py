@@ -25,8 +25,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.paths import partition_path, published_ds
+from common.config import load_config
+from common.device import configure as configure_device
+from common.hf_offline import quiet_offline_hf
+from common.logging_setup import setup_logging
+from common.paths import check_ds, partition_path, published_ds
+from common.registry import RegistryError
 from common.steps import emit_result
+from export.data import ExportInputError
+from export.gates import GateFailed
 from export.staging import AREA, STALE_STAGING_S, clean_staging
 
 logger = logging.getLogger(__name__)
@@ -142,10 +149,6 @@ def shard_mode(args, parser: argparse.ArgumentParser) -> str:
 
 def settings(args) -> tuple[dict, str, str, str]:
     """``(config, data root, ds, run id)`` from parsed arguments."""
-    from common.config import load_config
-    from common.device import configure as configure_device
-    from common.paths import check_ds
-
     cfg = load_config(args.config, args.profile)
     configure_device(cfg)
     root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
@@ -158,12 +161,6 @@ def run_main(name: str, body: Callable[[argparse.Namespace], dict], parser: argp
     """Parse, run ``body``, print its result as one JSON line; map failures to exit statuses:
     :data:`EXIT_GATE` (a gate failed), :data:`EXIT_INPUT` (model, index or input missing or
     corrupt), 2 (bad arguments, from argparse). Nothing is published on any of them."""
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.registry import RegistryError
-    from export.data import ExportInputError
-    from export.gates import GateFailed
-
     setup_logging()
     quiet_offline_hf()
     args = parser.parse_args(argv)
@@ -186,9 +183,6 @@ def run_main(name: str, body: Callable[[argparse.Namespace], dict], parser: argp
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.publish clean-staging [--data-root R] [--older-than-hours H] [--table T]``."""
-    from common.config import load_config
-    from common.logging_setup import setup_logging
-
     parser = argparse.ArgumentParser(description="export staging maintenance")
     sub = parser.add_subparsers(dest="command", required=True)
     clean = sub.add_parser("clean-staging", help="remove shard staging run folders (exports/_staging/)")

@@ -43,6 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import load_config
+from common.logging_setup import setup_logging
+from common.paths import MANIFEST, SUCCESS, check_ds, partition_path, previous_ds
+from common.registry import serving_status
 from common.steps import emit_result
 from export.report_html import (
     CSS,
@@ -155,8 +159,6 @@ def section_etl(ctx: Context) -> Section:
 def serving_rows(root: Path, ds: str) -> list[list]:
     """``[name, serving version, reason]`` for every model an export of ``ds`` names in its
     manifest's ``serving`` (KARMA, the AIGQ policies), else from the registry."""
-    from common.registry import serving_status
-
     seen: dict[str, dict] = {}
     for table in EXPORT_TABLES:
         _n, manifest = partition_rows(root, "exports", table, ds)
@@ -324,8 +326,6 @@ def section_ablations(ctx: Context) -> Section:
 
 
 def section_samples(ctx: Context) -> Section:
-    from common.paths import partition_path
-
     parts, found = [], 0
     parts.append("<h3>u2q: ranked query lists</h3>")
     u2q = read_export(ctx.root, ctx.ds, "u2q", ["user_id", "run_ds", "rank", "query", "source", "model_name", "model_version"])
@@ -408,16 +408,12 @@ def report_dir(root: str | Path, ds: str) -> Path:
     >>> report_dir("/data", "2026-11-03").as_posix()
     '/data/reports/ds=2026-11-03'
     """
-    from common.paths import check_ds
-
     return Path(root) / "reports" / f"ds={check_ds(ds)}"
 
 
 def publish(out_dir: Path, page: str, manifest: Mapping) -> Path:
     """``index.html`` via a hidden temporary file and ``os.replace``, then the manifest and
     ``_SUCCESS`` beside it."""
-    from common.paths import MANIFEST, SUCCESS
-
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "index.html"
     for name, text in ((final.name, page), (MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))):
@@ -434,8 +430,6 @@ def publish(out_dir: Path, page: str, manifest: Mapping) -> Path:
 def build_report(root: str | Path, ds: str, days: int = 7, rows: int = 10,
                  ablations: Sequence[str | Path] = ()) -> dict:
     """Write ``<root>/reports/ds=<ds>/index.html``; returns its path and each section's status."""
-    from common.paths import check_ds, previous_ds
-
     if days < 1 or rows < 1:
         raise ValueError("days and rows must be >= 1")
     root = Path(root)
@@ -450,9 +444,6 @@ def build_report(root: str | Path, ds: str, days: int = 7, rows: int = 10,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.config import load_config
-    from common.logging_setup import setup_logging
-
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="logical date (YYYY-MM-DD)")

@@ -14,6 +14,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 CSS = """
@@ -105,8 +108,6 @@ def png_file_tag(path: Path, alt: str) -> str:
 
 def figure_png(fig) -> bytes:
     """The figure as PNG bytes (90 dpi); the figure is closed."""
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)
@@ -116,11 +117,7 @@ def figure_png(fig) -> bytes:
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 

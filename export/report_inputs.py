@@ -10,6 +10,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.arrow_io import parquet_row_count, read_partition
+from common.paths import is_published, partition_path
+from common.publish import read_manifest
+from common.registry import current_version
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,10 +29,6 @@ def read_json(path: Path) -> dict | None:
 
 def partition_rows(root: Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
     """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
-    from common.arrow_io import parquet_row_count
-    from common.paths import is_published, partition_path
-    from common.publish import read_manifest
-
     path = partition_path(root, area, table, ds)
     if not is_published(path):
         return None, {}
@@ -62,8 +63,6 @@ def versions(root: Path, name: str) -> list[Path]:
 
 def current(root: Path, name: str) -> str | None:
     """The registry's CURRENT version of ``name``; ``None`` when there is none or it is unreadable."""
-    from common.registry import current_version
-
     try:
         return current_version(root, name)
     except (OSError, ValueError, KeyError):
@@ -85,9 +84,6 @@ def newest_ablation(root: Path, name: str, ds: str) -> Path | None:
 def read_export(root: Path, ds: str, table: str, columns: Sequence[str]):
     """The published export partition ``table`` of ``ds`` (only the ``columns`` it has); ``None``
     when it is not published."""
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-
     if not is_published(partition_path(root, "exports", table, ds)):
         return None
     t = read_partition(root, "exports", table, ds)

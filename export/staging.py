@@ -39,7 +39,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.paths import partition_path
+from common.paths import check_ds, is_published, partition_path, table_path
+from common.publish import atomic_partition, read_manifest
+from common.registry import serving_status
+from common.schemas import arrow_schema
+from export.data import ExportConfig, ExportInputError, check_shard, load_active, shard_users, users_digest
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +68,6 @@ class StagedTable:
     """One export table being written for one ds."""
 
     def __init__(self, batch, root: str | Path, table: str, ds: str, manifest: dict | None = None):
-        from common.schemas import arrow_schema
-
         self.table = table
         self.schema = arrow_schema(table)
         self.final = partition_path(root, AREA, table, ds)
@@ -100,8 +102,6 @@ def serving_note(root: str | Path, ds: str, model: dict) -> dict:
     (``model["preferred"]``, then ``model["name"]``): ``{name: {"version", "reason"}}`` from the
     gate decisions (:func:`common.registry.serving_status`). A refused gate shows here as
     ``gate refused <ds>: ...; serving <previous version>``."""
-    from common.registry import serving_status
-
     names = [n for n in (model.get("preferred"), model.get("name")) if n]
     out = {}
     for name in dict.fromkeys(names):
@@ -125,8 +125,6 @@ def run_folder_name(run_id: str) -> str:
 
 def staging_dir(root: str | Path, table: str, ds: str | None = None, run_id: str | None = None) -> Path:
     """``<root>/exports/_staging/<table>[/ds=<ds>[/<run>]]``."""
-    from common.paths import check_ds, table_path
-
     path = table_path(root, AREA, STAGING) / table
     if ds is not None:
         path = path / f"ds={check_ds(ds)}"
@@ -144,8 +142,6 @@ class StagedPart:
     hidden sibling of the part (see :func:`staged_part`)."""
 
     def __init__(self, tmp: Path, final: Path, manifest: dict):
-        from common.schemas import arrow_schema
-
         self.tmp, self.final, self.manifest = tmp, final, manifest
         self._schema = arrow_schema
         self.rows: dict[str, int] = {}
@@ -171,9 +167,6 @@ def staged_part(root: str | Path, table: str, ds: str, run_id: str, shard: int, 
     """Write shard ``shard`` of ``num_shards`` of ``table`` for (ds, run id): on success the part
     replaces any earlier one of the same shard, complete with ``_manifest.json`` and ``_SUCCESS``;
     on an exception (or a kill) nothing visible is left."""
-    from common.publish import atomic_partition
-    from export.data import check_shard
-
     shard, num_shards = check_shard(shard, num_shards)
     final = staging_dir(root, table, ds, run_id) / part_name(shard, num_shards)
     manifest = {} if manifest is None else manifest
@@ -195,8 +188,6 @@ class Part:
     manifest: dict
 
     def read(self, table: str) -> pa.Table:
-        from common.schemas import arrow_schema
-
         schema = arrow_schema(table)
         files = sorted((self.path / table).glob("part-*.parquet"))
         if not files:
@@ -208,10 +199,6 @@ def read_parts(root: str | Path, table: str, ds: str, run_id: str, num_shards: i
     """The ``num_shards`` complete parts of (table, ds, run id), shard order; :class:`ExportInputError`
     (nothing is published) unless every shard ``0 .. num_shards-1`` has a complete part written
     for this run. Parts of another shard count in the same folder are ignored."""
-    from common.paths import is_published
-    from common.publish import read_manifest
-    from export.data import ExportInputError
-
     if int(num_shards) < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     run = staging_dir(root, table, ds, run_id)
@@ -245,8 +232,6 @@ def check_parts(parts: Sequence[Part], active: Sequence[str], same: Sequence[str
     """Check that the parts belong together and cover ``active`` (the day's active users): every
     key of ``same`` (model, inputs ...) equal across parts, each part generated for exactly its
     shard of ``active``. Returns the first part's manifest; :class:`ExportInputError` otherwise."""
-    from export.data import ExportInputError, shard_users, users_digest
-
     first = parts[0].manifest
     for part in parts:
         differ = [k for k in same if part.manifest.get(k) != first.get(k)]
@@ -267,8 +252,6 @@ def merged_parts(cfg: dict, root: str | Path, table: str, ds: str, run_id: str, 
     """The publish step's inputs: ``(export config, parts, active users, first part's manifest)``
     — the run's ``num_shards`` complete parts (:func:`read_parts`), checked to belong together
     and to cover the day's active users (:func:`check_parts`)."""
-    from export.data import ExportConfig, load_active
-
     ex = ExportConfig.from_config(cfg, min_coverage=min_coverage)
     parts = read_parts(root, table, ds, run_id, num_shards)
     active = load_active(root, ds, ex)
@@ -324,8 +307,6 @@ def clean_staging(root: str | Path, table: str | None = None, older_than_s: floa
     """Remove staging run folders (``_staging/<table>/ds=*/<run>``, every table when ``table`` is
     None) whose newest entry is older than ``older_than_s`` seconds (0: all), except ``keep``.
     Returns the removed folders."""
-    from common.paths import table_path
-
     base = table_path(root, AREA, STAGING)
     tables = [base / table] if table else (sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else [])
     now, removed = time.time(), []
@@ -350,8 +331,6 @@ def clean_staging(root: str | Path, table: str | None = None, older_than_s: floa
 def remove_staging(root: str | Path, table: str, ds: str, run_id: str) -> list[Path]:
     """After a publish: remove the run's staging folder (and empty parents), and the table's
     staging run folders of other runs untouched for :data:`STALE_STAGING_S`."""
-    from common.paths import table_path
-
     run = staging_dir(root, table, ds, run_id)
     removed = []
     if run.exists():

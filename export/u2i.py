@@ -38,8 +38,36 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from common.device import resolve
+from common.publish import staged_partitions
 from common.schemas import UNIQUE_KEYS
+from export import gates, models
+from export.data import (
+    ExportConfig,
+    ExportInputError,
+    anchor_time,
+    check_shard,
+    chunks,
+    load_inputs,
+    users_digest,
+)
+from export.publish import (
+    add_shard_args,
+    apply_retention,
+    arg_parser,
+    content_hash,
+    fault_hook,
+    run_main,
+    settings,
+    shard_fault_hook,
+    shard_mode,
+)
+from export.staging import StagedTable, merged_parts, remove_staging, shard_summary, staged_part, sum_counts
+from karma_model.data import ItemCatalog, KarmaEncoder, collate_histories, read_item_corpus
+from karma_model.index import IndexLoadError, load_index
+from karma_model.load import load_karma
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +101,9 @@ def top_items(found_ids, scores, exclude, k: int) -> tuple[list[str], list[float
 def load_karma_release(root: str, ds: str | None = None):
     """``(Registered, model, tokenizer, ItemIndex, index version)``; :class:`ExportInputError`
     naming the path when the model or its index is missing or unreadable."""
-    from export import models
-    from export.data import ExportInputError
-    from karma_model.index import IndexLoadError, load_index
-    from karma_model.load import load_karma
-
     reg = models.require_registered(root, (MODEL,), "KARMA model", ds)
     index_dir = reg.manifest.get("index_dir") or str(Path(root) / "indexes" / MODEL / reg.version)
     try:
-        from common.device import resolve
-
         model, tok = load_karma(reg.path, device=resolve())
     except Exception as exc:
         raise ExportInputError(f"cannot load KARMA model {MODEL}/{reg.version} at {reg.path}: "
@@ -99,8 +120,6 @@ def load_karma_release(root: str, ds: str | None = None):
 
 
 def gate_u2i(u2i, emb, active, ex, dim: int) -> dict[str, dict]:
-    from export import gates
-
     return {
         TABLE: gates.run_gates({
             "coverage": gates.check_coverage(u2i, active, ex.min_coverage),
@@ -124,10 +143,6 @@ def embed_users(model, encoder, histories, block: int = EMBED_BLOCK) -> np.ndarr
     (the last one topped up with copies of its last history) left-padded to the model's
     ``max_history_tokens``: every forward pass has the same shapes, so a user's vector depends on
     their own history (and ``block``) only, not on the users sharing the batch (shards)."""
-    import torch
-
-    from karma_model.data import collate_histories
-
     model.eval()
     width = int(model.config.max_history_tokens)
     device = next(model.parameters()).device
@@ -171,9 +186,6 @@ class _Retrieval:
     writes the u2i rows and embeddings of the run's active users batch by batch."""
 
     def __init__(self, root: str, ds: str, run_id: str, ex, shard: tuple[int, int] | None = None):
-        from export.data import anchor_time, load_inputs
-        from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus
-
         self.ds, self.ex = ds, ex
         self.reg, self.model, tok, self.index, index_version = load_karma_release(root, ds)
         reg, index, config = self.reg, self.index, self.model.config
@@ -200,9 +212,6 @@ class _Retrieval:
     def run(self, write_u2i, write_emb, after_batch=None) -> dict:
         """Encode, search and filter every active user; ``write_u2i(rows)`` and ``write_emb(rows)``
         per batch; returns the counts."""
-        from export.data import chunks
-        from export.publish import fault_hook
-
         ex, inputs, counts, reg = self.ex, self.inputs, self.counts, self.reg
         n_batches = (len(inputs.active) + ex.batch_users - 1) // ex.batch_users
         block = min(EMBED_BLOCK, ex.batch_users)  # the same in every shard
@@ -234,9 +243,6 @@ class _Retrieval:
 def _gate_both(u2i_table, emb_table, active, ex, dim: int, manifest: dict, emb_manifest: dict, counts: dict,
                t0: float) -> None:
     """Run the gates of both tables, complete both manifests, raise ``GateFailed`` on a failure."""
-    from export import gates
-    from export.publish import content_hash
-
     results = gate_u2i(u2i_table, emb_table, active, ex, dim)
     manifest.update(counts=counts, rows=u2i_table.num_rows, gates=results[TABLE],
                     content_hash=content_hash(u2i_table, KEYS), seconds=round(time.perf_counter() - t0, 2))
@@ -257,11 +263,6 @@ def _result(u2i, emb, u2i_table, emb_table, manifest: dict, deleted, **extra) ->
 def export_u2i(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
                min_coverage: float | None = None) -> dict:
     """Embed, retrieve, gate and publish ``exports/u2i`` and ``exports/user_interest_embedding``."""
-    from common.publish import staged_partitions
-    from export.data import ExportConfig
-    from export.publish import apply_retention
-    from export.staging import StagedTable
-
     ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
     ret = _Retrieval(root, ds, run_id, ex)
     manifest, emb_manifest = ret.manifest, ret.emb_manifest
@@ -280,10 +281,6 @@ def stage_u2i_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_
                     batch_users: int | None = None) -> dict:
     """Retrieve and embed shard ``shard`` of ``num_shards``'s active users into its staging part
     (both tables; no gates, nothing published); returns the part's summary."""
-    from export.data import ExportConfig, check_shard, users_digest
-    from export.publish import shard_fault_hook
-    from export.staging import staged_part
-
     shard, num_shards = check_shard(shard, num_shards)
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
     ret = _Retrieval(root, ds, run_id, ex, shard=(shard, num_shards))
@@ -309,10 +306,6 @@ def publish_u2i_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     """Merge the run's ``num_shards`` complete parts, run the gates of :func:`export_u2i` on the
     whole tables and publish ``exports/u2i`` and ``exports/user_interest_embedding`` together (all
     parts or nothing); then remove the run's staging folder. Loads no model."""
-    from common.publish import staged_partitions
-    from export.publish import apply_retention
-    from export.staging import StagedTable, merged_parts, remove_staging, shard_summary, sum_counts
-
     t0 = time.perf_counter()
     ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)
     shards = shard_summary(parts)
@@ -336,8 +329,6 @@ def publish_u2i_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.publish import add_shard_args, arg_parser, run_main, settings, shard_mode
-
     parser = add_shard_args(arg_parser(__doc__.splitlines()[0]))
 
     def body(args):

@@ -48,7 +48,41 @@ import time
 
 import pyarrow as pa
 
-from common.schemas import UNIQUE_KEYS
+from aigq_model.generate import generate_lists
+from common.arrow_io import read_partition
+from common.paths import published_ds
+from common.publish import staged_partitions
+from common.schemas import U2Q, UNIQUE_KEYS
+from export import gates, models
+from export.data import (
+    ExportConfig,
+    anchor_time,
+    build_samples,
+    check_shard,
+    chunks,
+    load_inputs,
+    users_digest,
+)
+from export.publish import (
+    add_shard_args,
+    apply_retention,
+    arg_parser,
+    content_hash,
+    fault_hook,
+    run_main,
+    settings,
+    shard_fault_hook,
+    shard_mode,
+)
+from export.staging import (
+    AREA,
+    StagedTable,
+    merged_parts,
+    remove_staging,
+    shard_summary,
+    staged_part,
+    sum_counts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +118,6 @@ def carry_previous_runs(previous: pa.Table | None, ds: str, active: set[str], ke
     >>> sorted((r["user_id"], r["run_ds"]) for r in out.to_pylist())
     [('a', '2026-10-31'), ('b', '2026-10-30'), ('b', '2026-10-31')]
     """
-    from common.schemas import U2Q
-
     if previous is None or previous.num_rows == 0:
         return U2Q.empty_table()
     df = previous.to_pandas()
@@ -111,11 +143,6 @@ def previous_snapshot(root, ds: str) -> tuple[pa.Table | None, str | None]:
     clashed with the Hive partition column): it is read as ``run_ds``, so the first run after the
     upgrade carries the earlier runs as before.
     """
-    from common.arrow_io import read_partition
-    from common.paths import published_ds
-    from common.schemas import U2Q
-    from export.staging import AREA
-
     before = [d for d in published_ds(root, AREA, TABLE) if d < ds]
     if not before:
         return None, None
@@ -126,8 +153,6 @@ def previous_snapshot(root, ds: str) -> tuple[pa.Table | None, str | None]:
 
 
 def gate_u2q(table: pa.Table, today: pa.Table, active, ex, blocked) -> dict:
-    from export import gates
-
     return gates.run_gates({
         "coverage": gates.check_coverage(today, active, ex.min_coverage),
         "null_rates": gates.check_null_rates(table, ex.max_null_rate),
@@ -147,9 +172,6 @@ class U2QGeneration:
 
     def __init__(self, cfg: dict, root: str, ds: str, run_id: str, ex, max_new_tokens: int | None = None,
                  shard: tuple[int, int] | None = None):
-        from export import models
-        from export.data import anchor_time, load_inputs
-
         self.ds, self.run_id, self.ex = ds, run_id, ex
         self.reg = reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy", ds)
         if reg.fallback_used:
@@ -174,10 +196,6 @@ class U2QGeneration:
 
     def run(self, write, after_batch=None) -> dict:
         """Generate every active user's list, ``write(rows)`` per batch; returns the counts."""
-        from aigq_model.generate import generate_lists
-        from export.data import build_samples, chunks
-        from export.publish import fault_hook
-
         ex, inputs, counts = self.ex, self.inputs, self.counts
         n_batches = (len(inputs.active) + ex.batch_users - 1) // ex.batch_users
         t0 = time.perf_counter()
@@ -207,9 +225,6 @@ def _carry_gate_publish(staged, root: str, ds: str, today: pa.Table, active, ex,
     """Inside ``staged_partitions``: add the previous runs to today's staged rows, run the gates on
     the merged table, complete the manifest and raise :class:`export.gates.GateFailed` on a failed
     gate (nothing published). Returns ``(table, carried)``."""
-    from export import gates
-    from export.publish import content_hash
-
     previous, previous_ds = previous_snapshot(root, ds)
     carried = carry_previous_runs(previous, ds, set(active), ex.u2q_keep_runs, blocked)
     staged.write(carried)
@@ -233,11 +248,6 @@ def _result(staged, table: pa.Table, today: pa.Table, manifest: dict, deleted, *
 def export_u2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
                min_coverage: float | None = None, max_new_tokens: int | None = None) -> dict:
     """Generate, gate and publish ``exports/u2q/ds=<ds>``; returns the manifest summary."""
-    from common.publish import staged_partitions
-    from export.data import ExportConfig
-    from export.publish import apply_retention
-    from export.staging import StagedTable
-
     ex = ExportConfig.from_config(cfg, batch_users=batch_users, min_coverage=min_coverage)
     gen = U2QGeneration(cfg, root, ds, run_id, ex, max_new_tokens)
     manifest = gen.manifest
@@ -257,10 +267,6 @@ def stage_u2q_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_
                     batch_users: int | None = None, max_new_tokens: int | None = None) -> dict:
     """Generate the lists of shard ``shard`` of ``num_shards``'s active users into its staging part
     (no gates, nothing published); returns the part's summary."""
-    from export.data import ExportConfig, check_shard, users_digest
-    from export.publish import shard_fault_hook
-    from export.staging import staged_part
-
     shard, num_shards = check_shard(shard, num_shards)
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
     gen = U2QGeneration(cfg, root, ds, run_id, ex, max_new_tokens, shard=(shard, num_shards))
@@ -285,11 +291,6 @@ def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     """Merge the run's ``num_shards`` complete parts, carry the previous runs, run the gates of
     :func:`export_u2q` on the whole table and publish ``exports/u2q/ds=<ds>`` (all parts or
     nothing); then remove the run's staging folder. Loads no model."""
-    from common.publish import staged_partitions
-    from export import models
-    from export.publish import apply_retention
-    from export.staging import StagedTable, merged_parts, remove_staging, shard_summary, sum_counts
-
     t0 = time.perf_counter()
     ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)
     blocked = models.blocklist(cfg, ex.blocklist)
@@ -313,8 +314,6 @@ def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.publish import add_shard_args, arg_parser, run_main, settings, shard_mode
-
     parser = add_shard_args(arg_parser(__doc__.splitlines()[0]))
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the decoding budget")
 

@@ -41,7 +41,18 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import pyarrow.compute as pc
+
+from aigq_model.ctr_model import context_from_sample, load_ctr
+from aigq_model.generate import generate_lists
+from aigq_model.parsing import normalize_query, parse_think
+from aigq_model.prompts import history_window
+from common.publish import staged_partitions
 from common.schemas import UNIQUE_KEYS
+from export import gates, models
+from export.data import ExportConfig, ExportInputError, anchor_time, build_samples, chunks, load_inputs
+from export.publish import apply_retention, arg_parser, content_hash, fault_hook, run_main, settings
+from export.staging import StagedTable
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +81,6 @@ def trigger_of(behaviour: Mapping) -> tuple[str, str, str] | None:
     >>> trigger_of({"event_type": "click", "item_id": "i7", "text": "x"})
     ('item:i7', 'item', 'i7')
     """
-    from aigq_model.parsing import normalize_query
-
     if behaviour.get("event_type") == "search":
         q = normalize_query(behaviour.get("text"))
         return (f"query:{q}", "query", q) if q else None
@@ -81,9 +90,6 @@ def trigger_of(behaviour: Mapping) -> tuple[str, str, str] | None:
 
 def links(gen, sample: Mapping, max_history: int, overlap_weight: float) -> list[tuple[tuple, str, float, str]]:
     """``[(trigger, query, contribution, attribution)]`` of one user's Think output."""
-    from aigq_model.parsing import normalize_query, parse_think
-    from aigq_model.prompts import history_window
-
     shown, _ = history_window(sample.get("history"), max_history)
     if not shown or not gen.queries:
         return []
@@ -183,10 +189,6 @@ def score_pairs(acc: X2QAccumulator, popularity: Mapping[str, int], alpha: float
 
 def search_counts(events) -> dict[str, int]:
     """Searches per normalised query in the events."""
-    import pyarrow.compute as pc
-
-    from aigq_model.parsing import normalize_query
-
     if events is None or events.num_rows == 0:
         return {}
     searches = events.filter(pc.equal(events["event_type"], "search"))["query"].to_pylist()
@@ -199,8 +201,6 @@ def search_counts(events) -> dict[str, int]:
 
 
 def gate_x2q(table, ex, blocked) -> dict:
-    from export import gates
-
     return gates.run_gates({
         "min_rows": gates.check_min_rows(table, 1),
         "null_rates": gates.check_null_rates(table, {"*": ex.max_null_rate, "ctr": 1.0, "ctr_model_version": 1.0}),
@@ -214,14 +214,10 @@ def gate_x2q(table, ex, blocked) -> dict:
 def load_ctr_model(root: str, ds: str | None = None):
     """``(scorer, version)`` of the registered ``aigq_ctr``, ``(None, None)`` when none is
     registered; a registered but unreadable model raises :class:`ExportInputError`."""
-    from export import models
-    from export.data import ExportInputError
-
     reg = models.resolve_registered(root, ("aigq_ctr",), ds)
     if reg is None:
         logger.info("no registered aigq_ctr: S_eff = popularity only")
         return None, None
-    from aigq_model.ctr_model import load_ctr
 
     try:
         return load_ctr(reg.path), reg.version
@@ -232,14 +228,6 @@ def load_ctr_model(root: str, ds: str | None = None):
 def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | None = None,
                max_new_tokens: int | None = None) -> dict:
     """Generate Think outputs, score the trigger -> query pairs, gate and publish ``exports/x2q``."""
-    from aigq_model.ctr_model import context_from_sample
-    from aigq_model.generate import generate_lists
-    from common.publish import staged_partitions
-    from export import gates, models
-    from export.data import ExportConfig, anchor_time, build_samples, chunks, load_inputs
-    from export.publish import apply_retention, content_hash, fault_hook
-    from export.staging import StagedTable
-
     ex = ExportConfig.from_config(cfg, batch_users=batch_users)
     reg = models.resolve_registered(root, POLICIES, ds)
     if reg is None:
@@ -307,8 +295,6 @@ def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.publish import arg_parser, run_main, settings
-
     parser = arg_parser(__doc__.splitlines()[0], coverage=False)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the decoding budget")
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common.text_encoder import encode_texts
 from karma_model.metrics import DEFAULT_KS, exclusion_mask, ranks_from_scores, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,6 @@ class TextEmbeddingBaseline:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._encoder is None:
-            from common.text_encoder import encode_texts
-
             self._encoder = encode_texts
         return self._encoder(list(texts))
 

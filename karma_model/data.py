@@ -23,9 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from base_lm import TASK_TOKENS
+from common.arrow_io import read_partition
+from common.paths import is_published, latest_published_ds, partition_path
+from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
 from karma_model.config import KarmaConfig
 
 logger = logging.getLogger(__name__)
@@ -41,12 +45,6 @@ IGNORE = -100
 # --- reading ------------------------------------------------------------------------------------
 def read_samples(data_root: str | Path, ds_list: Sequence[str], split: str | None = None) -> pa.Table:
     """``karma_samples`` rows of the published partitions in ``ds_list`` (optionally one split)."""
-    import pyarrow.compute as pc
-
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-    from common.schemas import KARMA_SAMPLES
-
     tables = [
         read_partition(data_root, "samples", "karma_samples", ds, schema=KARMA_SAMPLES)
         for ds in ds_list
@@ -60,10 +58,6 @@ def read_samples(data_root: str | Path, ds_list: Sequence[str], split: str | Non
 
 def read_item_corpus(data_root: str | Path, ds: str) -> pa.Table:
     """The newest published ``item_corpus`` at or before ``ds``."""
-    from common.arrow_io import read_partition
-    from common.paths import latest_published_ds
-    from common.schemas import ITEM_CORPUS
-
     corpus_ds = latest_published_ds(data_root, "samples", "item_corpus", ds)
     if corpus_ds is None:
         raise FileNotFoundError(f"no item_corpus partition at or before {ds} under {data_root}")

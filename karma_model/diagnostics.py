@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ def attention_sink_alpha(attentions: Sequence, attention_mask=None) -> np.ndarra
     alpha = []
     for layer in attentions:
         if hasattr(layer, "detach"):  # gather the sink column in torch: no copy of the full map
-            import torch
-
             column = layer[torch.as_tensor(rows), :, :, torch.as_tensor(first)]  # (batch, heads, q)
             column = column.detach().float().cpu().numpy()
         else:

@@ -25,7 +25,18 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
+from base_lm.load import read_manifest
+from common.config import load_config
+from common.hf_offline import quiet_offline_hf
+from common.logging_setup import setup_logging
+from common.paths import check_ds, latest_published_ds
 from common.steps import emit_result
+from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus
+from karma_model.index import IndexParams, build_index, save_index
+from karma_model.load import load_karma
+from karma_model.model import embed_items
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +54,6 @@ def index_params_from_config(section: Mapping | None, n_items: int | None = None
     >>> index_params_from_config({"large_threshold": 10, "large_factory": "IVF4,PQ8"}, 50).factory
     'IVF4,PQ8'
     """
-    from karma_model.index import IndexParams
-
     section = dict(section or {})
     large_factory = section.pop("large_factory", DEFAULT_LARGE_FACTORY)
     threshold = int(section.pop("large_threshold", DEFAULT_LARGE_THRESHOLD))
@@ -68,15 +77,6 @@ def embed_catalogue(model_dir: str | Path, data_root: str | Path, ds: str, out_d
                     version: str | None = None, index_section: Mapping | None = None, factory: str | None = None,
                     batch_size: int = 128) -> dict:
     """Encode the catalogue, build and publish the index; returns the index manifest (+ its path)."""
-    import numpy as np
-
-    from base_lm.load import read_manifest
-    from common.paths import latest_published_ds
-    from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus
-    from karma_model.index import build_index, save_index
-    from karma_model.load import load_karma
-    from karma_model.model import embed_items
-
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     version = version or manifest.get("version") or manifest.get("ds") or ds
@@ -105,11 +105,6 @@ def embed_catalogue(model_dir: str | Path, data_root: str | Path, ds: str, out_d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.config import load_config
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds
-
     setup_logging()
     quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

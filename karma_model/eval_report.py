@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from karma_model.metrics import DEFAULT_KS
@@ -32,10 +34,7 @@ def method_table(metrics: Mapping, split: str) -> dict[str, dict]:
 
 def plot_hit_rates(metrics: Mapping, split: str, path: Path) -> Path | None:
     """Line plot of HR@K per method (log-scaled K)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = method_table(metrics, split)
     if not rows:
@@ -59,10 +58,7 @@ def plot_hit_rates(metrics: Mapping, split: str, path: Path) -> Path | None:
 
 def plot_attention(alphas: Mapping[str, np.ndarray], path: Path, eps: float = 0.3) -> Path | None:
     """Heatmaps of α(layer, head), one panel per model, shared colour scale [0, 1]."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if not alphas:
         return None

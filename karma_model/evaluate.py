@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 import time
@@ -34,10 +35,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from base_lm.load import read_manifest
+from common.config import load_config
+from common.hf_offline import quiet_offline_hf
+from common.logging_setup import setup_logging
+from common.paths import check_ds, partition_path
+from common.publish import atomic_partition
 from common.steps import emit_result, write_json_atomic
+from common.text_encoder import encode_texts
+from karma_model.baselines import (
+    CooccurrenceBaseline,
+    PopularityBaseline,
+    TextEmbeddingBaseline,
+    evaluate_ranks,
+    sequences_from_samples,
+    tune,
+)
+from karma_model.config import CONFIG_FILE
+from karma_model.data import (
+    IGNORE,
+    ItemCatalog,
+    KarmaEncoder,
+    collate_histories,
+    pad,
+    read_item_corpus,
+    read_samples,
+)
+from karma_model.diagnostics import (
+    SINK_EPS,
+    SinkStats,
+    attention_sink_alpha,
+    information_abundance,
+    rouge_l_f,
+)
+from karma_model.embed import index_params_from_config
 from karma_model.eval_report import plot_attention, plot_hit_rates, render_report
+from karma_model.index import build_index, index_ranks
+from karma_model.load import load_karma
 from karma_model.metrics import DEFAULT_KS, exact_topk_and_ranks, recall_loss, retrieval_metrics
+from karma_model.model import KarmaModel, embed_histories, embed_items
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +137,6 @@ def karma_retrieval(model, encoder, splits: Mapping[str, EvalSplit], index_param
     Returns ``{"item_emb", "user_emb": {split: array}, "exact": {split: metrics}, "index": ...,
     "recall_loss": ..., "index_info": manifest}``.
     """
-    from karma_model.index import build_index, index_ranks
-    from karma_model.model import embed_histories, embed_items
-
     t0 = time.perf_counter()
     item_emb = embed_items(model, encoder)
     item_seconds = time.perf_counter() - t0
@@ -137,11 +172,6 @@ def use_eager_attention(model) -> None:
 
 def sink_alpha(model, encoder, histories: Sequence[Sequence[dict]], batch_size: int = 16) -> np.ndarray:
     """α(layer, head) pooled over ``histories`` (row-weighted mean of per-batch α)."""
-    import torch
-
-    from karma_model.data import collate_histories
-    from karma_model.diagnostics import attention_sink_alpha
-
     use_eager_attention(model)
     total, n = None, 0
     device = next(model.parameters()).device
@@ -159,8 +189,6 @@ def sink_alpha(model, encoder, histories: Sequence[Sequence[dict]], batch_size: 
 
 def sink_summary(alpha: np.ndarray) -> dict:
     """:class:`karma_model.diagnostics.SinkStats` fields of a pooled α matrix."""
-    from karma_model.diagnostics import SINK_EPS, SinkStats
-
     above = alpha > SINK_EPS
     stats = SinkStats(alpha, alpha.mean(axis=1), above.mean(axis=1), float(above.mean()), SINK_EPS)
     return stats.to_dict()
@@ -172,11 +200,6 @@ def reconstruction_fidelity(model, encoder, user_emb: np.ndarray, target_rows: S
 
     Empty dict for variants without a reconstruction head.
     """
-    import torch
-
-    from karma_model.data import IGNORE, pad
-    from karma_model.diagnostics import rouge_l_f
-
     if getattr(model, "rec_proj", None) is None or not len(target_rows):
         return {}
     device = next(model.parameters()).device
@@ -217,7 +240,6 @@ def evaluate_karma_model(model, encoder, splits: Mapping[str, EvalSplit], index_
     diag_split = "test" if "test" in splits and len(splits["test"]) else next(iter(splits))
     split = splits[diag_split]
     user_emb = ret["user_emb"][diag_split]
-    from karma_model.diagnostics import information_abundance
 
     diagnostics: dict = {"split": diag_split, "n": len(split)}
     if len(split):
@@ -241,15 +263,6 @@ def evaluate_karma_model(model, encoder, splits: Mapping[str, EvalSplit], index_
 def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mapping], splits: Mapping[str, EvalSplit],
                        ks=DEFAULT_KS, grids: Mapping[str, Mapping] = GRIDS, text_encoder=None) -> dict:
     """Each baseline fitted on ``train_rows`` and tuned on ``splits["valid"]``; metrics on every split."""
-    from karma_model.baselines import (
-        CooccurrenceBaseline,
-        PopularityBaseline,
-        TextEmbeddingBaseline,
-        evaluate_ranks,
-        sequences_from_samples,
-        tune,
-    )
-
     n_items = len(catalog)
     sequences, timestamps = sequences_from_samples(train_rows, catalog.row, "train")
     if not sequences:
@@ -262,8 +275,6 @@ def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mappi
         "cooccurrence": lambda **p: CooccurrenceBaseline(n_items, **p),
     }
     if "text" in names:
-        from common.text_encoder import encode_texts
-
         encode = text_encoder or encode_texts
         item_vecs = encode(catalog.texts)
         builders["text"] = lambda **p: TextEmbeddingBaseline(item_embeddings=item_vecs, encoder=encode, **p)
@@ -298,8 +309,6 @@ def _json_default(x):
 def write_report(metrics: Mapping, out_dir: str | Path, alphas: Mapping[str, np.ndarray]) -> Path:
     """Publish ``report.md``, ``metrics.json`` and the PNGs (:mod:`karma_model.eval_report`) atomically
     into ``out_dir``."""
-    from common.publish import atomic_partition
-
     manifest = {"kind": "karma_eval_report", "model_dir": metrics.get("model_dir"), "ds": metrics.get("ds")}
     with atomic_partition(out_dir, manifest) as tmp:
         plots = {}
@@ -316,10 +325,6 @@ def write_report(metrics: Mapping, out_dir: str | Path, alphas: Mapping[str, np.
 # --- orchestration -----------------------------------------------------------------------------------
 def _load_compare(path: Path, config, attn: str = "sdpa"):
     """``(model, tokenizer, is_karma)``: a KARMA folder, or a plain causal LM wrapped for diagnostics."""
-    from karma_model.config import CONFIG_FILE
-    from karma_model.load import load_karma
-    from karma_model.model import KarmaModel
-
     if (path / CONFIG_FILE).is_file():
         model, tok = load_karma(path, attn_implementation=attn)
         return model, tok, True
@@ -332,10 +337,6 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
              index_params=None, max_eval: int | None = 5000, n_attention: int = 64, n_decode: int = 16,
              ks=DEFAULT_KS, text_encoder=None) -> tuple[dict, dict[str, np.ndarray]]:
     """Full evaluation of one model folder; returns ``(metrics, {model name: α matrix})``."""
-    from base_lm.load import read_manifest
-    from karma_model.data import ItemCatalog, KarmaEncoder, read_item_corpus, read_samples
-    from karma_model.load import load_karma
-
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -410,8 +411,6 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
 
 
 def _dates(ds_range: Sequence[str]) -> list[str]:
-    import datetime as dt
-
     start, end = dt.date.fromisoformat(ds_range[0]), dt.date.fromisoformat(ds_range[-1])
     return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
@@ -437,12 +436,6 @@ def summary(model_result: Mapping, baseline_results: Mapping, split: str = "test
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.config import load_config
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds, partition_path
-    from karma_model.embed import index_params_from_config
-
     setup_logging()
     quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.paths import MANIFEST, is_published
 from common.publish import atomic_partition, read_manifest
@@ -56,8 +59,6 @@ class IndexParams:
 
 
 def _faiss():
-    import faiss
-
     return faiss
 
 
@@ -169,9 +170,6 @@ def build_index(vectors, item_ids: Sequence, params: IndexParams | None = None) 
 def save_index(item_index: ItemIndex, out_dir: str | Path, model_version: str = "", extra: dict | None = None
                ) -> Path:
     """Publish the index to ``out_dir`` atomically (replaces a previous index there)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     faiss = _faiss()
     manifest = {**item_index.manifest, "params": asdict(item_index.params), "model_version": model_version,
                 "index_file": INDEX_FILE, "ids_file": IDS_FILE, **(extra or {})}
@@ -185,8 +183,6 @@ def save_index(item_index: ItemIndex, out_dir: str | Path, model_version: str = 
 
 def load_index(path: str | Path, ef_search: int | None = None, nprobe: int | None = None) -> ItemIndex:
     """Load a published index; :class:`IndexLoadError` names the path when anything is wrong."""
-    import pyarrow.parquet as pq
-
     faiss = _faiss()
     path = Path(path)
     if not path.is_dir():

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_gather
 
 from karma_model.data import IGNORE
 
@@ -51,9 +53,6 @@ def gather_candidates(
     collator deduplicates the whole batch: later copies leave every denominator and a label on a
     later copy moves to the first. Without it duplicates stay (a small bias; a warning says so).
     """
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
     rank, world = dist.get_rank(), dist.get_world_size()
     n_local = item_emb.shape[0]
     sizes = [torch.zeros(1, dtype=torch.long, device=item_emb.device) for _ in range(world)]

@@ -32,9 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM
 from transformers.utils import ModelOutput
 
+from base_lm.load import load_base_lm
+from base_lm.tokenizer import load_tokenizer, save_tokenizer
 from common.ddp import distributed_training, global_mean_scale
 from karma_model.config import KarmaConfig
 from karma_model.data import IGNORE, KARMA_TOKENS, KarmaEncoder, collate_histories, collate_items
@@ -139,8 +143,6 @@ class KarmaModel(nn.Module):
 
         Seeds torch with ``config.seed`` first, so the new heads start the same on every run.
         """
-        from base_lm.load import load_base_lm
-
         torch.manual_seed(config.seed)
         backbone, tokenizer = load_base_lm(
             base_path,
@@ -153,10 +155,6 @@ class KarmaModel(nn.Module):
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
         """``backbone/`` (HF folder), ``heads.safetensors``, ``karma_config.json`` (+ tokenizer)."""
-        from safetensors.torch import save_file
-
-        from base_lm.tokenizer import save_tokenizer
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(out_dir / BACKBONE_DIR))
@@ -174,11 +172,6 @@ class KarmaModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
         """Reload a folder written by :meth:`save_pretrained`; returns ``(model, tokenizer)``."""
-        from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM
-
-        from base_lm.tokenizer import load_tokenizer
-
         path = Path(path)
         config = KarmaConfig.load(path)
         tokenizer = load_tokenizer(path)

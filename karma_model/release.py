@@ -18,6 +18,9 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from base_lm.load import read_manifest as read_model_manifest
+from common.registry import commit_version, register, stage_version
+
 logger = logging.getLogger(__name__)
 
 REGISTRY_NAME = "karma"
@@ -80,9 +83,6 @@ def register_karma(data_root: str | Path, model_dir: str | Path, version: str, i
     Raises :class:`common.registry.GateRejected` when the gate refuses (the version stays on disk,
     ``CURRENT`` does not move). Returns the registered manifest.
     """
-    from base_lm.load import read_manifest as read_model_manifest
-    from common.registry import commit_version, register, stage_version
-
     model_dir = Path(model_dir)
     trained = read_model_manifest(model_dir)
     metrics_path = Path(metrics_path) if metrics_path else model_dir / "metrics.json"

@@ -88,3 +88,15 @@ def airflow_db():
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, timeout=300)
     return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models run faster on one thread, especially on a busy 2-core machine (and one per
+    xdist worker). Modules use it with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,11 +12,12 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from aigq_model.ctr_eval import QueryCTRBaseline, auc, evaluate_ctr, logloss, score_metrics
 from aigq_model.ctr_model import CTRConfig, context_from_sample, ctr_reward, load_ctr, save_ctr
 from aigq_model.ctr_train import train_ctr
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
 
 NOUNS = ["shoe", "dress", "phone", "lamp", "mug", "tent", "watch", "scarf", "kettle", "drill", "rug", "ball"]
 ADJS = ["red", "cheap", "mini", "leather", "smart", "vintage", "blue", "kids", "large", "wool", "steel", "pro"]
@@ -56,14 +57,6 @@ def make_ctr_rows(n: int, seed: int = 0, split: str = "train", day: int = 0) -> 
             }
         )
     return rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -34,16 +34,10 @@ from aigq_model.train_sft import SFTConfig, train_sft
 from tests.test_aigq_sft import TINY_SFT, make_rows
 from tests.test_base_lm import make_tiny_base
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 S6 = math.sqrt(1 / 6)  # population std of (1, 0, 0.5)
 S23 = math.sqrt(2 / 3)  # population std of (1, 0, -1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- advantages ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from aigq_model.prompts import all_special_tokens
 from aigq_model.train_sft import SFTCollator, SFTConfig, SFTDataset, train_sft
 from tests.test_base_lm import ADJ, BRANDS, NOUNS, make_tiny_base
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 T0 = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
 BUCKETS = ["lt_1h", "lt_1d", "1d_ago", "2_3d_ago"]
 
@@ -60,14 +62,6 @@ def make_rows(n: int, seed: int = 0, split: str = "train") -> list[dict]:
             }
         )
     return rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -55,15 +55,6 @@ def make_tiny_base(out_dir: Path, seed: int = 0, **overrides) -> Path:
     return save_base_lm(model, tok, out_dir, {"name": "tiny"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, especially on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(corpus_texts(), vocab_size=400)
@@ -245,6 +236,8 @@ from base_lm.pretrain import BaseLMConfig, build_model, collate_blocks, pack_blo
 from base_lm.tokenizer import train_tokenizer
 from common.training import LoopArgs, train_loop
 from tests.test_base_lm import TINY, corpus_texts
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
 torch.set_num_threads(1)
 tok = train_tokenizer(corpus_texts(), vocab_size=400)
 data = [{"input_ids": b} for b in pack_blocks(tok, corpus_texts(), 16)[:16]]

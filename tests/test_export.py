@@ -16,7 +16,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import torch
 
 from aigq_model.parsing import Blocklist
 from common.arrow_io import read_partition
@@ -36,17 +35,11 @@ from tests.export_fixtures import (
     tiny_base,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 REPO = Path(__file__).resolve().parents[1]
 D3 = "2026-11-03"
 EXPORTS = ("u2q", "x2q", "u2i", "user_interest_embedding")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def ts(day: int, hour: int, minute: int = 0) -> dt.datetime:

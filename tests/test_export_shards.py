@@ -29,19 +29,13 @@ from export.data import ExportConfig, ExportInputError, load_active, shard_of, s
 from export.staging import STAGING, clean_staging, part_name, read_parts, run_folder_name, staging_dir
 from tests.export_fixtures import D1, D2, make_clean_root, register_folder, register_tiny_karma, tiny_base
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "nightly_export.py"
 D3 = "2026-11-03"
 TABLES = ("u2q", "u2i", "user_interest_embedding")
 KEYS = {"u2q": ["user_id", "run_ds", "rank"], "u2i": ["user_id", "rank"], "user_interest_embedding": ["user_id"]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- the split -------------------------------------------------------------------------------------

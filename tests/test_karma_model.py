@@ -36,6 +36,8 @@ from karma_model.model import (
 from karma_model.train import loop_args, train_karma
 from tests.test_base_lm import corpus_texts, make_tiny_base
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 IMAGE_DIM = 4
 N_ITEMS = 12
 T0 = dt.datetime(2026, 11, 3, 8, tzinfo=dt.UTC)
@@ -124,14 +126,6 @@ def tiny_config(variant: str = "act+gen+rec", use_images: bool = False, **kw) ->
         img_weight=2.0,
     )
     return KarmaConfig(**{**base, **kw})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
