@@ -6,3 +6,8 @@
 - ``baselines``: popularity, co-occurrence, EBR (MiniLM) and own-history baselines, leakage-free.
 - ``evaluate``: Query / Category HR@K, semantic similarity, diversity, per user group.
 """
+
+from common.hf_offline import offline_defaults
+
+# Before any module of this package imports transformers (huggingface_hub reads these at import).
+offline_defaults()

@@ -34,8 +34,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from aigq_model.parsing import normalize_query
+from common.text_encoder import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,6 @@ def to_micros(value) -> int:
 def events_frame(events):
     """The log as a pandas DataFrame sorted by (user, time) with ``t`` (int µs), a normalised
     ``query`` and a per-user ``session`` number."""
-    import pandas as pd
-
     if hasattr(events, "to_pandas"):
         df = events.to_pandas()
     elif isinstance(events, pd.DataFrame):
@@ -209,8 +209,6 @@ class CooccurrenceBaseline(QueryRecommender):
         self.max_follow, self.gap_minutes = max_follow, gap_minutes
 
     def fit(self, events) -> CooccurrenceBaseline:
-        import pandas as pd
-
         df = _with_sessions(events_frame(events), self.gap_minutes)
         self._users = {u: i for i, u in enumerate(sorted(set(df["user_id"])))}
         df["user"] = df["user_id"].map(self._users).astype(np.int64)
@@ -302,8 +300,6 @@ class EmbeddingBaseline(QueryRecommender):
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         if self.encoder is None:
-            from common.text_encoder import encode_texts
-
             self.encoder = lambda xs: encode_texts(xs, batch_size=self.batch_size)
         return np.asarray(self.encoder(list(texts)), dtype=np.float32)
 

@@ -19,6 +19,7 @@ log-loss with the baseline's), ``baseline_query_ctr``, ``valid`` and the trainin
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -30,7 +31,11 @@ import torch
 from aigq_model.ctr_eval import QueryCTRBaseline, evaluate_ctr, score_metrics
 from aigq_model.ctr_model import CTRConfig, CTRModel, save_ctr
 from aigq_model.ctr_train import train_ctr
-from common.registry import registry_target
+from common.arrow_io import read_partition
+from common.config import load_config
+from common.logging_setup import setup_logging
+from common.paths import check_ds, ds_range, is_published, partition_path
+from common.registry import commit_version, register, registry_target, stage_version
 from common.steps import emit_result
 
 NAME = "aigq_ctr"
@@ -42,9 +47,6 @@ METRICS_FILE = "metrics.json"
 def read_ctr_rows(data_root: str | Path, ds: str) -> list[dict]:
     """All rows of ``samples/ctr_samples/ds=<ds>``; ``FileNotFoundError`` naming the path when
     the partition is not published."""
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-
     path = partition_path(data_root, "samples", TABLE, ds)
     if not is_published(path):
         raise FileNotFoundError(f"{TABLE} partition not published: {path}")
@@ -53,8 +55,6 @@ def read_ctr_rows(data_root: str | Path, ds: str) -> list[dict]:
 
 def run_daily(data_root: str | Path, ds: str, config: CTRConfig) -> tuple[CTRModel, dict, dict]:
     """Train on ds, evaluate on ds+1 (or ds's test split); returns ``(model, metrics, n_rows)``."""
-    from common.paths import ds_range, is_published, partition_path
-
     rows = read_ctr_rows(data_root, ds)
     train_rows = [r for r in rows if r.get("split") == "train"]
     valid_rows = [r for r in rows if r.get("split") == "valid"]
@@ -88,13 +88,6 @@ def run_daily(data_root: str | Path, ds: str, config: CTRConfig) -> tuple[CTRMod
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from common.config import load_config
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds
-    from common.registry import commit_version, register, stage_version
-
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="logical date whose ctr_samples train the model")

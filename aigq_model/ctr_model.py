@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aigq_model.parsing import normalize_query
@@ -323,8 +324,6 @@ def as_ctr_model(model) -> CTRModel:
 # --- persistence ------------------------------------------------------------------------------
 def save_ctr(model, config: CTRConfig | None, out_dir: str | Path) -> Path:
     """Write ``ctr_model.safetensors`` (state dict) and ``ctr_config.json`` into ``out_dir``."""
-    from safetensors.torch import save_file
-
     m = as_ctr_model(model)
     config = config or m.config
     out_dir = Path(out_dir)
@@ -336,8 +335,6 @@ def save_ctr(model, config: CTRConfig | None, out_dir: str | Path) -> Path:
 
 def load_ctr(path: str | Path) -> CTRScorer:
     """A :class:`CTRScorer` from a folder written by :func:`save_ctr` (e.g. a registry version)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     for f in (WEIGHTS_FILE, CONFIG_FILE):
         if not (path / f).is_file():

@@ -12,6 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
+from transformers import LogitsProcessorList
+
 from aigq_model.parsing import Q_MARK, TARGET_MARKERS, THINK_OPEN
 
 if TYPE_CHECKING:  # generate imports this module; the settings are only annotated here
@@ -20,8 +23,6 @@ if TYPE_CHECKING:  # generate imports this module; the settings are only annotat
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
     """``(input_ids, attention_mask)`` tensors, padded on the left to the longest row."""
-    import torch
-
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (batch, width)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -70,8 +71,6 @@ def generate_texts(
 ) -> list[list[tuple[str, bool]]]:
     """One batch: per prompt, ``num_return_sequences`` pairs ``(decoded continuation, reached
     eos)`` (beams best first), from one KV-cached ``generate`` call."""
-    import torch
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     ids, mask = left_pad(prompt_ids, pad)
@@ -80,8 +79,6 @@ def generate_texts(
         torch.manual_seed(decoding.seed)
     extra = {}
     if decoding.no_repeat_query:
-        from transformers import LogitsProcessorList
-
         q_id = tokenizer.convert_tokens_to_ids(Q_MARK)
         if q_id is not None and q_id != tokenizer.unk_token_id:
             extra["logits_processor"] = LogitsProcessorList(
@@ -122,8 +119,6 @@ def next_queries(
     with their joint log-probabilities (no length normalisation), best first: one beam search per
     prefix over a single query, ended by ``<q>``, ``<think>`` or eos. Queries cut at
     ``query_max_tokens`` or holding a marker are dropped."""
-    import torch
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     stops = sorted({t for t in (eos, token_id(tokenizer, Q_MARK), token_id(tokenizer, THINK_OPEN)) if t is not None})
@@ -161,8 +156,6 @@ def trigger_masses(
     exact; the point's later triggers and the ``[]`` new-interest point are not counted).
     ``interests[b][i - 1]`` is behaviour i's interest (``behaviour_interests``); ``None`` skips it.
     Rows are scored ``batch_rows`` at a time, left-padded, with explicit position ids."""
-    import torch
-
     if len(interests) != len(prompts):
         raise ValueError(f"{len(interests)} interest lists for {len(prompts)} prompts")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -30,9 +30,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
+from aigq_model.baselines import events_frame, to_micros
+from aigq_model.interests import QueryVocabulary
 from aigq_model.parsing import normalize_query
+from common.text_encoder import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +70,6 @@ def truth_queries(sample: Mapping) -> list[str]:
 
 def issued_queries(events, start_time, end_time) -> dict[str, list[str]]:
     """Per user, the normalised queries searched in ``[start_time, end_time)``, in time order."""
-    from aigq_model.baselines import events_frame, to_micros
-
     df = events_frame(events)
     lo, hi = to_micros(start_time), to_micros(end_time)
     s = df[(df["event_type"] == "search") & (df["query"] != "") & (df["t"] >= lo) & (df["t"] < hi)]
@@ -86,8 +90,6 @@ def window_truth(samples: Sequence[Mapping], events) -> list[list[str]]:
     >>> window_truth([{"user_id": "u", "event_time": t(5)}, {"user_id": "v", "event_time": t(1)}], log)
     [['b', 'c'], []]
     """
-    from aigq_model.baselines import events_frame, to_micros
-
     df = events_frame(events)
     s = df[(df["event_type"] == "search") & (df["query"] != "")]
     by_user = {str(u): (g["t"].to_numpy(), g["query"].tolist()) for u, g in s.groupby("user_id", sort=False)}
@@ -103,15 +105,11 @@ def window_truth(samples: Sequence[Mapping], events) -> list[list[str]]:
 
 def build_query_category_map(events, items) -> dict[str, str]:
     """query -> most frequent leaf category of the items clicked in the query's request."""
-    from aigq_model.baselines import events_frame
-
     return _category_map(events_frame(events), items)
 
 
 def _category_map(df, items) -> dict[str, str]:
     """``build_query_category_map`` of a log already read by ``baselines.events_frame``."""
-    import pandas as pd
-
     if "request_id" not in df.columns:
         return {}
     if hasattr(items, "to_pandas"):
@@ -134,9 +132,6 @@ def _category_map(df, items) -> dict[str, str]:
 def build_query_vocabulary(events, items):
     """The log's ``interests.QueryVocabulary``: ``build_query_category_map`` plus how often each
     (normalised) query was searched, for ``aigq.generate.wording: log``."""
-    from aigq_model.baselines import events_frame
-    from aigq_model.interests import QueryVocabulary
-
     df = events_frame(events)
     searched = Counter(df.loc[(df["event_type"] == "search") & (df["query"] != ""), "query"])
     return QueryVocabulary(_category_map(df, items), searched)
@@ -194,8 +189,6 @@ def semantic_similarity(generated, truth, k: int, encoder: Encoder | None = None
     if not vocab:
         return out
     if encoder is None:
-        from common.text_encoder import encode_texts
-
         encoder = encode_texts
     emb = np.asarray(encoder(vocab), dtype=np.float32)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -277,11 +270,7 @@ def plot_hit_rates(
     ks: Sequence[int] = DEFAULT_KS,
 ) -> Path:
     """Bar charts of Query HR@K and Category HR@K per method (one panel each) to a PNG."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(results)
     panels = [("query_hr", "Query HR@K"), ("cate_hr", "Category HR@K")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 1.2 * len(methods), 4), squeeze=False)

@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from aigq_model.parsing import ParsedList, ParsedThink, parse_direct, parse_think
 
 SEP = -1  # format token: sequence advantage only
@@ -266,8 +268,6 @@ def entropy_adaptive_bounds(entropy, mask, eps_low: float, eps_high: float, perc
     >>> entropy_adaptive_bounds(torch.arange(6.0), torch.ones(6), 0.25, 0.5).tolist()  # cut: 4.0
     [0.25, 0.25, 0.25, 0.25, 0.5, 0.5]
     """
-    import torch
-
     valid = mask.bool()
     out = torch.full_like(entropy, eps_low, dtype=torch.float32)
     if valid.any():
@@ -278,8 +278,6 @@ def entropy_adaptive_bounds(entropy, mask, eps_low: float, eps_high: float, perc
 
 def masked_mean(x, mask):
     """Mean of ``x`` over ``mask``; masked positions (pad after eos) may hold inf, never nan-ing it."""
-    import torch
-
     return torch.where(mask.bool(), x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
 
 
@@ -293,8 +291,6 @@ def clipped_surrogate(logp, old_logp, adv, eps, mask):
     >>> round(loss.item(), 4)  # -(1.2 - 1.65)/2
     0.2244
     """
-    import torch
-
     ratio = torch.exp(logp - old_logp)
     eps = torch.as_tensor(eps, dtype=ratio.dtype, device=ratio.device)
     clipped = torch.minimum(torch.maximum(ratio, 1 - eps), 1 + eps)
@@ -309,7 +305,5 @@ def kl_k3(logp, ref_logp):
     >>> kl_k3(torch.tensor([-1.0]), torch.tensor([-1.0])).item()
     0.0
     """
-    import torch
-
     d = ref_logp - logp
     return torch.exp(d) - d - 1

@@ -20,6 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
+from aigq_model.ctr_model import context_from_sample
+from aigq_model.decode import left_pad
+from aigq_model.generate import Decoding, encode_sample_prompt
 from aigq_model.grpo import (
     KINDS,
     MODES,
@@ -37,6 +43,11 @@ from aigq_model.grpo import (
     total_reward,
     trigger_advantages,
 )
+from aigq_model.load import save_aigq
+from aigq_model.prompts import sample_field
+from aigq_model.rewards import RewardConfig, query_rewards, sequence_reward, trigger_rouge
+from aigq_model.targets import clean_target_query, think_points
+from common.ddp import setup_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +126,6 @@ class GRPOConfig:
 def _rollouts(model, tokenizer, batch, config: GRPOConfig, device):
     """One sampled ``generate`` call: ``(ids (P*G, width), mask, n_prompt, n_valid per row, done)``;
     a row's valid tokens run up to and including its first eos."""
-    import torch
-
-    from aigq_model.decode import left_pad
-    from aigq_model.generate import Decoding, encode_sample_prompt
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     prompts = [encode_sample_prompt(tokenizer, s, config.style, config.max_history, config.max_prompt_tokens) for s in batch]
@@ -142,9 +148,6 @@ def _rollouts(model, tokenizer, batch, config: GRPOConfig, device):
 
 
 def _all_reduce_grads(model, world: int) -> None:
-    import torch
-    import torch.distributed as dist
-
     for p in model.parameters():
         if p.requires_grad:
             if p.grad is None:
@@ -168,11 +171,6 @@ def train_grpo(
     (one dict per step). ``reward_fn(sample, parsed_G)`` gives per-rollout query rewards, sequence
     rewards and (Think) trigger rewards per interest point. Final weights go to ``out_dir``,
     snapshots every ``save_steps`` to ``checkpoint_dir/step-<n>`` (rank 0 only)."""
-    import torch
-    import torch.distributed as dist
-
-    from common.ddp import setup_distributed
-
     if not samples:
         raise ValueError("no GRPO training samples")
     if config.kl_coef > 0 and ref_model is None:
@@ -247,23 +245,16 @@ def train_grpo(
         if rank == 0:
             (log or (lambda e: logger.info("grpo %s", e)))(entry)
             if checkpoint_dir is not None and config.save_steps and (step + 1) % config.save_steps == 0:
-                from aigq_model.load import save_aigq
-
                 save_aigq(model, tokenizer, Path(checkpoint_dir) / f"step-{step + 1}")
     if world > 1:
         dist.barrier()
     if out_dir is not None and rank == 0:
-        from aigq_model.load import save_aigq
-
         save_aigq(model, tokenizer, out_dir)
     return history
 
 
 def _update(model, ref_model, optimizer, ids, mask, adv, n_prompt, keep_rows, config, step, world) -> dict:
     """The policy update of one step over the kept rollouts (``inner_epochs`` x minibatches)."""
-    import torch
-    import torch.distributed as dist
-
     n_mb = math.ceil(len(keep_rows) / config.minibatch_size)
     if world > 1:  # every rank must run as many all-reduces
         t = torch.tensor([n_mb], device=ids.device)
@@ -328,10 +319,6 @@ def make_reward_fn(reward_cfg=None, ctr_scorer=None, kind: str = "direct", max_h
     without a scorer), sequence reward from the list and ``malformed``. Think trigger reward of
     generated point k: ``trigger_rouge`` against the triggers (prompt display indices) of the
     reference point holding the point's first matching query, else reference point k, else ``[]``."""
-    from aigq_model.prompts import sample_field
-    from aigq_model.rewards import RewardConfig, query_rewards, sequence_reward, trigger_rouge
-    from aigq_model.targets import clean_target_query, think_points
-
     cfg = reward_cfg if isinstance(reward_cfg, RewardConfig) else RewardConfig.from_dict(reward_cfg)
 
     def reward_fn(sample, parsed):
@@ -343,8 +330,6 @@ def make_reward_fn(reward_cfg=None, ctr_scorer=None, kind: str = "direct", max_h
         flat = [q for p in parsed for q in p.queries]
         probs = None
         if ctr_scorer is not None and flat:
-            from aigq_model.ctr_model import context_from_sample
-
             probs = [float(x) for x in ctr_scorer.predict([context_from_sample(sample)] * len(flat), flat)]
         qr, sr, tr, n = [], [], [], 0
         for p in parsed:

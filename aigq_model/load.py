@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM
+
 from base_lm.load import make_readable
 from base_lm.tokenizer import load_tokenizer, save_tokenizer
 
 
 def load_aigq(path: str | Path, attn_implementation: str = "sdpa", dtype=None, device=None):
     """``(model in eval mode, tokenizer)`` from a folder written by :func:`save_aigq`."""
-    from transformers import AutoModelForCausalLM
-
     kwargs = {"attn_implementation": attn_implementation, "local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype

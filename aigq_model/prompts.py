@@ -29,6 +29,9 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 
+import torch
+from tokenizers import AddedToken
+
 from aigq_model.parsing import TARGET_MARKERS
 
 logger = logging.getLogger(__name__)
@@ -115,9 +118,6 @@ def add_prompt_tokens(tokenizer, model=None, tokens: Sequence[str] | None = None
     ``decode(skip_special_tokens=True)`` keeps the output markers the parser needs. Returns
     ``{token: id}`` for the tokens that were new.
     """
-    import torch
-    from tokenizers import AddedToken
-
     tokens = list(all_special_tokens() if tokens is None else tokens)
     vocab = tokenizer.get_vocab()
     new = [t for t in dict.fromkeys(tokens) if t not in vocab]

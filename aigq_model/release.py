@@ -33,6 +33,12 @@ DEFAULT_GATE = {"metric": "query_hr@30", "popularity_tolerance": 0.02, "regressi
                 "grpo_tolerance": 0.02}
 
 
+def model_name(kind: str, mode: str) -> str:
+    """Registry name of a policy update: ``aigq_<kind>_grpo`` (IL-GRPO) or ``aigq_<kind>_seqgrpo``
+    (plain GRPO); :mod:`aigq_model.train_grpo` writes it, the DAG's tasks look it up."""
+    return f"aigq_{kind}_{'grpo' if mode == 'il' else 'seqgrpo'}"
+
+
 def read_metrics(model_dir: str | Path) -> dict:
     file = Path(model_dir) / METRICS_FILE
     return json.loads(file.read_text()) if file.is_file() else {}

@@ -27,6 +27,29 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aigq_model.baselines import BASELINES, PopularityBaseline
+from aigq_model.evaluate import (
+    EvalRecord,
+    build_query_category_map,
+    build_query_vocabulary,
+    evaluate_records,
+    markdown_table,
+    plot_hit_rates,
+    truth_queries,
+    window_truth,
+)
+from aigq_model.generate import Decoding, blocklist_from_config, generate_lists
+from aigq_model.load import load_aigq
+from aigq_model.train_sft import read_sft_rows
+from common.arrow_io import read_partition
+from common.config import load_config
+from common.hf_offline import quiet_offline_hf
+from common.logging_setup import setup_logging
+from common.paths import check_ds, is_published, latest_published_ds, partition_path, previous_ds
+from common.registry import read_manifest
 from common.steps import emit_result, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -38,11 +61,6 @@ DEFAULT_BASELINES = ("popularity", "cooccurrence", "ebr", "own_history+popularit
 
 def read_events(data_root: str | Path, ds_list: Sequence[str]):
     """The clean ``behavior_events`` of the published days in ``ds_list`` as one pyarrow Table."""
-    import pyarrow as pa
-
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-
     parts = [
         read_partition(data_root, "clean", "behavior_events", ds)
         for ds in ds_list
@@ -54,9 +72,6 @@ def read_events(data_root: str | Path, ds_list: Sequence[str]):
 
 
 def read_items(data_root: str | Path, ds: str):
-    from common.arrow_io import read_partition
-    from common.paths import latest_published_ds
-
     items_ds = latest_published_ds(data_root, "clean", "items", ds)
     return None if items_ds is None else read_partition(data_root, "clean", "items", items_ds)
 
@@ -79,9 +94,6 @@ def eval_samples(
     (``direct`` or ``think``; ``plain`` reads the Direct rows unexploded), keeping those whose
     history holds at least ``min_history_queries`` searches (1 = "users with at least 2 queries":
     one before, one after)."""
-    from aigq_model.train_sft import read_sft_rows
-    from common.paths import previous_ds
-
     ds_list = [*previous_ds(ds, days - 1), ds] if days > 1 else [ds]
     rows = read_sft_rows(
         data_root, ds_list, "direct" if kind == "plain" else kind, None if split == "all" else split
@@ -97,8 +109,6 @@ def _records(
     truth: Sequence[Sequence[str]],
     malformed: Sequence[bool] | None = None,
 ):
-    from aigq_model.evaluate import EvalRecord
-
     malformed = malformed or [False] * len(samples)
     return [
         EvalRecord(list(g), list(t), len(s.get("history") or []), bool(m), s.get("user_id"))
@@ -112,8 +122,6 @@ TRUTHS = ("issued", "target")
 def sample_truth(samples: Sequence[Mapping], events, truth: str = "issued") -> list[list[str]]:
     """``issued``: the queries each user searched from the sample's time to the end of its day
     (``evaluate.window_truth``); ``target``: the sample's training target list."""
-    from aigq_model.evaluate import truth_queries, window_truth
-
     if truth == "issued":
         return window_truth(samples, events)
     if truth == "target":
@@ -140,10 +148,6 @@ def evaluate_model(
 ) -> tuple[dict, dict]:
     """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model and each baseline,
     and generation facts (seconds, malformed share, share of slots filled by the model)."""
-    from aigq_model.baselines import BASELINES, PopularityBaseline
-    from aigq_model.evaluate import build_query_category_map, build_query_vocabulary, evaluate_records
-    from aigq_model.generate import Decoding, blocklist_from_config, generate_lists
-
     gen_config = dict(gen_config or {})
     k = max(ks)
     popularity = PopularityBaseline().fit(events)
@@ -205,9 +209,6 @@ def evaluate_model(
 
 def events_before(events, t):
     """The rows of ``events`` (a pyarrow Table) strictly before the timestamp ``t``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     return events.filter(pc.less(events["event_time"], pa.scalar(t, events.schema.field("event_time").type)))
 
 
@@ -225,8 +226,6 @@ def write_report(
     report_dir: Path, name: str, ds: str, split: str, results: dict, info: dict, manifest: dict
 ) -> Path:
     """``<name>.md`` (tables per group) and ``<name>_hit_rates.png`` in ``report_dir``."""
-    from aigq_model.evaluate import markdown_table, plot_hit_rates
-
     report_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_hit_rates(results, report_dir / f"{name}_hit_rates.png")
     metrics = [m for m in next(iter(results.values()))["all"] if m != "n_users"]
@@ -256,13 +255,6 @@ def write_report(
 
 # --- registration gate -------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from aigq_model.load import load_aigq
-    from common.config import load_config
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds, previous_ds
-    from common.registry import read_manifest
-
     setup_logging()
     quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

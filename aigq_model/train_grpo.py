@@ -25,14 +25,19 @@ import shutil
 import sys
 from pathlib import Path
 
+from aigq_model.ctr_model import load_ctr
 from aigq_model.grpo import MODES
-from aigq_model.grpo_trainer import GRPOConfig
+from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, train_grpo
+from aigq_model.load import load_aigq
+from aigq_model.release import model_name
+from aigq_model.train_sft import FORMAT, SAMPLE_TABLE, publish_aigq, read_sft_rows
+from base_lm.load import code_version
+from base_lm.load import read_manifest as read_manifest_lenient
+from common.ddp import is_main_process
+from common.paths import check_ds
+from common.registry import read_manifest, registry_target
 from common.steps import emit_result
-
-
-def model_name(kind: str, mode: str) -> str:
-    """``aigq_<kind>_grpo`` (IL-GRPO) or ``aigq_<kind>_seqgrpo`` (plain GRPO)."""
-    return f"aigq_{kind}_{'grpo' if mode == 'il' else 'seqgrpo'}"
+from common.training import cli_overrides, parse_cli
 
 
 def summarise(history: list[dict]) -> dict:
@@ -55,20 +60,6 @@ def summarise(history: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aigq_model.grpo_trainer import make_reward_fn, train_grpo
-    from aigq_model.load import load_aigq
-    from aigq_model.train_sft import FORMAT, SAMPLE_TABLE, publish_aigq, read_sft_rows
-    from base_lm.load import code_version
-    from base_lm.load import read_manifest as read_manifest_lenient
-    from common.config import load_config
-    from common.ddp import is_main_process
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds
-    from common.registry import read_manifest, registry_target
-
-    setup_logging()
-    quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="day whose train samples are the prompts (YYYY-MM-DD)")
     parser.add_argument("--policy", required=True, help="IL-SFT policy folder (aigq_model.train_sft output)")
@@ -80,24 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default=None, help="output folder (default <data_root>/models/<name>/<ds>)")
-    args = parser.parse_args(argv)
-
-    cfg = load_config(args.config, args.profile)
-    from common.device import configure as configure_device
-
-    configure_device(cfg)
-    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    args, cfg, data_root = parse_cli(parser, argv)
     aigq = dict(cfg.get("aigq") or {})
     ds = check_ds(args.ds)
     policy = Path(args.policy)
     pman = read_manifest(policy)
     kind, style = pman.get("kind", "direct"), pman.get("style", "compressed")
     max_history = int((pman.get("config") or {}).get("max_history", 20))
-    overrides = {"mode": args.mode, "max_steps": args.max_steps, "seed": args.seed}
     config = dataclasses.replace(
         GRPOConfig.from_dict(aigq.get("grpo")),
         kind=kind, style=style, max_history=max_history,
-        **{k: v for k, v in overrides.items() if v is not None},
+        **cli_overrides(mode=args.mode, max_steps=args.max_steps, seed=args.seed),
     )
     sample_kind = "direct" if kind == "plain" else kind  # plain: full lists, not one query per row
     samples = read_sft_rows(data_root, [ds], sample_kind, "train")
@@ -105,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"no {SAMPLE_TABLE[sample_kind]} train rows for {ds} under {data_root}")
     ctr = None
     if args.ctr:
-        from aigq_model.ctr_model import load_ctr
-
         ctr = load_ctr(args.ctr)
     reward_section = dict(aigq.get("rewards") or {})
     reward_fn = make_reward_fn(reward_section, ctr, "think" if kind == "think" else "direct", max_history)

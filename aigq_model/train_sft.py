@@ -38,7 +38,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from aigq_model.load import save_aigq
+from aigq_model.prompts import add_prompt_tokens, all_special_tokens, compressed_special_tokens
 from aigq_model.targets import (
     IGNORE_INDEX,
     TARGET_KINDS,
@@ -46,9 +49,25 @@ from aigq_model.targets import (
     sft_text_pair,
     tokenize_sft_example,
 )
+from base_lm.load import code_version, load_base_lm, read_manifest
 from base_lm.release import latest_base_model
-from common.registry import registry_target
+from common.arrow_io import read_partition
+from common.ddp import is_main_process
+from common.device import resolve
+from common.paths import check_ds, is_published, partition_path, previous_ds
+from common.registry import commit_version, registry_target, stage_version
 from common.steps import emit_result
+from common.training import (
+    LoopArgs,
+    cli_overrides,
+    evaluate_loss,
+    parse_cli,
+    start_ranks,
+    train_loop,
+    training_arg_parser,
+    training_entry_point,
+    write_trainer_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +129,6 @@ def read_sft_rows(
 ) -> list[dict]:
     """Rows of the kind's sample table over the published partitions of ``ds_list`` (one split,
     or all with ``split=None``), as dicts; ``plain`` rows are exploded to one query each."""
-    from common.arrow_io import read_partition
-    from common.paths import is_published, partition_path
-
     table = SAMPLE_TABLE[kind]
     rows: list[dict] = []
     for ds in ds_list:
@@ -155,8 +171,6 @@ class SFTCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict:
-        import torch
-
         width = max(len(e["input_ids"]) for e in examples)
         out = {"input_ids": [], "attention_mask": [], "labels": []}
         for e in examples:
@@ -170,9 +184,6 @@ class SFTCollator:
 # --- model ------------------------------------------------------------------------------------
 def prepare_model(base_model: str | Path, config: SFTConfig, attn_implementation: str = "sdpa"):
     """``(model, tokenizer)``: the base LM with the prompt special tokens and output markers added."""
-    from aigq_model.prompts import add_prompt_tokens, all_special_tokens, compressed_special_tokens
-    from base_lm.load import load_base_lm
-
     model, tokenizer = load_base_lm(base_model, attn_implementation=attn_implementation)
     tokens = all_special_tokens(config.max_history)
     if config.style == "verbose":  # the verbose prompt uses no prompt tokens; only the output markers
@@ -187,13 +198,9 @@ def publish_aigq(
     """Save a policy into a staged version folder and commit it with ``manifest`` (registry
     layout, not yet CURRENT); nothing is left behind when saving fails. Returns the folder.
     ``state`` (a :class:`common.training.TrainState`) adds ``trainer_state.json``."""
-    from common.registry import commit_version, stage_version
-
     tmp = stage_version(root, name, version, area)
     try:
         if state is not None:
-            from common.training import write_trainer_state
-
             write_trainer_state(state, tmp)
         save_aigq(model, tokenizer, tmp)
         return commit_version(tmp, root, name, version, manifest, area)
@@ -204,8 +211,6 @@ def publish_aigq(
 
 def loop_args(config: SFTConfig, checkpoint_dir: str | Path):
     """The training-loop settings of an SFT config (warm-up capped below ``max_steps``)."""
-    from common.training import LoopArgs
-
     return LoopArgs.from_config(
         config, checkpoint_dir, warmup_steps=min(config.warmup_steps, max(config.max_steps - 1, 0))
     )
@@ -229,11 +234,6 @@ def train_sft(
     ``metrics`` holds the masked (target-token) loss on the training examples and on the valid
     rows before and after training, the first/last step losses and timing.
     """
-    import torch
-
-    from common.ddp import is_main_process
-    from common.training import evaluate_loss, train_loop
-
     torch.manual_seed(config.seed)
     model, tokenizer = prepare_model(base_model, config)
     train_ds = SFTDataset(train_rows, tokenizer, config)
@@ -248,8 +248,6 @@ def train_sft(
         return evaluate_loss(model, ds, collate, config.batch_size, config.eval_batches, config.seed).get(
             "loss"
         )
-
-    from common.device import resolve
 
     model.to(resolve())  # evaluate where it trains (runtime.device), not on the CPU
     train_before, valid_before = losses(train_ds), losses(valid_ds)
@@ -282,44 +280,19 @@ def train_sft(
     return model, tokenizer, state, metrics
 
 
+@training_entry_point
 def main(argv: list[str] | None = None) -> int:
-    from common.ddp import cleanup_distributed
-
-    try:
-        return _main(argv)
-    finally:
-        cleanup_distributed()
-
-
-def _main(argv: list[str] | None) -> int:
-    from base_lm.load import code_version, read_manifest
-    from common.config import load_config
-    from common.ddp import barrier, quiet_other_ranks, setup_distributed
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds, previous_ds
-
-    setup_logging()
-    quiet_offline_hf()
-    from common.training import training_arg_parser
-
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/aigq_<kind>/<ds>")
     parser.add_argument("--kind", choices=TARGET_KINDS, default=None)
     parser.add_argument("--style", choices=STYLES, default=None)
     parser.add_argument(
         "--base-model", default=None, help="local HF checkpoint (default: newest base_lm <= ds)"
     )
-    args = parser.parse_args(argv)
-
-    cfg = load_config(args.config, args.profile)
-    from common.device import configure as configure_device
-
-    configure_device(cfg)
-    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    args, cfg, data_root = parse_cli(parser, argv)
     aigq = dict(cfg.get("aigq") or {})
-    overrides = {"kind": args.kind, "style": args.style, "max_steps": args.max_steps, "seed": args.seed}
     config = dataclasses.replace(
-        SFTConfig.from_dict(aigq.get("sft")), **{k: v for k, v in overrides.items() if v is not None}
+        SFTConfig.from_dict(aigq.get("sft")),
+        **cli_overrides(kind=args.kind, style=args.style, max_steps=args.max_steps, seed=args.seed),
     )
     ds = check_ds(args.ds)
     ds_list = [*previous_ds(ds, config.days - 1), ds]
@@ -328,11 +301,7 @@ def _main(argv: list[str] | None) -> int:
     root, area, name, version = registry_target(data_root, config.name, ds, args.out)
     checkpoint_dir = Path(root) / area / name / f".ckpt-{version}"
 
-    rank, _world, _device = setup_distributed()
-    quiet_other_ranks(rank)
-    if not args.resume and rank == 0:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
-    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
+    rank = start_ranks(checkpoint_dir, args.resume)
     train_rows = read_sft_rows(data_root, ds_list, config.kind, "train")
     if not train_rows:
         raise FileNotFoundError(

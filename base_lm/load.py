@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def make_readable(folder: str | Path) -> None:
 
 def code_version() -> str:
     """The repository's git commit (``+dirty`` when the tree has changes), or ``unknown``."""
-    import subprocess
-
     repo = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(
@@ -79,6 +78,7 @@ def load_base_lm(
     ``attn_implementation="eager"`` is needed when attention weights are wanted (with sdpa,
     ``outputs.attentions`` is None). ``dtype`` e.g. ``torch.bfloat16`` on GPUs.
     """
+    # lazy: Airflow tasks import this module (karma_model.release) and never load transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -115,6 +115,7 @@ def ensure_special_tokens(model, tokenizer, tokens: Sequence[str] = TASK_TOKENS)
 
 def add_tokens_to_model(model, tokenizer, tokens: Sequence[str]) -> list[str]:
     """Add ``tokens`` to the tokenizer and the model (mean-of-sub-words init); returns those added."""
+    # lazy: Airflow tasks import this module (karma_model.release) and never load torch
     import torch
 
     vocab_before = tokenizer.get_vocab()

@@ -27,9 +27,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
 from base_lm.load import code_version, make_readable, write_manifest
 from base_lm.tokenizer import save_tokenizer, train_tokenizer
+from common.arrow_io import read_partition
+from common.ddp import is_main_process
+from common.device import resolve
+from common.paths import check_ds, is_published, latest_published_ds, partition_path, previous_ds
+from common.publish import atomic_partition
 from common.steps import emit_result
+from common.training import (
+    LoopArgs,
+    cli_overrides,
+    evaluate_loss,
+    parse_cli,
+    start_ranks,
+    train_loop,
+    training_arg_parser,
+    training_entry_point,
+    write_trainer_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +118,6 @@ def sequence_text(history: Sequence[dict]) -> str:
 def collect_texts(data_root: str | Path, ds_list: Sequence[str], sequences: bool = False) -> list[str]:
     """Unique item texts, behaviour texts and queries of the published partitions in ``ds_list``;
     with ``sequences``, also each user's newest behaviour history of each day (``sequence_text``)."""
-    from common.arrow_io import read_partition
-    from common.paths import is_published, latest_published_ds, partition_path
-
     texts: set[str] = set()
     corpus_ds = latest_published_ds(data_root, "samples", "item_corpus", max(ds_list))
     if corpus_ds is not None:
@@ -136,8 +152,6 @@ def collect_texts(data_root: str | Path, ds_list: Sequence[str], sequences: bool
 
 def pack_blocks(tokenizer, texts: Iterable[str], block_size: int):
     """``<bos> text <eos>`` for each text, concatenated and cut into ``(n_blocks, block_size)``."""
-    import torch
-
     stream: list[int] = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
@@ -162,8 +176,6 @@ class BlockDataset:
 
 
 def collate_blocks(examples: list[dict]) -> dict:
-    import torch
-
     ids = torch.stack([e["input_ids"] for e in examples])  # (batch, block)
     return {"input_ids": ids, "labels": ids}
 
@@ -171,8 +183,6 @@ def collate_blocks(examples: list[dict]) -> dict:
 # --- model ------------------------------------------------------------------------------------
 def build_model(tokenizer, cfg: BaseLMConfig):
     """A randomly initialised Qwen2/Qwen3 causal LM sized by ``cfg``, vocabulary from ``tokenizer``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -219,12 +229,6 @@ def pretrain(
     Under torchrun every rank trains the same tokenizer (deterministic) and packs the same blocks;
     the blocks are full (no padding), so the mean of the ranks' losses is the global mean. The
     held-out losses are measured on rank 0 only (``None`` elsewhere)."""
-    import torch
-
-    from common.ddp import is_main_process
-    from common.device import use_bf16
-    from common.training import LoopArgs, evaluate_loss, train_loop
-
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -232,19 +236,7 @@ def pretrain(
     n_eval = int(len(blocks) * cfg.eval_fraction)
     train_ds, eval_ds = BlockDataset(blocks[n_eval:]), BlockDataset(blocks[:n_eval])
     model = build_model(tokenizer, cfg)
-    args = LoopArgs(
-        output_dir=str(checkpoint_dir),
-        max_steps=cfg.max_steps,
-        per_device_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        save_steps=cfg.save_steps,
-        seed=cfg.seed,
-        bf16=use_bf16(),
-    )
-    from common.device import resolve
+    args = LoopArgs.from_config(cfg, checkpoint_dir)
 
     def held_out() -> float | None:
         return evaluate_loss(model, eval_ds, collate_blocks, cfg.batch_size).get("loss") if is_main_process() else None
@@ -271,52 +263,21 @@ def pretrain(
     return model, tokenizer, metrics, state
 
 
+@training_entry_point
 def main(argv: list[str] | None = None) -> int:
-    from common.ddp import cleanup_distributed
-
-    try:
-        return _main(argv)
-    finally:
-        cleanup_distributed()
-
-
-def _main(argv: list[str] | None) -> int:
     """Under torchrun (DDP) rank 0 alone clears old checkpoints, publishes and prints the result."""
-    from common.config import load_config
-    from common.ddp import barrier, quiet_other_ranks, setup_distributed
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds, previous_ds
-    from common.publish import atomic_partition
-    from common.training import write_trainer_state
-
-    setup_logging()
-    quiet_offline_hf()
-    from common.training import training_arg_parser
-
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/base_lm/<ds>")
     parser.add_argument("--days", type=int, default=None, help="days of samples ending at ds")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.profile)
-    from common.device import configure as configure_device
-
-    configure_device(cfg)
-    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
-    overrides = {
-        k: v
-        for k, v in {"days": args.days, "max_steps": args.max_steps, "seed": args.seed}.items()
-        if v is not None
-    }
-    lm_cfg = dataclasses.replace(BaseLMConfig.from_dict(cfg.get("base_lm")), **overrides)
+    args, cfg, data_root = parse_cli(parser, argv)
+    lm_cfg = dataclasses.replace(
+        BaseLMConfig.from_dict(cfg.get("base_lm")),
+        **cli_overrides(days=args.days, max_steps=args.max_steps, seed=args.seed),
+    )
     ds = check_ds(args.ds)
     ds_list = [*previous_ds(ds, lm_cfg.days - 1), ds]
     final = Path(args.out) if args.out else Path(data_root) / "models" / "base_lm" / ds
     checkpoint_dir = final.parent / f".ckpt-{final.name}"
-    rank, _world, _device = setup_distributed()
-    quiet_other_ranks(rank)
-    if not args.resume and rank == 0:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
-    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
+    rank = start_ranks(checkpoint_dir, args.resume)
     texts = collect_texts(data_root, ds_list, lm_cfg.behaviour_sequences)
     model, tokenizer, metrics, state = pretrain(texts, lm_cfg, checkpoint_dir, resume=args.resume)
     if rank != 0:  # rank 0 publishes, cleans up and prints the result line

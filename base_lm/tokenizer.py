@@ -15,6 +15,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from base_lm import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def train_tokenizer(
     expect one. Special tokens get the first ids (``<pad>`` = 0), in ``SPECIAL_TOKENS`` order, then
     ``extra_special_tokens``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    # lazy: Airflow tasks import this module (via base_lm.load) and never load transformers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([*SPECIAL_TOKENS, *extra_special_tokens]))
@@ -85,6 +87,7 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
 
 def load_tokenizer(path: str | Path):
     """Reload a tokenizer this project saved (``tokenizer.json``), never through ``AutoTokenizer``."""
+    # lazy: Airflow tasks import this module (via base_lm.load) and never load transformers
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)

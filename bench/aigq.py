@@ -24,33 +24,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from aigq_model.generate import Decoding, generate_lists  # noqa: E402
+from aigq_model.prompts import build_prompt  # noqa: E402
+from aigq_model.targets import encode_prompt  # noqa: E402
+from aigq_model.train_sft import SFTConfig, prepare_model, read_sft_rows, train_sft  # noqa: E402
+from base_lm.release import latest_base_model  # noqa: E402
+from tests.test_aigq_sft import make_rows  # noqa: E402
+from tests.test_base_lm import make_tiny_base  # noqa: E402
+
 
 def _samples_and_base(args, tmp: Path):
     if args.data_root:
-        from aigq_model.train_sft import read_sft_rows
-        from base_lm.release import latest_base_model
-
         rows = [r for r in read_sft_rows(args.data_root, [args.ds], "direct", None) if r.get("history")]
         base = Path(args.base_model) if args.base_model else latest_base_model(args.data_root, args.ds)
         return rows, base
-    from tests.test_aigq_sft import make_rows
-    from tests.test_base_lm import make_tiny_base
-
     return make_rows(max(args.n, 64)), make_tiny_base(tmp / "base", max_position_embeddings=512)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from aigq_model.generate import Decoding, generate_lists
-    from aigq_model.prompts import build_prompt
-    from aigq_model.targets import encode_prompt
-    from aigq_model.train_sft import SFTConfig, prepare_model, train_sft
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--ds", default="2026-11-03")

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 START_DS = "2026-11-01"
 SPARK_STEPS = ("validate", "sessionize", "build_samples")
@@ -70,8 +73,6 @@ def _proc_stat(pid: int) -> tuple[str, int, tuple[int, int], float] | None:
 
 def run_measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float, poll_s: float) -> dict:
     """Run ``cmd``; wall seconds, peak summed RSS and CPU seconds of its process tree, return code, stdout."""
-    import psutil
-
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out_path = log_path.with_suffix(".stdout")
     cpu_by_pid: dict[int, float] = {}
@@ -282,8 +283,6 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
 
 def duckdb_sessionize(src: str, out: str, ds: str, gap_minutes: int, threads: int | None) -> dict:
     """The gap-session rule of ``jobs.sessionize.with_session_id`` in DuckDB, written to Parquet."""
-    import duckdb
-
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if threads:
@@ -326,8 +325,6 @@ def duckdb_sessionize(src: str, out: str, ds: str, gap_minutes: int, threads: in
 
 def compare_sessions(spark_dir: Path, duck_file: Path) -> dict:
     """Distinct (user_id, session_seq) on both sides and the rows that differ (multiset)."""
-    import duckdb
-
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     spark = f"read_parquet('{spark_dir / '*.parquet'}', hive_partitioning = false)"
@@ -501,8 +498,7 @@ def _summary(step: str, res: dict):
 
 
 def machine_info() -> dict:
-    import duckdb
-    import psutil
+    # lazy: this file is also the measured --duckdb-sessionize child; pyspark would add ~16 MB to its RSS
     import pyspark
 
     try:

@@ -35,9 +35,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from aigq_model.generate import generate_lists  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.hf_offline import quiet_offline_hf  # noqa: E402
+from common.logging_setup import setup_logging  # noqa: E402
+from common.paths import ds_range, partition_path  # noqa: E402
+from common.publish import read_manifest  # noqa: E402
+from export import models  # noqa: E402
+from export.data import ExportConfig, build_samples, load_inputs  # noqa: E402
+from export.u2i import export_u2i, load_karma_release  # noqa: E402
+from export.u2q import POLICIES, export_u2q  # noqa: E402
+from export.x2q import export_x2q  # noqa: E402
+from tests.export_fixtures import make_clean_root, register_tiny_karma, register_tiny_policy, tiny_base  # noqa: E402
 
 logger = logging.getLogger("bench.export")
 START_DS = "2026-11-01"
@@ -45,9 +61,6 @@ START_DS = "2026-11-01"
 
 def build_root(work: Path, n_users: int, n_items: int, days: int) -> tuple[Path, str, dict]:
     """The data root, the export date and set-up seconds by step."""
-    from common.paths import ds_range
-    from tests.export_fixtures import make_clean_root, register_tiny_karma, register_tiny_policy, tiny_base
-
     timings = {}
     t0 = time.perf_counter()
     root = make_clean_root(work / "data", START_DS, days, n_users=n_users, n_items=n_items)
@@ -64,8 +77,6 @@ def build_root(work: Path, n_users: int, n_items: int, days: int) -> tuple[Path,
 
 
 def export_config(root: Path, batch_users: int, max_new_tokens: int) -> dict:
-    from common.config import load_config
-
     cfg = load_config(environ={})
     cfg["data_root"] = str(root)
     cfg["export"] = {**cfg["export"], "batch_users": batch_users}
@@ -75,11 +86,6 @@ def export_config(root: Path, batch_users: int, max_new_tokens: int) -> dict:
 
 def batched_vs_single(cfg: dict, root: Path, ds: str, n: int) -> dict:
     """The same users' Direct lists with the configured generation batch vs one at a time."""
-    from aigq_model.generate import generate_lists
-    from export import models
-    from export.data import ExportConfig, build_samples, load_inputs
-    from export.u2q import POLICIES
-
     ex = ExportConfig.from_config(cfg)
     reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy")
     style, max_history = models.policy_settings(reg)
@@ -102,10 +108,6 @@ def batched_vs_single(cfg: dict, root: Path, ds: str, n: int) -> dict:
 
 def faiss_search_rate(root: Path, k: int, n: int = 2048) -> dict:
     """faiss search alone: random unit vectors of the model's dimension, one call of ``n``."""
-    import numpy as np
-
-    from export.u2i import load_karma_release
-
     _reg, model, _tok, index, _v = load_karma_release(root)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, model.config.proj_dim)).astype(np.float32)
@@ -120,10 +122,6 @@ def faiss_search_rate(root: Path, k: int, n: int = 2048) -> dict:
 
 
 def run_size(n_users: int, args, work: Path) -> dict:
-    from export.u2i import export_u2i
-    from export.u2q import export_u2q
-    from export.x2q import export_x2q
-
     root, ds, setup = build_root(work, n_users, args.items, args.days)
     cfg = export_config(root, args.batch_users, args.max_new_tokens)
     out: dict = {"users_generated": n_users, "items": args.items, "ds": ds, "setup_s": setup}
@@ -133,9 +131,6 @@ def run_size(n_users: int, args, work: Path) -> dict:
         t0 = time.perf_counter()
         result = fn(cfg, str(root), ds, "bench")
         seconds = time.perf_counter() - t0
-        from common.paths import partition_path
-        from common.publish import read_manifest
-
         manifests[name] = read_manifest(partition_path(root, "exports", name, ds))
         active = manifests[name]["counts"]["active_users"]
         entry = {"seconds": round(seconds, 2), "active_users": active, "rows": result["rows"],
@@ -172,14 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
 
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-
     setup_logging(os.environ.get("PIPELINE_LOG_LEVEL", "WARNING"))
     logger.setLevel(logging.INFO)
     quiet_offline_hf()
-    import torch
-
     torch.set_num_threads(args.threads)
     result = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),

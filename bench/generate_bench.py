@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sources.synthetic import generate  # noqa: E402
 
 
 def run_one(events: int, events_per_user_day: float, n_items: int, seed: int, chunk_rows: int) -> dict:
-    sys.path.insert(0, str(REPO))
-    from sources.synthetic import generate
-
     rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_users = max(1, round(events / events_per_user_day))
     root = Path(tempfile.mkdtemp(prefix="synthetic-bench-"))

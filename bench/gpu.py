@@ -28,6 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# after the variables above: huggingface_hub reads HF_HUB_OFFLINE when it is imported
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from aigq_model.generate import Decoding, generate_lists  # noqa: E402
+from aigq_model.train_sft import SFTConfig, prepare_model  # noqa: E402
+from base_lm.pretrain import BaseLMConfig, build_model, save_base_lm  # noqa: E402
+from base_lm.tokenizer import train_tokenizer  # noqa: E402
+from common import device as devices  # noqa: E402
+from common.schemas import ITEM_CORPUS, KARMA_SAMPLES  # noqa: E402
+from common.training import LoopArgs, train_loop  # noqa: E402
+from karma_model.config import KarmaConfig  # noqa: E402
+from karma_model.data import ItemCatalog, KarmaCollator, KarmaDataset, KarmaEncoder  # noqa: E402
+from karma_model.model import KarmaModel  # noqa: E402
+
 BRANDS = ["Voltra", "Pixelon", "Harvesta", "Nordwik", "Cumulo", "Ardent", "Miravel", "Quorra", "Stelline", "Tovik"]
 ADJ = ["organic", "silver", "wireless", "premium", "dark", "fast charging", "256gb", "compact", "waterproof",
        "ergonomic", "vintage", "smart", "portable", "heavy duty", "slim"]
@@ -89,11 +105,6 @@ def aigq_rows(rng: random.Random, catalog: list[dict], n: int, hist_len: int) ->
 
 
 def build_base(out: Path, args) -> tuple[Path, int]:
-    import torch
-
-    from base_lm.pretrain import BaseLMConfig, build_model, save_base_lm
-    from base_lm.tokenizer import train_tokenizer
-
     cfg = BaseLMConfig(arch=args.arch, vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                        intermediate_size=args.intermediate, max_position_embeddings=1024)
@@ -105,23 +116,11 @@ def build_base(out: Path, args) -> tuple[Path, int]:
 
 
 def sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def karma_speed(base: Path, device_name: str, args) -> dict:
-    import pyarrow as pa
-    import torch
-
-    from common import device as devices
-    from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
-    from common.training import LoopArgs, train_loop
-    from karma_model.config import KarmaConfig
-    from karma_model.data import ItemCatalog, KarmaCollator, KarmaDataset, KarmaEncoder
-    from karma_model.model import KarmaModel
-
     devices.configure(device_name)
     device = devices.resolve()
     rng = random.Random(1)
@@ -157,12 +156,6 @@ def karma_speed(base: Path, device_name: str, args) -> dict:
 
 
 def generation_speed(base: Path, device_name: str, n_users: int, args) -> dict:
-    import torch
-
-    from aigq_model.generate import Decoding, generate_lists
-    from aigq_model.train_sft import SFTConfig, prepare_model
-    from common import device as devices
-
     devices.configure(device_name)
     device = devices.resolve()
     model, tok = prepare_model(base, SFTConfig())
@@ -184,8 +177,6 @@ def generation_speed(base: Path, device_name: str, n_users: int, args) -> dict:
 
 
 def main(argv=None) -> int:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when visible")
     parser.add_argument("--arch", default="qwen3", choices=["qwen2", "qwen3"])
@@ -209,8 +200,6 @@ def main(argv=None) -> int:
     names = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     result = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    import transformers
-
     result["transformers"] = transformers.__version__
     with tempfile.TemporaryDirectory() as tmp:
         base, n_params = build_base(Path(tmp) / "base", args)

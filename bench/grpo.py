@@ -22,20 +22,21 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from aigq_model.ctr_model import load_ctr  # noqa: E402
+from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, train_grpo  # noqa: E402
+from aigq_model.load import load_aigq  # noqa: E402
+from aigq_model.train_sft import read_sft_rows  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.hf_offline import quiet_offline_hf  # noqa: E402
+from common.registry import read_manifest  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, train_grpo
-    from aigq_model.load import load_aigq
-    from aigq_model.train_sft import read_sft_rows
-    from common.config import load_config
-    from common.hf_offline import quiet_offline_hf
-    from common.registry import read_manifest
-
     quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     samples = read_sft_rows(args.data_root, [args.ds], "direct" if kind == "plain" else kind, "train")
     ctr = None
     if args.ctr:
-        from aigq_model.ctr_model import load_ctr
-
         ctr = load_ctr(args.ctr)
     reward_fn = make_reward_fn(dict(aigq.get("rewards") or {}), ctr, "think" if kind == "think" else "direct")
     out = {"bench": "grpo", "policy": str(Path(args.policy).resolve()), "kind": kind, "n_prompts": len(samples),

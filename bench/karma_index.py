@@ -20,9 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from karma_model.index import IndexParams, build_index  # noqa: E402
+from karma_model.metrics import topk_recall  # noqa: E402
+
 logger = logging.getLogger("bench.karma_index")
 
 
@@ -49,12 +55,6 @@ def timed_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]
 
 
 def run(args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(REPO))
-    import faiss
-
-    from karma_model.index import IndexParams, build_index
-    from karma_model.metrics import topk_recall
-
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     items, centres = clustered_unit_vectors(args.n, args.dim, args.clusters, args.spread, rng)

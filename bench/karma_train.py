@@ -15,6 +15,7 @@ Prints one JSON object. Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,33 +25,32 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from base_lm.release import latest_base_model  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.hf_offline import quiet_offline_hf  # noqa: E402
+from common.logging_setup import setup_logging  # noqa: E402
+from karma_model.config import KarmaConfig  # noqa: E402
+from karma_model.data import (  # noqa: E402
+    ItemCatalog,
+    KarmaCollator,
+    KarmaDataset,
+    KarmaEncoder,
+    read_item_corpus,
+    read_samples,
+)
+from karma_model.model import KarmaModel, embed_histories  # noqa: E402
+
 logger = logging.getLogger("bench.karma_train")
 
 VARIANTS = ("act", "act+gen", "act+rec", "act+gen+rec")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import dataclasses
-
-    import torch
-
-    from base_lm.release import latest_base_model
-    from common.config import load_config
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from karma_model.config import KarmaConfig
-    from karma_model.data import (
-        ItemCatalog,
-        KarmaCollator,
-        KarmaDataset,
-        KarmaEncoder,
-        read_item_corpus,
-        read_samples,
-    )
-    from karma_model.model import KarmaModel, embed_histories
-
     setup_logging()
     quiet_offline_hf()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,7 +18,11 @@ mechanical:
   varying number of items (target tokens) is re-weighted by ``loss_items`` so that the DDP loss
   and gradient equal those of one process with the whole global batch. Entry points publish from
   rank 0 only (:func:`common.ddp.is_main_process`) and end with
-  :func:`common.ddp.cleanup_distributed`.
+  :func:`common.ddp.cleanup_distributed` (:func:`training_entry_point`).
+
+The training entry points share their start too: :func:`training_arg_parser` (the common flags),
+:func:`parse_cli` (logging, offline Hugging Face, config, device, data root),
+:func:`cli_overrides` (the flags given) and :func:`start_ranks` (process group, fresh checkpoints).
 
 The model's ``forward(**batch)`` must return a ``ModelOutput`` with ``loss``; every other scalar
 field whose name starts with ``loss`` is logged per step (``KarmaOutput.loss_act`` etc.).
@@ -26,7 +30,9 @@ field whose name starts with ``loss`` is logged per step (``KarmaOutput.loss_act
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -41,8 +47,27 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+from torch.nn.parallel import DistributedDataParallel
+from transformers.optimization import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
-from common.ddp import barrier, global_mean_scale, mean_over_ranks, setup_distributed
+from common.config import load_config
+from common.ddp import (
+    barrier,
+    cleanup_distributed,
+    global_mean_scale,
+    mean_over_ranks,
+    quiet_other_ranks,
+    setup_distributed,
+)
+from common.device import configure as configure_device
+from common.device import use_bf16
+from common.hf_offline import quiet_offline_hf
+from common.logging_setup import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +105,6 @@ class LoopArgs:
     def from_config(cls, config, output_dir, **overrides) -> LoopArgs:
         """The loop settings of a model config: every ``CONFIG_FIELDS`` name the config has, its
         ``batch_size`` per device, bf16 on a CUDA device (``runtime.device``); ``overrides`` win."""
-        from common.device import use_bf16
-
         kw = {name: getattr(config, name) for name in cls.CONFIG_FIELDS if hasattr(config, name)}
         kw.update(per_device_batch_size=config.batch_size, bf16=use_bf16(), **overrides)
         return cls(output_dir=str(output_dir), **kw)
@@ -173,8 +196,6 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(model, optimizer, scheduler, state: TrainState, args: LoopArgs, rank: int = 0) -> Path:
     """Write ``checkpoint-<step>`` atomically and prune old ones (rank 0 writes the shared files)."""
-    from safetensors.torch import save_model
-
     root = Path(args.output_dir)
     final = root / f"checkpoint-{state.global_step}"
     tmp = root / f".tmp-checkpoint-{state.global_step}"
@@ -210,8 +231,6 @@ def write_trainer_state(state: TrainState, out_dir: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
-    from safetensors.torch import load_model
-
     path = Path(path)
     load_model(model, str(path / MODEL_FILE), device=str(next(model.parameters()).device))
     if optimizer is not None:
@@ -227,12 +246,6 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, ran
 
 # --- optimisation -----------------------------------------------------------------------------
 def build_optimizer(model, args: LoopArgs, total_steps: int):
-    from transformers.optimization import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -288,8 +301,6 @@ def train_loop(
             logger.info("resumed from %s at step %d", ckpt, state.global_step)
     wrapped = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         # Variants leave some heads unused on some batches (e.g. no images): tolerate that.
         wrapped = DistributedDataParallel(model, find_unused_parameters=True)
     accum = args.gradient_accumulation_steps
@@ -372,10 +383,23 @@ def evaluate_loss(
     return sums
 
 
-def training_arg_parser(description: str, out_default: str):
-    """The flags every training entry point shares; callers add their own before parsing."""
-    import argparse
+# --- entry points -----------------------------------------------------------------------------
+def training_entry_point(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Decorates a training entry point's ``main(argv)``: the torchrun process group is torn down
+    (:func:`common.ddp.cleanup_distributed`) however ``main`` ends."""
 
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        finally:
+            cleanup_distributed()
+
+    return run
+
+
+def training_arg_parser(description: str, out_default: str) -> argparse.ArgumentParser:
+    """The flags every training entry point shares; callers add their own before parsing."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ds", required=True, help="last logical date of the training data (YYYY-MM-DD)")
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
@@ -386,3 +410,37 @@ def training_arg_parser(description: str, out_default: str):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     return parser
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict, str]:
+    """An entry point's start: logging and offline Hugging Face set up, ``argv`` parsed, the config
+    of ``--config``/``--profile`` loaded and its ``runtime.device`` applied. Returns ``(args, cfg,
+    data_root)``; ``--data-root`` (resolved) wins over the profile's."""
+    setup_logging()
+    quiet_offline_hf()
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.profile)
+    configure_device(cfg)
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    return args, cfg, data_root
+
+
+def cli_overrides(**flags) -> dict:
+    """The flags that were passed (``None``: absent), to ``dataclasses.replace`` a config with.
+
+    >>> cli_overrides(max_steps=None, seed=0, kind="think")
+    {'seed': 0, 'kind': 'think'}
+    """
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def start_ranks(checkpoint_dir: str | Path, resume: bool) -> int:
+    """Join the torchrun process group (one process: rank 0 alone) and quiet the other ranks' logs;
+    unless resuming, rank 0 clears ``checkpoint_dir`` (never mix with a previous run's
+    checkpoints) before any rank looks at it. Returns this process's rank."""
+    rank, _world, _device = setup_distributed()
+    quiet_other_ranks(rank)
+    if not resume and rank == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
+    return rank

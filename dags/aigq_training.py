@@ -41,7 +41,11 @@ import logging
 from pathlib import Path
 
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
+from aigq_model.release import REFERENCE_METRICS_FILE, model_name, register_policy, register_update
+from common.registry import GateRejected, current_path, current_version, serving_status
+from common.registry import model_dir as registry_dir
 from dags import ops, runner, training_tasks
 from dags.assets import AIGQ_DIRECT_SFT, AIGQ_POLICY, AIGQ_THINK_SFT, CTR_SAMPLES, MODELS_READY
 
@@ -125,8 +129,6 @@ def aigq_training():
     def train_sft(day: str, base_model: str, params=None) -> dict:
         """IL-SFT per policy kind; ``{kind: new version folder}`` (not registered). A kind with a
         registered version is skipped under ``sft=if_missing``."""
-        from common.registry import current_version
-
         _cfg, root = runner.settings(params)
         trained = {}
         for kind in _policies(params)[0]:
@@ -153,9 +155,6 @@ def aigq_training():
     @task
     def register(day: str, metrics: dict, params=None, run_id=None) -> dict:
         """Each new policy through its gate; ``{kind: folder of the version serving now}``."""
-        from aigq_model.release import register_policy
-        from common.registry import GateRejected, current_path
-
         cfg, root = runner.settings(params)
         serving = {}
         for kind in _policies(params)[0]:
@@ -182,9 +181,6 @@ def aigq_training():
     def grpo_update(day: str, serving: dict, ctr_dir: str, params=None) -> dict:
         """IL-GRPO (or plain GRPO) of the first policy on day T's prompts against day T's CTR
         model, from the newest registered update before T, else the SFT policy."""
-        from aigq_model.train_grpo import model_name
-        from common.registry import current_version, model_dir
-
         kind = _policies(params)[0][0]
         sft_dir = serving.get(kind) or ""
         if not params.get("grpo", True) or not sft_dir:
@@ -192,7 +188,7 @@ def aigq_training():
         _cfg, root = runner.settings(params)
         name = model_name(kind, params["grpo_mode"])
         previous = current_version(root, name)
-        start = str(model_dir(root, name, previous)) if previous and previous < day else sft_dir
+        start = str(registry_dir(root, name, previous)) if previous and previous < day else sft_dir
         logger.info("policy update of %s starts from %s", day, start)
         args = ["--ds", day, "--policy", start, "--ctr", ctr_dir, "--mode", params["grpo_mode"],
                 *runner.common_args(params)]
@@ -204,8 +200,6 @@ def aigq_training():
     def evaluate_grpo(day: str, update: dict, params=None) -> str:
         """The candidate and the SFT policy scored on the same samples (the reference's metrics
         go beside the candidate as ``sft_reference_metrics.json``)."""
-        from aigq_model.release import REFERENCE_METRICS_FILE
-
         if not update:
             return ""
         candidate, kind = update["candidate"], _policies(params)[0][0]
@@ -222,9 +216,6 @@ def aigq_training():
     @task
     def register_grpo(day: str, metrics_path: str, params=None, run_id=None) -> str:
         """The update through its gate; returns the metrics path it judged ("" when none)."""
-        from aigq_model.release import register_update
-        from common.registry import GateRejected
-
         if not metrics_path:
             return ""
         cfg, _root = runner.settings(params)
@@ -238,11 +229,6 @@ def aigq_training():
     def publish_policy(day: str, serving: dict, judged: str, params=None, outlet_events=None) -> dict:
         """Emit ``models.aigq_policy``: the policy u2q serves from now on and why (skipped for a
         manual run of another kind, which must not start the export)."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from aigq_model.train_grpo import model_name
-        from common.registry import model_dir, serving_status
-
         kinds, serving_run = _policies(params)
         if not serving_run:
             raise AirflowSkipException(f"a manual run for {kinds}: the serving policy is unchanged")
@@ -252,7 +238,7 @@ def aigq_training():
                     for name in (f"aigq_{kind}", model_name(kind, params["grpo_mode"]))}
         update, sft = statuses[model_name(kind, params["grpo_mode"])], statuses[f"aigq_{kind}"]
         chosen = update if update["version"] else sft
-        outcome = {"ds": day, "path": str(model_dir(root, chosen["name"], chosen["version"])) if chosen["version"]
+        outcome = {"ds": day, "path": str(registry_dir(root, chosen["name"], chosen["version"])) if chosen["version"]
                    else "", "name": chosen["name"], "version": chosen["version"],
                    "registered": any((s["decision"] or {}).get("registered") for s in statuses.values()),
                    "reason": "; ".join(f"{n}: {s['reason']}" for n, s in statuses.items()),

@@ -25,18 +25,19 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
+from common.config import load_config
+from common.paths import is_published, partition_path
+from common.publish import read_manifest
+from common.registry import reset_day_outcomes
 from dags import ops, runner
 from dags.assets import SAMPLE_ASSETS
 
 
 def _schedule():
     """The ``ops.etl_schedule`` cron as a data-interval timetable (read when the file is parsed)."""
-    from airflow.timetables.interval import CronDataIntervalTimetable
-
     try:
-        from common.config import load_config
-
         cron = (load_config().get("ops") or {}).get("etl_schedule", "0 0 * * *")
     except Exception:  # noqa: BLE001 - a broken config must not hide the DAG: its tasks report it
         cron = "0 0 * * *"
@@ -81,10 +82,6 @@ def behavior_etl():
         """Check every sample partition of the day is published; announce them as Asset events.
         The day's training outcomes are reset: the export of the day waits for both trainings
         on these samples."""
-        from common.paths import is_published, partition_path
-        from common.publish import read_manifest
-        from common.registry import reset_day_outcomes
-
         _cfg, root = runner.settings(params)
         reset_day_outcomes(root, day)
         published = {}

@@ -35,8 +35,11 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
+from common.registry import GateRejected, serving_status
+from common.registry import model_dir as registry_dir
 from dags import ops, runner, training_tasks
 from dags.assets import ITEM_CORPUS, KARMA_MODEL, KARMA_SAMPLES, MODELS_READY
+from karma_model.release import REGISTRY_NAME, gate_settings, register_karma
 
 VARIANTS = ["act", "act+gen", "act+rec", "act+gen+rec"]  # karma_model.config.VARIANTS
 BASELINES = ["popularity", "cooccurrence", "text"]
@@ -119,16 +122,10 @@ def karma_training():
     def register(day: str, model_dir: str, metrics_path: str, index_dir: str, params=None, run_id=None,
                  outlet_events=None) -> dict:
         """Register models/karma/<day> through the gate; emit ``models.karma`` either way."""
-        from common.registry import GateRejected, serving_status
-        from common.registry import model_dir as registry_dir
-        from karma_model.release import REGISTRY_NAME, register_karma
-
         cfg, root = runner.settings(params)
-        gate = dict((cfg.get("karma") or {}).get("gate") or {})
-        min_ratio = params["min_ratio"] if params["min_ratio"] >= 0 else float(gate.get("min_ratio", 0.9))
         try:
-            register_karma(root, model_dir, day, index_dir, metrics_path, min_ratio=min_ratio,
-                           popularity_ratio=float(gate.get("popularity_ratio", 1.0)))
+            register_karma(root, model_dir, day, index_dir, metrics_path,
+                           **gate_settings(cfg, min_ratio=params["min_ratio"]))
         except GateRejected as exc:
             ops.record_gate_refusal(params, "karma_training", "register", run_id, day, str(exc))
         status = serving_status(root, REGISTRY_NAME, day)

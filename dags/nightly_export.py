@@ -51,7 +51,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dags import ops, runner
 from dags.assets import EXPORT_ASSETS, MODELS_READY, REPORT
@@ -129,8 +130,6 @@ def nightly_export():
         return [{"shard": i, "num_shards": n} for i in range(n)]
 
     def _stage(table: str, part: dict, params: dict, ds: str, run_id: str) -> dict:
-        from airflow.sdk import get_current_context
-
         shard, n = int(part["shard"]), int(part["num_shards"])
         get_current_context()["shard_label"] = f"{table} shard {shard + 1} of {n}"
         return run_export(table, params, ds, run_id, ["--shard", str(shard), "--num-shards", str(n), "--stage-only"])
@@ -150,8 +149,6 @@ def nightly_export():
     @task(outlets=[EXPORT_ASSETS["x2q"]])
     def x2q(day: str, params=None, run_id=None, outlet_events=None) -> str:
         """AIGQ-Think trigger → queries → gates → ``exports/x2q/ds=<ds>``; skipped without a Think policy."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
         result = run_export("x2q", params, day, run_id)
         if result.get("skipped"):
             raise AirflowSkipException(result.get("reason", "no Think policy registered"))
@@ -183,8 +180,6 @@ def nightly_export():
     def watcher() -> None:
         """Fails the run when any task failed (skipped otherwise): ``report`` runs last whatever
         happened (all_done) and would make a run with a failed export look successful."""
-        from airflow.sdk.exceptions import AirflowFailException
-
         raise AirflowFailException("a nightly_export task failed (see the failed tasks); the tables whose "
                                    "publish did not run kept their earlier partitions")
 

@@ -23,6 +23,13 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from airflow.configuration import conf
+from airflow.sdk.exceptions import AirflowSkipException
+
+from common.registry import day_outcomes, record_day_outcome
+from dags.assets import TRAINING_DAGS
+from dags.runner import settings
+
 logger = logging.getLogger(__name__)
 
 ALERTS_FILE = Path("alerts") / "alerts.jsonl"
@@ -59,8 +66,6 @@ def record_alert(data_root: str | Path, alert: Mapping, command: str | None = No
 
 def _alert_settings(params: Mapping) -> tuple[str, str | None]:
     """``(data_root, ops.alert_command)`` of the run (``dags.runner.settings``)."""
-    from dags.runner import settings
-
     cfg, root = settings(params)
     return root, ((cfg.get("ops") or {}).get("alert_command") or None)
 
@@ -68,8 +73,6 @@ def _alert_settings(params: Mapping) -> tuple[str, str | None]:
 def _log_path(ti) -> str | None:
     """The task attempt's log file under Airflow's ``base_log_folder`` (the default template)."""
     try:
-        from airflow.configuration import conf
-
         base = conf.get("logging", "base_log_folder")
     except Exception:  # noqa: BLE001 - the alert goes out without a log path rather than not at all
         return None
@@ -111,11 +114,6 @@ def announce_day(params: Mapping, day: str, producer: str, outcome: Mapping, out
     """The last task of a training DAG: record its outcome for ``day`` and, when it is the last of
     ``TRAINING_DAGS`` to finish the day, emit ``asset`` (``models.ready``) with the day's outcomes;
     otherwise skip (no event), leaving the announcement to the DAG still training."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from common.registry import day_outcomes, record_day_outcome
-    from dags.assets import TRAINING_DAGS
-
     root, _command = _alert_settings(params)
     if not record_day_outcome(root, day, producer, dict(outcome), TRAINING_DAGS):
         missing = [d for d in TRAINING_DAGS if d not in day_outcomes(root, day)]

@@ -34,8 +34,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from airflow.sdk import BaseHook, Param
 from airflow.sdk.exceptions import AirflowFailException
 
+from common.config import ConfigError, load_config
+from common.paths import check_ds
 from common.steps import NO_RETRY_EXITS, RESULT_FILE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +55,6 @@ def settings(params: Mapping) -> tuple[dict, str]:
     """``(config, data_root)`` of a run: the config file / profile of its Params (empty = the
     defaults), the ``data_root`` Param over the profile's. Raises ``AirflowFailException`` on a
     bad config (no retry can fix it)."""
-    from common.config import ConfigError, load_config
-
     try:
         cfg = load_config(params.get("config") or None, params.get("profile") or None)
     except ConfigError as exc:
@@ -64,8 +65,6 @@ def settings(params: Mapping) -> tuple[dict, str]:
 
 def run_params(ds_description: str) -> dict:
     """The Params every DAG takes: ``config``, ``profile``, ``data_root`` and ``ds`` (see :func:`resolve_ds`)."""
-    from airflow.sdk import Param
-
     return {
         "config": Param("", type="string", description="config file; empty = conf/pipeline.yaml"),
         "profile": Param("", type="string", description="config profile; empty = PIPELINE_PROFILE or local"),
@@ -99,8 +98,6 @@ def resolve_ds(params: Mapping, logical_date=None, triggering_asset_events=None)
     >>> resolve_ds({}, None, {"a": [E("2026-11-01"), E("2026-11-02")], "b": [E("2026-11-02")]})
     '2026-11-02'
     """
-    from common.paths import check_ds
-
     if params.get("ds"):
         return check_ds(params["ds"])
     dates = [e.extra.get("ds") for events in (triggering_asset_events or {}).values() for e in events
@@ -223,8 +220,6 @@ def check_java(env: Mapping[str, str]) -> str:
 def spark_master(cfg: Mapping) -> str:
     """``--master``: the ``spark_default`` Airflow connection when defined, else the profile's."""
     try:
-        from airflow.sdk import BaseHook
-
         conn = BaseHook.get_connection("spark_default")
     except Exception:  # noqa: BLE001 - no connection (or no Airflow context): the profile decides
         return str((cfg.get("spark") or {}).get("master") or "local[2]")

@@ -27,3 +27,8 @@ one process per shard of the active users (``crc32(user_id) mod N``), each stagi
 ``exports/_staging/<table>/ds=<ds>/<run>/``; ``--publish-parts`` then merges exactly N parts, gates
 the whole table and publishes it as above — all parts or nothing.
 """
+
+from common.hf_offline import offline_defaults
+
+# Before any module of this package imports transformers (huggingface_hub reads these at import).
+offline_defaults()

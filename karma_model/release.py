@@ -63,6 +63,24 @@ def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_M
     return failures
 
 
+def gate_settings(cfg: Mapping, min_ratio: float | None = None) -> dict[str, float]:
+    """``karma.gate`` of the config as :func:`register_karma`'s keyword arguments; a ``min_ratio``
+    override that is not None (or negative, the DAG Param's "use the config" value) replaces the
+    configured one.
+
+    >>> gate_settings({"karma": {"gate": {"popularity_ratio": 0.8, "min_ratio": 0.9}}}, min_ratio=-1.0)
+    {'min_ratio': 0.9, 'popularity_ratio': 0.8}
+    >>> gate_settings({}, min_ratio=100.0)
+    {'min_ratio': 100.0, 'popularity_ratio': 1.0}
+    """
+    gate = (cfg.get("karma") or {}).get("gate") or {}
+    settings = {"min_ratio": float(gate.get("min_ratio", MIN_RATIO_TO_CURRENT)),
+                "popularity_ratio": float(gate.get("popularity_ratio", 1.0))}
+    if min_ratio is not None and min_ratio >= 0:
+        settings["min_ratio"] = float(min_ratio)
+    return settings
+
+
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy ``src`` into the existing ``dst`` with hard links (plain copies across devices)."""
 

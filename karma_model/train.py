@@ -35,10 +35,25 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import torch
 
 from base_lm.load import code_version, read_manifest
 from base_lm.release import latest_base_model
+from common.ddp import is_main_process
+from common.paths import check_ds, previous_ds
+from common.publish import atomic_partition
 from common.steps import emit_result
+from common.training import (
+    LoopArgs,
+    cli_overrides,
+    evaluate_loss,
+    parse_cli,
+    start_ranks,
+    train_loop,
+    training_arg_parser,
+    training_entry_point,
+    write_trainer_state,
+)
 from karma_model.config import VARIANTS, KarmaConfig
 from karma_model.data import (
     ItemCatalog,
@@ -59,8 +74,6 @@ class TrainCollator(KarmaCollator):
     column, which DDP needs to count an item held by several ranks once (as one process does)."""
 
     def __call__(self, examples):
-        import torch
-
         batch = super().__call__(examples)
         rows = list(
             dict.fromkeys(
@@ -75,8 +88,6 @@ class TrainCollator(KarmaCollator):
 
 def loop_args(config: KarmaConfig, checkpoint_dir: str | Path):
     """The training-loop settings of a KARMA config."""
-    from common.training import LoopArgs
-
     return LoopArgs.from_config(config, checkpoint_dir)
 
 
@@ -95,9 +106,6 @@ def train_karma(
     ``train_state.log_history`` holds every step's loss terms; ``metrics`` summarises them and adds
     the mean loss terms on ``valid_samples``.
     """
-    from common.ddp import is_main_process
-    from common.training import evaluate_loss, train_loop
-
     model, tokenizer = KarmaModel.from_base(base_model, config, attn_implementation=attn_implementation)
     encoder = KarmaEncoder(tokenizer, config, catalog)
     collator = TrainCollator(encoder)
@@ -138,28 +146,8 @@ def train_karma(
     return model, tokenizer, state, metrics
 
 
+@training_entry_point
 def main(argv: list[str] | None = None) -> int:
-    from common.ddp import cleanup_distributed
-
-    try:
-        return _main(argv)
-    finally:
-        cleanup_distributed()
-
-
-def _main(argv: list[str] | None) -> int:
-    from common.config import load_config
-    from common.ddp import barrier, quiet_other_ranks, setup_distributed
-    from common.hf_offline import quiet_offline_hf
-    from common.logging_setup import setup_logging
-    from common.paths import check_ds, previous_ds
-    from common.publish import atomic_partition
-    from common.training import write_trainer_state
-
-    setup_logging()
-    quiet_offline_hf()
-    from common.training import training_arg_parser
-
     parser = training_arg_parser(__doc__.splitlines()[0], "<data_root>/models/karma_<slug>/<ds>")
     parser.add_argument("--variant", choices=VARIANTS, default=None)
     parser.add_argument(
@@ -169,25 +157,14 @@ def _main(argv: list[str] | None) -> int:
         help="use item image vectors (default: karma.use_images)",
     )
     parser.add_argument("--base-model", default=None, help="local HF checkpoint (default: newest base_lm)")
-    args = parser.parse_args(argv)
-
-    cfg = load_config(args.config, args.profile)
-    from common.device import configure as configure_device
-
-    configure_device(cfg)
-    data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
+    args, cfg, data_root = parse_cli(parser, argv)
     section = dict(cfg.get("karma") or {})
     base_model = args.base_model or section.pop("base_model", None)
     section.pop("base_model", None)
     section.pop("gate", None)  # the release gate (karma_model.release), not a training setting
-    overrides = {
-        "variant": args.variant,
-        "use_images": args.images,
-        "max_steps": args.max_steps,
-        "seed": args.seed,
-    }
     config = dataclasses.replace(
-        KarmaConfig.from_dict(section), **{k: v for k, v in overrides.items() if v is not None}
+        KarmaConfig.from_dict(section),
+        **cli_overrides(variant=args.variant, use_images=args.images, max_steps=args.max_steps, seed=args.seed),
     )
     ds = check_ds(args.ds)
     ds_list = [*previous_ds(ds, config.days - 1), ds]
@@ -195,11 +172,7 @@ def _main(argv: list[str] | None) -> int:
     final = Path(args.out) if args.out else Path(data_root) / "models" / f"karma_{config.slug}" / ds
     checkpoint_dir = final.parent / f".ckpt-{final.name}"
 
-    rank, _world, _device = setup_distributed()
-    quiet_other_ranks(rank)
-    if not args.resume and rank == 0:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # never mix with a previous run's checkpoints
-    barrier()  # no rank looks at the checkpoints before rank 0 has cleared them
+    rank = start_ranks(checkpoint_dir, args.resume)
     train = read_samples(data_root, ds_list, "train")
     if train.num_rows == 0:
         raise FileNotFoundError(f"no karma_samples train rows for {ds_list[0]}..{ds} under {data_root}")

@@ -29,11 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.logging_setup import setup_logging  # noqa: E402
 from scripts.karma_ablation import fmt, mean_std, run_module  # noqa: E402
 
 logger = logging.getLogger("scripts.aigq_ablation")
@@ -63,11 +66,7 @@ def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: 
 
 
 def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [*runs, *baselines]
     metrics = ("query_hr@10", "query_hr@30", "cate_hr@30")
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 4))
@@ -152,8 +151,6 @@ def _scored_alike(path: Path, args, baselines_needed: bool, kind: str = "direct"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.logging_setup import setup_logging
-
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)

@@ -27,14 +27,21 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aigq_model.evaluate import build_query_vocabulary, query_hits  # noqa: E402
+from aigq_model.interests import behaviour_interests, log_worded  # noqa: E402
+from aigq_model.run_eval import eval_samples, events_before, read_events, read_items, sample_truth  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.paths import previous_ds  # noqa: E402
 
 
 def history_weights(sample, vocabulary, max_history: int = 20) -> Counter:
     """Category -> count of the behaviours in the prompt's window that point to it
     (``interests.behaviour_interests``; searches the log does not know are not counted)."""
-    from aigq_model.interests import behaviour_interests
-
     return Counter(k for k in behaviour_interests(sample, vocabulary, max_history) if isinstance(k, str))
 
 
@@ -46,8 +53,6 @@ def worded(weights, vocabulary, k: int) -> list[str]:
     >>> worded({"A": 1.0, "B": 0.9, "C": 5.0}, v, 3)  # A: 1.0 x 4/6, 1.0 x 2/6; B: 0.9 x 1/1
     ['b1', 'a1', 'a2']
     """
-    from aigq_model.interests import log_worded
-
     cands = []
     for cat, w in weights.items():
         members = vocabulary.members(cat)
@@ -57,14 +62,6 @@ def worded(weights, vocabulary, k: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from aigq_model.evaluate import build_query_vocabulary, query_hits
-    from aigq_model.run_eval import eval_samples, events_before, read_events, read_items, sample_truth
-    from common.config import load_config
-    from common.paths import previous_ds
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--ds", required=True)

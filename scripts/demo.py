@@ -20,6 +20,7 @@ group) whatever happened, and the UI is reachable while it runs (port printed).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -30,9 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common.airflow_local import DAG_IDS, TERMINAL, LocalAirflow  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.paths import ds_range, partition_path  # noqa: E402
 from common.publish import read_manifest  # noqa: E402
+from common.registry import RegistryError, current_path, current_version  # noqa: E402
 
 ETL_AREAS = {
     "raw": ("behavior_events", "hintq_exposures", "query_impressions"),
@@ -97,8 +100,6 @@ def key_metrics(name: str, metrics: dict) -> dict:
 
 def registered(root: str, name: str) -> str:
     """``version  key metrics`` of a registered model, or what is on disk."""
-    from common.registry import RegistryError, current_path, current_version
-
     try:
         path = current_path(root, name)
     except RegistryError:
@@ -130,8 +131,6 @@ def demo_overrides(steps: int) -> dict[str, str]:
 
 
 def run_seconds(run: dict) -> int | None:
-    import datetime as dt
-
     if not run.get("start_date") or not run.get("end_date"):
         return None
     start, end = (dt.datetime.fromisoformat(str(run[k])) for k in ("start_date", "end_date"))
@@ -141,8 +140,6 @@ def run_seconds(run: dict) -> int | None:
 def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
     """Unpause, trigger behavior_etl per date, wait for one nightly_export run per date; returns
     ``{dag_id: [(ds, run type, state, seconds), …]}``. Raises when a run fails."""
-    from common.airflow_local import DAG_IDS, TERMINAL
-
     airflow.unpause(DAG_IDS)
     for ds in days:
         airflow.trigger("behavior_etl", {"ds": ds}, run_id=f"demo__{ds}")
@@ -171,8 +168,6 @@ def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
 
 
 def main() -> int:
-    from common.airflow_local import LocalAirflow
-
     cfg = load_config()
     root = cfg["data_root"]
     syn = cfg["synthetic"]

@@ -28,10 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common.logging_setup import setup_logging  # noqa: E402
 
 logger = logging.getLogger("scripts.karma_ablation")
 
@@ -89,11 +93,7 @@ def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: 
 
 
 def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], ks: list[int], path: Path) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, summaries in runs.items():
         means = [mean_std([s.get(f"hr@{k}") for s in summaries]) for k in ks]
@@ -112,8 +112,6 @@ def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], ks: list[int],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.logging_setup import setup_logging
-
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)

@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyspark
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".spark-cluster"
 HOST = "127.0.0.1"
@@ -44,12 +46,11 @@ class ClusterError(RuntimeError):
 def spark_home() -> Path:
     """SPARK_HOME of the installed pyspark (its package directory for a pip install)."""
     try:
+        # lazy: optional private pyspark helper; the except below falls back without it
         from pyspark.find_spark_home import _find_spark_home
 
         home = Path(_find_spark_home())
     except Exception:  # pragma: no cover - pyspark without find_spark_home
-        import pyspark
-
         home = Path(pyspark.__file__).resolve().parent
     if not (home / "bin" / "spark-class").exists():
         raise ClusterError(f"no bin/spark-class under SPARK_HOME {home}")
