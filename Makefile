@@ -34,8 +34,12 @@ venv: prereqs $(VENV)/.installed
 demo: venv
 	$(PY) scripts/demo.py
 
+# Test workers: every core by default (TEST_WORKERS=0 runs in one process). Whole files go to one
+# worker (--dist loadfile) so module fixtures are built once, in the order of tests/conftest.py
+# (longest first; --no-loadscope-reorder keeps it).
+TEST_WORKERS ?= auto
 test: venv
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: venv
 	$(PY) -m pytest -m "not gpu and not slow and not airflow" -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,22 +54,33 @@ def spark():
 
 
 @pytest.fixture(scope="session")
-def etl_two_days(spark, tmp_path_factory):
+def etl_two_days(request, tmp_path_factory):
     """Two days (2026-11-01, 2026-11-02) of synthetic logs (40 users, 200 items, seed 3) through
-    validate, sessionize and build_samples, built once per session. Read-only: a test that writes
-    (models, exports) works on its own copy, ``shutil.copytree(etl_two_days, tmp_path / "data")`` (the
-    root holds no absolute paths)."""
+    validate, sessionize and build_samples, built once per test session (once for all xdist
+    workers: the first builds under a file lock, the others wait and reuse it). Read-only: a test
+    that writes (models, exports) works on its own copy, ``shutil.copytree(etl_two_days, tmp_path /
+    "data")`` (the root holds no absolute paths)."""
+    from filelock import FileLock
+
     from common.config import load_config
     from jobs import build_samples, sessionize, validate
     from sources.synthetic import generate
 
-    root = tmp_path_factory.mktemp("etl_two_days") / "data"
-    generate(root, "2026-11-01", 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
-    config = load_config(environ={})
-    config["data_root"] = str(root)
-    for ds in ("2026-11-01", "2026-11-02"):
-        for job in (validate, sessionize, build_samples):
-            job.run(spark, config, ds)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "etl_two_days" / "data"
+    done = shared / "etl_two_days" / "_BUILT"
+    with FileLock(str(shared / "etl_two_days.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way left a partial build
+            spark = request.getfixturevalue("spark")
+            generate(root, "2026-11-01", 2, n_users=40, n_items=200, events_per_user_day=12.0, seed=3)
+            config = load_config(environ={})
+            config["data_root"] = str(root)
+            for ds in ("2026-11-01", "2026-11-02"):
+                for job in (validate, sessionize, build_samples):
+                    job.run(spark, config, ds)
+            done.touch()
     return root
 
 
@@ -100,3 +112,24 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: The longest files (fresh-clone figures of 2026-12-04 under ``-n 2``: the scheduler test 442 s,
+#: the cluster test 292 s), started first so that they never begin near the end.
+LONGEST_FIRST = ("test_scheduler.py", "test_spark_cluster.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, then the other slow tests, so that under xdist (``make test`` runs
+    ``-n auto --dist loadfile --no-loadscope-reorder``) no long file starts last and keeps one worker busy while the
+    others idle. A stable sort: the order inside each group is kept."""
+
+    def weight(item) -> int:
+        if item.path.name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(item.path.name) - len(LONGEST_FIRST)
+        marks = {m.name for m in item.iter_markers()}
+        if {"slow", "airflow"} <= marks:
+            return 0
+        return 1 if "slow" in marks else 2
+
+    items.sort(key=weight)

@@ -18,6 +18,8 @@ from base_lm.pretrain import BaseLMConfig, build_model, collate_blocks, pack_blo
 from base_lm.tokenizer import load_tokenizer, train_tokenizer
 from common.training import LoopArgs, epoch_batches, latest_checkpoint, train_loop
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
+
 BRANDS = ["Voltra", "Pixelon", "Harvesta", "Nordwik", "Cumulo"]
 ADJ = ["organic", "silver", "wireless", "premium", "dark", "fast charging", "256gb"]
 NOUNS = ["chocolate", "phone", "tablet", "headphones", "coffee", "backpack"]
@@ -237,7 +239,6 @@ from base_lm.tokenizer import train_tokenizer
 from common.training import LoopArgs, train_loop
 from tests.test_base_lm import TINY, corpus_texts
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one thread is faster
 torch.set_num_threads(1)
 tok = train_tokenizer(corpus_texts(), vocab_size=400)
 data = [{"input_ids": b} for b in pack_blocks(tok, corpus_texts(), 16)[:16]]

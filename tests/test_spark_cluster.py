@@ -2,8 +2,8 @@
 
 One master and two 1-core workers are started from the installed pyspark; ``behavior_etl`` runs
 for one date with ``spark_default`` pointed at the master and the ``cluster`` profile, and the
-same date runs in local mode into another data root: every published partition must hold the
-same rows. The fixture always stops the cluster and checks by process id that nothing is left.
+same three jobs run in local mode (the tests' Spark session) into another data root: every
+published partition must hold the same rows. The fixture always stops the cluster and checks by process id that nothing is left.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import pytest
 
 from common import schemas
 from common.arrow_io import read_partition
+from common.config import load_config
 from common.paths import is_published, partition_path
+from jobs import build_samples, sessionize, validate
 from scripts import spark_cluster
+from sources.synthetic import generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.airflow]
 
@@ -97,8 +100,7 @@ def _run_etl(dag, root: Path, profile: str):
     assert str(run.state) in ("success", "DagRunState.SUCCESS"), (profile, run.state)
 
 
-def test_behavior_etl_on_a_standalone_cluster_matches_local_mode(cluster, dagbag, tmp_path, monkeypatch):
-    from sources.synthetic import generate
+def test_behavior_etl_on_a_standalone_cluster_matches_local_mode(cluster, dagbag, spark, tmp_path, monkeypatch):
 
     raw = tmp_path / "gen"
     generate(raw, DS, 1, n_users=40, n_items=300, events_per_user_day=12.0, seed=3)
@@ -107,8 +109,13 @@ def test_behavior_etl_on_a_standalone_cluster_matches_local_mode(cluster, dagbag
         shutil.copytree(raw / "raw", root / "raw")
     dag = dagbag.get_dag("behavior_etl")
 
-    # the same DAG, configuration only: profile + the spark_default connection
-    _run_etl(dag, roots["local"], "local")
+    # the reference: the same three jobs in local mode (the tests' warm session; behavior_etl's own
+    # local-mode run is tests/test_dags.py's); then the DAG on the cluster, by configuration only:
+    # profile + the spark_default connection
+    local_cfg = load_config(environ={})
+    local_cfg["data_root"] = str(roots["local"])
+    for job in (validate, sessionize, build_samples):
+        job.run(spark, local_cfg, DS)
     host, port = cluster["master_url"].rsplit(":", 1)
     monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT",
                        json.dumps({"conn_type": "spark", "host": host, "port": int(port)}))
