@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,12 +138,34 @@ def run_seconds(run: dict) -> int | None:
     return round((end - start).total_seconds())
 
 
+#: DAGs the scheduler starts from Asset events (each with ``max_active_runs=1``).
+ASSET_TRIGGERED = ("karma_training", "aigq_training", "nightly_export")
+
+
+def may_trigger_next(runs: list[dict]) -> bool:
+    """Start the next date's ``behavior_etl`` only when the previous one has finished and no
+    asset-triggered DAG has a queued run. Airflow 3 drops the Asset events that reach a DAG at
+    ``max_active_runs`` with a run already queued (apache/airflow#56050: no run is ever made for
+    them), so a date published then would never train; one queued run per DAG is safe.
+
+    >>> may_trigger_next([])
+    True
+    >>> may_trigger_next([{"dag_id": "aigq_training", "state": "queued"}])
+    False
+    >>> may_trigger_next([{"dag_id": "behavior_etl", "state": "running"}])
+    False
+    """
+    etl_busy = any(r["dag_id"] == "behavior_etl" and r["state"] not in TERMINAL for r in runs)
+    queued = any(r["dag_id"] in ASSET_TRIGGERED and r["state"] == "queued" for r in runs)
+    return not etl_busy and not queued
+
+
 def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
-    """Unpause, trigger behavior_etl per date, wait for one nightly_export run per date; returns
-    ``{dag_id: [(ds, run type, state, seconds), …]}``. Raises when a run fails."""
+    """Unpause, trigger behavior_etl per date (each when :func:`may_trigger_next`), wait for one
+    nightly_export run per date; returns ``{dag_id: [(ds, run type, state, seconds), …]}``. Raises
+    when a run fails."""
     airflow.unpause(DAG_IDS)
-    for ds in days:
-        airflow.trigger("behavior_etl", {"ds": ds}, run_id=f"demo__{ds}")
+    pending = list(days)
     reported: set[str] = set()
 
     def settled() -> bool:
@@ -156,8 +179,12 @@ def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
         if failed:
             raise StepFailed(f"failed runs: {[(r['dag_id'], r['run_id']) for r in failed]}\n"
                              + airflow.failed_task_logs())
+        if pending and may_trigger_next(runs):
+            ds = pending.pop(0)
+            airflow.trigger("behavior_etl", {"ds": ds}, run_id=f"demo__{ds}")
+            return False
         exports = [r for r in runs if r["dag_id"] == "nightly_export"]
-        return len(exports) >= len(days) and all(r["state"] in TERMINAL for r in runs)
+        return not pending and len(exports) >= len(days) and all(r["state"] in TERMINAL for r in runs)
 
     airflow.wait(settled, timeout_s, f"{len(days)} nightly_export runs", every=5.0)
     out: dict[str, list] = {dag: [] for dag in DAG_IDS}
@@ -186,16 +213,18 @@ def main() -> int:
     steps = int(os.environ.get("DEMO_STEPS", "150"))
     for stale in ("airflow.db", "airflow.db-shm", "airflow.db-wal"):  # each demo starts a fresh metadata DB
         (home / stale).unlink(missing_ok=True)
+    # SIGTERM (a killed make, a CI timeout) unwinds like Ctrl-C, so Airflow is stopped below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
     airflow = LocalAirflow(home, port=int(os.environ.get("DEMO_AIRFLOW_PORT", "0")) or None, env=demo_overrides(steps))
     try:
         print(f"starting airflow standalone (UI http://127.0.0.1:{airflow.port}, log {airflow.log_path})", flush=True)
         airflow.start()
-        print(f"triggering behavior_etl for {', '.join(days)}; the scheduler starts the rest from asset events",
-              flush=True)
+        print(f"triggering behavior_etl for {', '.join(days)} in turn; the scheduler starts the rest from asset "
+              "events", flush=True)
         times = drive(airflow, days, float(os.environ.get("DEMO_TIMEOUT_S", "3600")))
-    except Exception as exc:  # noqa: BLE001 - the deployment is stopped below, the error reported
+    except BaseException as exc:  # an error, Ctrl-C or SIGTERM: the deployment is stopped, the cause reported
         survivors = airflow.stop()
-        raise SystemExit(f"demo failed: {exc}" + (f" (survivors: {survivors})" if survivors else "")) from exc
+        raise SystemExit(f"demo failed: {exc!r}" + (f" (survivors: {survivors})" if survivors else "")) from exc
     survivors = airflow.stop()
     if survivors:
         raise SystemExit(f"processes survived the demo's Airflow: {survivors}")
