@@ -121,6 +121,8 @@ class LocalAirflow:
                     pass
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and (self._processes() or self._group_alive()):
+                if self.proc is not None:
+                    self.proc.poll()  # reap the standalone process: a zombie keeps its group "alive"
                 time.sleep(0.5)
             if not self._processes() and not self._group_alive():
                 break

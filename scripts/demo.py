@@ -140,24 +140,32 @@ def run_seconds(run: dict) -> int | None:
 
 #: DAGs the scheduler starts from Asset events (each with ``max_active_runs=1``).
 ASSET_TRIGGERED = ("karma_training", "aigq_training", "nightly_export")
+#: The ones the samples of a date trigger (one run per date).
+TRAINING = ("karma_training", "aigq_training")
 
 
-def may_trigger_next(runs: list[dict]) -> bool:
-    """Start the next date's ``behavior_etl`` only when the previous one has finished and no
-    asset-triggered DAG has a queued run. Airflow 3 drops the Asset events that reach a DAG at
-    ``max_active_runs`` with a run already queued (apache/airflow#56050: no run is ever made for
-    them), so a date published then would never train; one queued run per DAG is safe.
+def may_trigger_next(runs: list[dict], triggered: int) -> bool:
+    """Start the next date's ``behavior_etl`` only when the previous one has finished, each training
+    DAG has a run for every date triggered so far, and no asset-triggered DAG has a queued run.
+    Airflow 3 drops the Asset events that reach a DAG at ``max_active_runs`` with a run already
+    queued (apache/airflow#56050: no run is ever made for them), so a date published then would
+    never train; this keeps at most one queued run per DAG when the next date's samples arrive.
 
-    >>> may_trigger_next([])
+    >>> may_trigger_next([], 0)
     True
-    >>> may_trigger_next([{"dag_id": "aigq_training", "state": "queued"}])
+    >>> may_trigger_next([{"dag_id": "behavior_etl", "state": "success"}], 1)  # training not started yet
     False
-    >>> may_trigger_next([{"dag_id": "behavior_etl", "state": "running"}])
+    >>> done = [{"dag_id": d, "state": "running"} for d in ("behavior_etl", "karma_training", "aigq_training")]
+    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:]], 1)
+    True
+    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:], {"dag_id": "aigq_training", "state": "queued"}], 1)
     False
     """
-    etl_busy = any(r["dag_id"] == "behavior_etl" and r["state"] not in TERMINAL for r in runs)
-    queued = any(r["dag_id"] in ASSET_TRIGGERED and r["state"] == "queued" for r in runs)
-    return not etl_busy and not queued
+    if any(r["dag_id"] == "behavior_etl" and r["state"] not in TERMINAL for r in runs):
+        return False
+    if any(r["dag_id"] in ASSET_TRIGGERED and r["state"] == "queued" for r in runs):
+        return False
+    return all(sum(r["dag_id"] == dag for r in runs) >= triggered for dag in TRAINING)
 
 
 def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
@@ -179,7 +187,7 @@ def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
         if failed:
             raise StepFailed(f"failed runs: {[(r['dag_id'], r['run_id']) for r in failed]}\n"
                              + airflow.failed_task_logs())
-        if pending and may_trigger_next(runs):
+        if pending and may_trigger_next(runs, len(days) - len(pending)):
             ds = pending.pop(0)
             airflow.trigger("behavior_etl", {"ds": ds}, run_id=f"demo__{ds}")
             return False
