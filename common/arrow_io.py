@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from common import schemas
 from common.paths import is_published, partition_path
-from common.publish import atomic_partition
+from common.publish import atomic_partition, read_manifest
 
 
 def to_table(table: str, data: pa.Table | list[dict]) -> pa.Table:
@@ -57,3 +57,13 @@ def data_files(partition: str | Path) -> list[Path]:
 def parquet_row_count(folder: str | Path) -> int:
     """Rows in a folder's Parquet files, from their footers."""
     return sum(pq.ParquetFile(f).metadata.num_rows for f in data_files(folder))
+
+
+def partition_rows(root: str | Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
+    """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
+    path = partition_path(root, area, table, ds)
+    if not is_published(path):
+        return None, {}
+    manifest = read_manifest(path)
+    rows = manifest.get("rows")
+    return (int(rows) if isinstance(rows, int) else parquet_row_count(path)), manifest

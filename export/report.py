@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.arrow_io import partition_rows
 from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import MANIFEST, SUCCESS, check_ds, partition_path, previous_ds
@@ -63,7 +64,6 @@ from export.report_html import (
 from export.report_inputs import (
     current,
     newest_ablation,
-    partition_rows,
     read_export,
     read_json,
     rebase,

@@ -10,9 +10,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.arrow_io import parquet_row_count, read_partition
+from common.arrow_io import read_partition
 from common.paths import is_published, partition_path
-from common.publish import read_manifest
 from common.registry import current_version
 
 logger = logging.getLogger(__name__)
@@ -25,16 +24,6 @@ def read_json(path: Path) -> dict | None:
     except (OSError, json.JSONDecodeError) as exc:
         logger.warning("unreadable %s: %s", path, exc)
         return None
-
-
-def partition_rows(root: Path, area: str, table: str, ds: str) -> tuple[int | None, dict]:
-    """``(rows, manifest)`` of a published partition; ``(None, {})`` when it is not published."""
-    path = partition_path(root, area, table, ds)
-    if not is_published(path):
-        return None, {}
-    manifest = read_manifest(path)
-    rows = manifest.get("rows")
-    return (int(rows) if isinstance(rows, int) else parquet_row_count(path)), manifest
 
 
 def rebase(path_text: str | None, root: Path, area: str) -> Path | None:

@@ -50,9 +50,10 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from common import schemas
+from common.arrow_io import partition_rows
 from common.paths import previous_ds
 from jobs.sessionize import EVENT_ORDER
-from jobs.spark import load_sql, publish_tables, published_rows, read_partition, read_published_range, run_job
+from jobs.spark import load_sql, publish_tables, read_partition, read_published_range, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -414,8 +415,8 @@ def run(spark, cfg: dict, ds: str) -> dict:
     day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
     # Which rule makes the Direct anchors and the CTR rows follows from the published row counts
     # (the manifests), not from an action on the data.
-    has_exposures = published_rows(root, "clean", "hintq_exposures", ds) > 0
-    if published_rows(root, "clean", "query_impressions", ds) > 0:
+    has_exposures = (partition_rows(root, "clean", "hintq_exposures", ds)[0] or 0) > 0
+    if (partition_rows(root, "clean", "query_impressions", ds)[0] or 0) > 0:
         ctr_input = {"impressions": read_partition(spark, root, "clean", "query_impressions", ds)}
     else:
         ctr_input = {"day_events": day_events}

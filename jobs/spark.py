@@ -17,7 +17,7 @@ from common.arrow_io import parquet_row_count
 from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import check_ds, is_published, latest_published_ds, partition_path
-from common.publish import read_manifest, staged_partitions
+from common.publish import staged_partitions
 from common.steps import write_result
 
 logger = logging.getLogger(__name__)
@@ -130,16 +130,6 @@ def read_published_range(spark, root, area: str, table: str, ds_list: list[str],
     if not paths:
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).parquet(*paths)
-
-
-def published_rows(root, area: str, table: str, ds: str) -> int:
-    """Rows of a published partition (0 when not published), from its manifest or else the Parquet
-    footers: lets a job choose a rule from the size of an input without an action on the data."""
-    path = partition_path(root, area, table, ds)
-    if not is_published(path):
-        return 0
-    rows = read_manifest(path).get("rows")
-    return int(rows) if rows is not None else parquet_row_count(path)
 
 
 def read_snapshot(spark, root, area: str, table: str, ds: str):
