@@ -50,7 +50,7 @@ from common.paths import ds_range, partition_path  # noqa: E402
 from common.publish import read_manifest  # noqa: E402
 from export import models  # noqa: E402
 from export.data import ExportConfig, build_samples, load_inputs  # noqa: E402
-from export.u2i import export_u2i, load_karma_release  # noqa: E402
+from export.u2i import MODEL, export_u2i, load_karma_index, load_karma_model  # noqa: E402
 from export.u2q import POLICIES, export_u2q  # noqa: E402
 from export.x2q import export_x2q  # noqa: E402
 from tests.export_fixtures import make_clean_root, register_tiny_karma, register_tiny_policy, tiny_base  # noqa: E402
@@ -108,7 +108,9 @@ def batched_vs_single(cfg: dict, root: Path, ds: str, n: int) -> dict:
 
 def faiss_search_rate(root: Path, k: int, n: int = 2048) -> dict:
     """faiss search alone: random unit vectors of the model's dimension, one call of ``n``."""
-    _reg, model, _tok, index, _v = load_karma_release(root)
+    reg = models.require_registered(str(root), (MODEL,), "KARMA model")
+    model, _tok = load_karma_model(reg)
+    index, _v = load_karma_index(reg, model, str(root))
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, model.config.proj_dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

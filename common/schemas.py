@@ -251,7 +251,8 @@ X2Q = pa.schema(
         ("generated_at", TS),
     ]
 )
-#: u2i (KARMA): user -> top-K items from the faiss index, history items filtered.
+#: u2i: user -> top-K items of the fused channels (KARMA ANN when registered, co-occurrence,
+#: MiniLM text, popularity), history items filtered.
 U2I = pa.schema(
     [
         ("user_id", pa.string()),
@@ -259,6 +260,7 @@ U2I = pa.schema(
         ("rank", pa.int32()),
         ("item_id", pa.string()),
         ("score", pa.float32()),
+        ("channel", pa.string()),  # karma | cooccurrence | text | popularity
         ("model_name", pa.string()),
         ("model_version", pa.string()),
         ("index_version", pa.string()),
@@ -349,10 +351,12 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "run_id": "id of the export run (the Airflow run id)",
         "rank": "1-based position in the list",
         "item_id": "retrieved item (items of the user's history are filtered out)",
-        "score": "cosine of the user's and the item's KARMA vectors, in [-1, 1]",
-        "model_name": "registered KARMA model (`karma`)",
-        "model_version": "version of that model",
-        "index_version": "version of the faiss item index searched",
+        "score": "fused score sum_c w_c / (k0 + rank in channel c), weights fitted on the valid split, in (0, 1]",
+        "channel": "channel that contributed most to the item: `karma`, `cooccurrence`, `text` or `popularity`",
+        "model_name": "`karma` when the fused list includes the registered KARMA model, `heuristics` when "
+                      "KARMA's gate refused it (the list fuses the other channels; the manifest says why)",
+        "model_version": "KARMA version whose fitted channels and fusion weights served",
+        "index_version": "version of the faiss item index searched; null without KARMA",
         "generated_at": "data cut-off of the run: the end of ds (UTC)",
     },
     "user_interest_embedding": {

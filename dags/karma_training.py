@@ -58,7 +58,7 @@ PARAMS = {
                             description="base LM pre-training steps when it must be trained; 0 = base_lm.max_steps"),
     "seed": Param(0, type="integer", minimum=0, maximum=2**31 - 1),
     "baselines": Param(BASELINES, type="array", items={"type": "string", "enum": BASELINES},
-                       description="baselines evaluated beside the model (popularity is needed by the gate)"),
+                       description="baselines evaluated beside the model (all three: the fused u2i list and the gate need them)"),
     "n_attention": Param(64, type="integer", minimum=1, maximum=10_000,
                          description="histories for the attention-sink diagnostics"),
     "min_ratio": Param(-1.0, type="number", minimum=-1.0, maximum=100.0,

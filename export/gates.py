@@ -97,6 +97,17 @@ def check_range(table: pa.Table, column: str, low: float, high: float) -> list[s
             f"(min {lo:.4g}, max {hi:.4g})"]
 
 
+def check_values(table: pa.Table, column: str, allowed: Sequence[str]) -> list[str]:
+    """Every value of ``column`` is one of ``allowed`` (nulls are the null-rate gate's).
+
+    >>> check_values(pa.table({"c": ["a", "b", "x"]}), "c", ["a", "b"])
+    ["c: 1 rows outside ['a', 'b'], e.g. 'x'"]
+    """
+    values = table[column].to_pylist()
+    bad = [v for v in values if v is not None and v not in allowed]
+    return [f"{column}: {len(bad)} rows outside {list(allowed)}, e.g. {bad[0]!r}"] if bad else []
+
+
 def check_blocklist(table: pa.Table, blocklist, column: str = "query") -> list[str]:
     """Zero rows whose ``column`` the :class:`aigq_model.parsing.Blocklist` blocks.
 

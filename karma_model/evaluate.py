@@ -53,6 +53,7 @@ from karma_model.baselines import (
     sequences_from_samples,
     tune,
 )
+from karma_model.channels import FUSION_FILE, RETRIEVAL_DIR, HeuristicChannels, evaluate_fusion
 from karma_model.config import CONFIG_FILE
 from karma_model.data import (
     IGNORE,
@@ -72,6 +73,7 @@ from karma_model.diagnostics import (
 )
 from karma_model.embed import index_params_from_config
 from karma_model.eval_report import plot_attention, plot_hit_rates, render_report
+from karma_model.fusion import HEURISTIC_CHANNELS
 from karma_model.index import build_index, index_ranks
 from karma_model.load import load_karma
 from karma_model.metrics import DEFAULT_KS, exact_topk_and_ranks, recall_loss, retrieval_metrics
@@ -80,6 +82,9 @@ from karma_model.model import KarmaModel, embed_histories, embed_items
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+ARRAYS = "_arrays"  # evaluate_karma_model's embeddings, popped before anything is written
+FUSION_DEPTH = 400  # candidates per channel
+FUSION_K = 200  # the fusion is fitted on valid HR@FUSION_K
 SPLITS = ("valid", "test")
 BASELINES = ("popularity", "cooccurrence", "text")
 TUNE_METRIC = "hr@200"
@@ -256,13 +261,17 @@ def evaluate_karma_model(model, encoder, splits: Mapping[str, EvalSplit], index_
         "index_info": ret.get("index_info", {}),
         "diagnostics": diagnostics,
         "timing": ret["timing"],
+        ARRAYS: {"item_emb": ret["item_emb"], "user_emb": ret["user_emb"]},
     }
 
 
 # --- baselines -------------------------------------------------------------------------------------
 def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mapping], splits: Mapping[str, EvalSplit],
-                       ks=DEFAULT_KS, grids: Mapping[str, Mapping] = GRIDS, text_encoder=None) -> dict:
-    """Each baseline fitted on ``train_rows`` and tuned on ``splits["valid"]``; metrics on every split."""
+                       ks=DEFAULT_KS, grids: Mapping[str, Mapping] = GRIDS, text_encoder=None,
+                       fitted: dict | None = None) -> dict:
+    """Each baseline fitted on ``train_rows`` and tuned on ``splits["valid"]``; metrics on every split.
+
+    ``fitted``, when given, receives each baseline's tuned model by name (the fusion's channels)."""
     n_items = len(catalog)
     sequences, timestamps = sequences_from_samples(train_rows, catalog.row, "train")
     if not sequences:
@@ -291,6 +300,8 @@ def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mappi
             if len(split):
                 ranks = evaluate_ranks(res.best_model, split.baseline_histories, split.targets, split.exclude)
                 metrics[split_name] = retrieval_metrics(ranks, ks)
+        if fitted is not None:
+            fitted[name] = res.best_model
         out[name] = {"params": res.best_params, "metrics": metrics, "n_trials": len(res.trials),
                      "seconds": round(time.perf_counter() - t0, 2)}
         logger.info("baseline %s %s: test %s", name, res.best_params, metrics.get("test", {}).get(metric))
@@ -335,8 +346,13 @@ def _load_compare(path: Path, config, attn: str = "sdpa"):
 def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None, splits: Sequence[str] = SPLITS,
              baselines: Sequence[str] = BASELINES, compare: Sequence[str | Path] = (), include_base: bool = True,
              index_params=None, max_eval: int | None = 5000, n_attention: int = 64, n_decode: int = 16,
-             ks=DEFAULT_KS, text_encoder=None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Full evaluation of one model folder; returns ``(metrics, {model name: α matrix})``."""
+             ks=DEFAULT_KS, text_encoder=None, fusion_depth: int = FUSION_DEPTH, fusion_k: int = FUSION_K,
+             retrieval_dir: str | Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Full evaluation of one model folder; returns ``(metrics, {model name: α matrix})``.
+
+    With the three baselines, the fused u2i list is fitted on valid without and with KARMA
+    (:func:`karma_model.channels.evaluate_fusion`); ``retrieval_dir`` (the CLI: the model folder's
+    ``retrieval/``) receives the fitted channels and the fusion, which the export serves."""
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -355,6 +371,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
     model, tok = load_karma(model_dir)
     encoder = KarmaEncoder(tok, model.config, catalog)
     result = evaluate_karma_model(model, encoder, by_split, index_params, ks, n_attention, True, n_decode)
+    arrays = result.pop(ARRAYS)
     variant = model.config.variant + ("+img" if model.config.use_images else "")
     alphas = {f"karma[{variant}]": np.asarray(result["diagnostics"]["sink"]["alpha"])} \
         if "sink" in result["diagnostics"] else {}
@@ -373,6 +390,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
             name = f"karma[{cvariant}] {path.name}" if f"karma[{cvariant}]" in alphas else f"karma[{cvariant}]"
             cenc = KarmaEncoder(ctok, cmodel.config, catalog)
             cres = evaluate_karma_model(cmodel, cenc, by_split, index_params, ks, n_attention, False, n_decode)
+            cres.pop(ARRAYS)
             entry = {"path": str(path), "exact": cres["exact"], "diagnostics": cres["diagnostics"]}
         else:
             name = f"base LM {path.name}"
@@ -386,10 +404,22 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
         compared[name] = entry
         del cmodel
 
-    base_results = {}
+    base_results, fitted, fusion = {}, {}, {}
     if baselines:
         train_rows = read_samples(data_root, _dates(ds_range), "train").to_pylist()
-        base_results = evaluate_baselines(baselines, catalog, train_rows, by_split, ks, text_encoder=text_encoder)
+        base_results = evaluate_baselines(baselines, catalog, train_rows, by_split, ks, text_encoder=text_encoder,
+                                          fitted=fitted)
+    if set(HEURISTIC_CHANNELS) <= set(fitted):
+        channels = HeuristicChannels(list(catalog.item_ids), fitted["cooccurrence"], fitted["text"],
+                                     fitted["popularity"], int(config.history_len))
+        fusion = evaluate_fusion(channels, by_split, arrays["user_emb"], arrays["item_emb"], fusion_depth,
+                                 fusion_k, ks)
+        if retrieval_dir is not None:
+            channels.save(retrieval_dir, {name: b["params"] for name, b in base_results.items()})
+            write_json_atomic(Path(retrieval_dir) / FUSION_FILE, fusion)
+    else:
+        logger.warning("fused u2i not evaluated: it needs the baselines %s (got %s)", HEURISTIC_CHANNELS,
+                       sorted(fitted))
 
     metrics = {
         "model_dir": str(model_dir),
@@ -404,7 +434,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, ds: str | None = None
         "model": result,
         "compare": compared,
         "baselines": base_results,
-        "summary": summary(result, base_results),
+        "fusion": fusion,
+        "summary": summary(result, base_results, fusion),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     return metrics, alphas
@@ -415,8 +446,12 @@ def _dates(ds_range: Sequence[str]) -> list[str]:
     return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def summary(model_result: Mapping, baseline_results: Mapping, split: str = "test") -> dict:
-    """Flat headline figures (what the gate and the ablation table read)."""
+def summary(model_result: Mapping, baseline_results: Mapping, fusion: Mapping | None = None,
+            split: str = "test") -> dict:
+    """Flat headline figures (what the gate and the ablation table read): the model's ``split``
+    metrics, each baseline's as ``<name>_<metric>``, the fused lists' as ``fused_<metric>`` (with
+    KARMA) and ``fused_without_<metric>``, and on valid as ``fused_valid_<metric>`` /
+    ``fused_without_valid_<metric>`` (what the gate compares)."""
     diag = model_result.get("diagnostics", {})
     out = {"split": split}
     for k, v in model_result.get("exact", {}).get(split, {}).items():
@@ -429,6 +464,12 @@ def summary(model_result: Mapping, baseline_results: Mapping, split: str = "test
         for k in ("hr@10", "hr@50", "hr@200", "ndcg@10"):
             if k in m:
                 out[f"{name}_{k}"] = m[k]
+    for variant, prefix in (("with", "fused"), ("without", "fused_without")):
+        metrics = (fusion or {}).get(variant, {}).get("metrics", {})
+        for name, tag in ((split, ""), ("valid", "_valid")):
+            for k in ("hr@10", "hr@50", "hr@200", "ndcg@10"):
+                if k in metrics.get(name, {}):
+                    out[f"{prefix}{tag}_{k}"] = metrics[name][k]
     for k in ("sink_ratio", "information_abundance", "reconstruction_token_accuracy", "rouge_l"):
         if k in diag:
             out[k] = diag[k]
@@ -459,8 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     data_root = str(Path(args.data_root).resolve()) if args.data_root else cfg["data_root"]
     index_params = index_params_from_config(cfg.get("karma_index"))
     ds = check_ds(args.ds) if args.ds else None
+    fusion_cfg = (cfg.get("karma") or {}).get("fusion") or {}
     metrics, alphas = evaluate(args.model_dir, data_root, ds, args.splits, args.baselines, args.compare,
-                               not args.no_base, index_params, args.max_eval, args.n_attention, args.n_decode)
+                               not args.no_base, index_params, args.max_eval, args.n_attention, args.n_decode,
+                               fusion_depth=int(fusion_cfg.get("depth", FUSION_DEPTH)),
+                               fusion_k=int(fusion_cfg.get("k", FUSION_K)),
+                               retrieval_dir=Path(args.model_dir) / RETRIEVAL_DIR)
     slug = Path(args.model_dir).parent.name
     report_dir = Path(args.report_dir) if args.report_dir else partition_path(data_root, "reports", slug,
                                                                               metrics["eval_ds"])

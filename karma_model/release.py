@@ -26,32 +26,38 @@ logger = logging.getLogger(__name__)
 REGISTRY_NAME = "karma"
 GATE_METRIC = "hr@200"
 MIN_RATIO_TO_CURRENT = 0.9
+FUSION_MARGIN = 0.005  # valid HR@200 the fused list must gain from KARMA
 
 
 def karma_gate(candidate: Mapping, current: Mapping | None, metric: str = GATE_METRIC,
-               min_ratio: float = MIN_RATIO_TO_CURRENT, popularity_ratio: float = 1.0) -> list[str]:
+               min_ratio: float = MIN_RATIO_TO_CURRENT, fusion_margin: float = FUSION_MARGIN) -> list[str]:
     """Failures (empty = pass) of a candidate manifest against the registered one.
 
-    Reads ``manifest["metrics"]`` (the flat test summary of :mod:`karma_model.evaluate`): the model's
-    test ``metric`` must be >= ``popularity_ratio`` x the popularity baseline's and >= ``min_ratio`` x
-    the current version's.
+    Reads ``manifest["metrics"]`` (the flat summary of :mod:`karma_model.evaluate`). KARMA serves as
+    one channel of the fused u2i list, so it registers only when the fused list *with* it beats the
+    fused list *without* it on the valid split's ``metric`` by ``fusion_margin`` (both fitted on
+    valid; the export serves the list without KARMA otherwise); and its own test ``metric`` must be
+    >= ``min_ratio`` x the current version's.
 
-    >>> karma_gate({"metrics": {"hr@200": 0.3, "popularity_hr@200": 0.4}}, None)
-    ['test hr@200 0.3000 < popularity baseline 0.4000']
-    >>> karma_gate({"metrics": {"hr@200": 0.5, "popularity_hr@200": 0.4}}, {"version": "v", "metrics": {"hr@200": 0.6}})
+    >>> karma_gate({"metrics": {"hr@200": 0.3, "fused_valid_hr@200": 0.40, "fused_without_valid_hr@200": 0.40}}, None)
+    ['fused valid hr@200 with KARMA 0.4000 < without KARMA 0.4000 + margin 0.005']
+    >>> good = {"metrics": {"hr@200": 0.5, "fused_valid_hr@200": 0.45, "fused_without_valid_hr@200": 0.40}}
+    >>> karma_gate(good, {"version": "v", "metrics": {"hr@200": 0.6}})
     ['test hr@200 0.5000 < 0.9 x current v (0.6000)']
-    >>> karma_gate({"metrics": {"hr@200": 0.6, "popularity_hr@200": 0.4}}, {"metrics": {"hr@200": 0.6}})
+    >>> karma_gate(good, {"metrics": {"hr@200": 0.5}})
     []
     """
     metrics = candidate.get("metrics") or {}
     value = metrics.get(metric)
-    popularity = metrics.get(f"popularity_{metric}")
-    if value is None or popularity is None:
-        return [f"candidate metrics lack {metric} or popularity_{metric} (evaluate with the popularity baseline)"]
+    with_karma = metrics.get(f"fused_valid_{metric}")
+    without = metrics.get(f"fused_without_valid_{metric}")
+    if value is None or with_karma is None or without is None:
+        return [f"candidate metrics lack {metric}, fused_valid_{metric} or fused_without_valid_{metric} "
+                "(evaluate with the popularity, cooccurrence and text baselines)"]
     failures = []
-    if value < popularity_ratio * popularity:
-        scale = "" if popularity_ratio == 1.0 else f"{popularity_ratio:g} x "
-        failures.append(f"test {metric} {value:.4f} < {scale}popularity baseline {popularity:.4f}")
+    if with_karma < without + fusion_margin:
+        failures.append(f"fused valid {metric} with KARMA {with_karma:.4f} < without KARMA {without:.4f} "
+                        f"+ margin {fusion_margin:g}")
     if current is not None:
         previous = (current.get("metrics") or {}).get(metric)
         if previous is None:
@@ -68,14 +74,17 @@ def gate_settings(cfg: Mapping, min_ratio: float | None = None) -> dict[str, flo
     override that is not None (or negative, the DAG Param's "use the config" value) replaces the
     configured one.
 
-    >>> gate_settings({"karma": {"gate": {"popularity_ratio": 0.8, "min_ratio": 0.9}}}, min_ratio=-1.0)
-    {'min_ratio': 0.9, 'popularity_ratio': 0.8}
+    >>> gate_settings({"karma": {"gate": {"fusion_margin": 0.01, "min_ratio": 0.9}}}, min_ratio=-1.0)
+    {'min_ratio': 0.9, 'fusion_margin': 0.01}
     >>> gate_settings({}, min_ratio=100.0)
-    {'min_ratio': 100.0, 'popularity_ratio': 1.0}
+    {'min_ratio': 100.0, 'fusion_margin': 0.005}
     """
     gate = (cfg.get("karma") or {}).get("gate") or {}
+    unknown = set(gate) - {"min_ratio", "fusion_margin"}
+    if unknown:
+        raise ValueError(f"karma.gate: unknown keys {sorted(unknown)} (known: fusion_margin, min_ratio)")
     settings = {"min_ratio": float(gate.get("min_ratio", MIN_RATIO_TO_CURRENT)),
-                "popularity_ratio": float(gate.get("popularity_ratio", 1.0))}
+                "fusion_margin": float(gate.get("fusion_margin", FUSION_MARGIN))}
     if min_ratio is not None and min_ratio >= 0:
         settings["min_ratio"] = float(min_ratio)
     return settings
@@ -95,7 +104,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def register_karma(data_root: str | Path, model_dir: str | Path, version: str, index_dir: str | Path | None = None,
                    metrics_path: str | Path | None = None, min_ratio: float = MIN_RATIO_TO_CURRENT,
-                   name: str = REGISTRY_NAME, popularity_ratio: float = 1.0) -> dict:
+                   name: str = REGISTRY_NAME, fusion_margin: float = FUSION_MARGIN) -> dict:
     """Stage ``model_dir`` as ``models/<name>/<version>`` and register it through the gate.
 
     Raises :class:`common.registry.GateRejected` when the gate refuses (the version stays on disk,
@@ -116,6 +125,7 @@ def register_karma(data_root: str | Path, model_dir: str | Path, version: str, i
         "train_metrics": trained.get("metrics"),
         "metrics": metrics.get("summary", {}),
         "baseline_params": {k: v.get("params") for k, v in (metrics.get("baselines") or {}).items()},
+        "fusion": {v: (metrics.get("fusion") or {}).get(v, {}).get("fit") for v in ("with", "without")},
         "report_dir": metrics.get("report_dir"),
         "source_model_dir": str(model_dir),
         "index_dir": str(index_dir) if index_dir else None,
@@ -129,5 +139,5 @@ def register_karma(data_root: str | Path, model_dir: str | Path, version: str, i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gate = functools.partial(karma_gate, min_ratio=min_ratio, popularity_ratio=popularity_ratio)
+    gate = functools.partial(karma_gate, min_ratio=min_ratio, fusion_margin=fusion_margin)
     return register(data_root, name, version, gate=gate)

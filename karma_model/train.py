@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     base_model = args.base_model or section.pop("base_model", None)
     section.pop("base_model", None)
     section.pop("gate", None)  # the release gate (karma_model.release), not a training setting
+    section.pop("fusion", None)  # the fused u2i list (karma_model.evaluate / export.u2i), not training
     config = dataclasses.replace(
         KarmaConfig.from_dict(section),
         **cli_overrides(variant=args.variant, use_images=args.images, max_steps=args.max_steps, seed=args.seed),

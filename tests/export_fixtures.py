@@ -66,8 +66,51 @@ def register_tiny_policy(root: Path, base_dir: Path, work: Path, name: str, kind
                             "config": {"max_history": 20, "kind": kind}})
 
 
+#: Fusion weights of the tiny fixtures (fitted ones come from karma_model.evaluate).
+TINY_WITH = {"karma": 0.4, "cooccurrence": 0.3, "text": 0.2, "popularity": 0.1}
+TINY_WITHOUT = {"karma": 0.0, "cooccurrence": 0.5, "text": 0.3, "popularity": 0.2}
+
+
+def fit_tiny_channels(root: Path, ds: str, out: Path, valid_with: float = 0.5, valid_without: float = 0.4) -> Path:
+    """The heuristic channels fitted on ``root``'s clean events up to ``ds`` and a fusion file with
+    the fixed :data:`TINY_WITH` / :data:`TINY_WITHOUT` weights, as ``out/retrieval/`` (what
+    ``karma_model.evaluate`` writes into a model folder)."""
+    from common.arrow_io import read_partition
+    from common.paths import published_ds
+    from common.steps import write_json_atomic
+    from common.text_encoder import encode_texts
+    from karma_model.baselines import CooccurrenceBaseline, PopularityBaseline, TextEmbeddingBaseline
+    from karma_model.channels import FUSION_FILE, RETRIEVAL_DIR, HeuristicChannels
+    from karma_model.fusion import FusionFit
+
+    corpus = read_partition(root, "samples", "item_corpus", ds).to_pylist()
+    item_ids = [r["item_id"] for r in corpus]
+    row_of = {item: i for i, item in enumerate(item_ids)}
+    sequences: dict[str, list[int]] = {}
+    for day in published_ds(root, "clean", "behavior_events"):
+        if day > ds:
+            continue
+        events = read_partition(root, "clean", "behavior_events", day).sort_by("event_time").to_pylist()
+        for e in events:
+            if e["item_id"] in row_of:
+                sequences.setdefault(e["user_id"], []).append(row_of[e["item_id"]])
+    seqs = list(sequences.values())
+    n = len(item_ids)
+    channels = HeuristicChannels(item_ids, CooccurrenceBaseline(n).fit(seqs), TextEmbeddingBaseline(
+        item_embeddings=encode_texts([r["text"] for r in corpus])).fit(), PopularityBaseline(n).fit(seqs))
+    folder = channels.save(out / RETRIEVAL_DIR)
+    fusion = {"depth": 100, "k": 50,
+              "with": {"fit": FusionFit(TINY_WITH, 20.0, "hr@50", valid_with).to_dict(),
+                       "metrics": {"valid": {"hr@50": valid_with}}},
+              "without": {"fit": FusionFit(TINY_WITHOUT, 20.0, "hr@50", valid_without).to_dict(),
+                          "metrics": {"valid": {"hr@50": valid_without}}}}
+    write_json_atomic(folder / FUSION_FILE, fusion)
+    return folder
+
+
 def register_tiny_karma(root: Path, base_dir: Path, work: Path, ds: str) -> Path:
-    """An untrained tiny KARMA model, its catalogue index, and the registration."""
+    """An untrained tiny KARMA model with fitted heuristic channels, its catalogue index, and the
+    registration."""
     from karma_model.config import KarmaConfig
     from karma_model.embed import embed_catalogue
     from karma_model.load import save_karma
@@ -79,4 +122,5 @@ def register_tiny_karma(root: Path, base_dir: Path, work: Path, ds: str) -> Path
     src = save_karma(model, tok, work / f"karma-{ds}", {"name": "karma_tiny", "version": ds, "ds": ds,
                                                          "config": config.to_dict()})
     info = embed_catalogue(src, root, ds, version=ds)
+    fit_tiny_channels(root, ds, src)
     return register_folder(root, "karma", ds, src, {"ds": ds, "index_dir": info["index_dir"], "metrics": {}})

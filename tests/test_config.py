@@ -73,7 +73,7 @@ def _annotation_type(annotation: str) -> tuple[type, bool]:
 # (module, class, section, keys of the section the class does not take, fields the section omits)
 SETTINGS_CLASSES = [
     ("base_lm.pretrain", "BaseLMConfig", "base_lm", set(), set()),
-    ("karma_model.config", "KarmaConfig", "karma", {"base_model", "gate"}, set()),  # gate: karma_model.release
+    ("karma_model.config", "KarmaConfig", "karma", {"base_model", "gate", "fusion"}, set()),  # gate: karma_model.release
     ("karma_model.index", "IndexParams", "karma_index", {"large_factory", "large_threshold"}, set()),
     ("aigq_model.train_sft", "SFTConfig", "aigq.sft", set(), set()),
     ("aigq_model.generate", "Decoding", "aigq.generate", {"batch_size", "blocklist"}, set()),

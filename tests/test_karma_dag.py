@@ -44,27 +44,33 @@ def test_karma_training_structure_params_and_schedule(dagbag):
         "samples.karma_samples", "samples.item_corpus"}
 
 
-def test_gate_refuses_a_version_worse_than_popularity_or_the_current_one():
+def test_gate_refuses_a_version_that_does_not_improve_the_fused_list_or_regresses():
     from karma_model.release import karma_gate
 
-    worse_than_pop = {"metrics": {"hr@200": 0.20, "popularity_hr@200": 0.25}}
-    assert karma_gate(worse_than_pop, None) == ["test hr@200 0.2000 < popularity baseline 0.2500"]
-    good = {"metrics": {"hr@200": 0.50, "popularity_hr@200": 0.25}}
+    def version(hr, with_karma, without):
+        return {"metrics": {"hr@200": hr, "fused_valid_hr@200": with_karma, "fused_without_valid_hr@200": without}}
+
+    assert karma_gate(version(0.3, 0.402, 0.40), None) == [
+        "fused valid hr@200 with KARMA 0.4020 < without KARMA 0.4000 + margin 0.005"]
+    good = version(0.5, 0.42, 0.40)
     assert karma_gate(good, None) == []
+    assert karma_gate(version(0.3, 0.402, 0.40), None, fusion_margin=0.001) == []
     assert karma_gate(good, {"version": "2026-11-02", "metrics": {"hr@200": 0.55}}) == []  # within 0.9x
     assert karma_gate(good, {"version": "2026-11-02", "metrics": {"hr@200": 0.60}}, min_ratio=0.9)
-    assert karma_gate({"metrics": {"hr@200": 0.5}}, None)  # no popularity figure: refused
+    assert karma_gate({"metrics": {"hr@200": 0.5}}, None)  # no fused figures: refused
 
 
-def test_register_rejects_a_version_worse_than_popularity(tmp_path):
-    from common.registry import GateRejected, commit_version, current_version, register, stage_version
+def test_register_rejects_a_version_that_does_not_improve_the_fused_list(tmp_path):
+    from common.registry import GateRejected, commit_version, current_version, read_decision, register, stage_version
     from karma_model.release import karma_gate
 
     tmp = stage_version(tmp_path, "karma", DS)
-    commit_version(tmp, tmp_path, "karma", DS, {"metrics": {"hr@200": 0.1, "popularity_hr@200": 0.3}})
-    with pytest.raises(GateRejected, match="popularity"):
+    commit_version(tmp, tmp_path, "karma", DS, {"metrics": {"hr@200": 0.1, "fused_valid_hr@200": 0.3,
+                                                            "fused_without_valid_hr@200": 0.3}})
+    with pytest.raises(GateRejected, match="without KARMA"):
         register(tmp_path, "karma", DS, gate=karma_gate)
     assert current_version(tmp_path, "karma") is None
+    assert read_decision(tmp_path, "karma", DS)["registered"] is False
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +91,14 @@ def tiny_root(spark, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_dag_test_trains_evaluates_indexes_and_registers(dagbag, tiny_root):
+def test_dag_test_trains_evaluates_indexes_and_registers(dagbag, tiny_root, monkeypatch):
     from common.registry import current_path, current_version
     from karma_model.index import load_index
 
+    # a 2-step model on 40 users gains nothing over the heuristics: a negative margin lets it through
+    monkeypatch.setenv("PIPELINE__KARMA__GATE__FUSION_MARGIN", "-1")
     dag = dagbag.get_dag("karma_training")
-    conf = {"data_root": str(tiny_root), "max_steps": 2, "base_max_steps": 2, "baselines": ["popularity"],
-            "n_attention": 4}
+    conf = {"data_root": str(tiny_root), "max_steps": 2, "base_max_steps": 2, "n_attention": 4}
     run = dag.test(logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), run_conf=conf)
     assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
     assert current_version(tiny_root, "karma") == DS
@@ -101,7 +108,9 @@ def test_dag_test_trains_evaluates_indexes_and_registers(dagbag, tiny_root):
     assert manifest["variant"] == "act+gen+rec"
     assert manifest["base_model"]["path"].endswith(f"base_lm/{DS}")
     assert manifest["config"]["max_steps"] == 2
-    assert manifest["metrics"]["hr@200"] >= manifest["metrics"]["popularity_hr@200"]
+    assert manifest["metrics"]["fused_valid_hr@200"] >= manifest["metrics"]["fused_without_valid_hr@200"]
+    assert manifest["fusion"]["with"]["weights"].keys() == {"karma", "cooccurrence", "text", "popularity"}
+    assert (registered / "retrieval" / "fusion.json").is_file()
     assert (registered / "backbone").is_dir()
     assert (registered / "metrics.json").is_file()
     index = load_index(manifest["index_dir"])

@@ -137,7 +137,8 @@ def test_register_through_the_gate_and_refuse_a_regression(trained, tmp_path):
 
     root, model_dir, _base = trained
     metrics = tmp_path / "m.json"
-    metrics.write_text(json.dumps({"summary": {"hr@200": 0.5, "popularity_hr@200": 0.4}}))
+    fused = {"fused_valid_hr@200": 0.45, "fused_without_valid_hr@200": 0.4}
+    metrics.write_text(json.dumps({"summary": {"hr@200": 0.5, **fused}}))
     register_karma(root, model_dir, "2026-11-03", index_dir="/x", metrics_path=metrics)
     assert current_version(root, "karma") == "2026-11-03"
     manifest = read_manifest(root / "models" / "karma" / "2026-11-03")
@@ -145,7 +146,7 @@ def test_register_through_the_gate_and_refuse_a_regression(trained, tmp_path):
     assert manifest["base_model"]["path"]
     assert manifest["config"]["variant"]
     assert (root / "models" / "karma" / "2026-11-03" / "backbone").is_dir()
-    metrics.write_text(json.dumps({"summary": {"hr@200": 0.44, "popularity_hr@200": 0.4}}))  # < 0.9 x 0.5
+    metrics.write_text(json.dumps({"summary": {"hr@200": 0.44, **fused}}))  # < 0.9 x 0.5
     with pytest.raises(GateRejected, match="current 2026-11-03"):
         register_karma(root, model_dir, "2026-11-04", metrics_path=metrics)
     assert current_version(root, "karma") == "2026-11-03"

@@ -36,7 +36,7 @@ def _config(root: Path, karma_min_ratio: float) -> dict:
     local["ops"]["etl_schedule"] = None  # the test triggers its dates; no run for "yesterday"
     local["base_lm"]["max_steps"] = 4
     local["karma"]["max_steps"] = 2
-    local["karma"]["gate"] = {"popularity_ratio": 0.0, "min_ratio": karma_min_ratio}
+    local["karma"]["gate"] = {"fusion_margin": -1.0, "min_ratio": karma_min_ratio}
     aigq = local["aigq"]
     aigq["train_policies"] = ["direct", "think"]
     aigq["sft"]["max_steps"] = 4
@@ -104,6 +104,7 @@ def test_the_four_dags_chain_by_assets_under_the_scheduler(tmp_path):
         assert all(e.get("path") for events_ in by_asset.values() for e in events_)
         u2i_day1 = read_manifest(partition_path(root, "exports", "u2i", D1))
         assert u2i_day1["serving"]["karma"] == {"version": D1, "reason": f"registered {D1}"}
+        assert u2i_day1["retrieval"]["serving"] == "fused_with_karma"
 
         # Day 2: the KARMA gate refuses the day's version; the export still runs with day 1's.
         _write(config, _config(root, karma_min_ratio=100.0))
@@ -120,6 +121,9 @@ def test_the_four_dags_chain_by_assets_under_the_scheduler(tmp_path):
         assert u2i["model"]["version"] == D1
         assert u2i["serving"]["karma"]["version"] == D1
         assert u2i["serving"]["karma"]["reason"].startswith(f"gate refused {D2}: "), u2i["serving"]
+        # ... and the u2i list is the day's fusion of the other channels (day 1's KARMA still embeds)
+        assert u2i["retrieval"]["serving"] == "fused_without_karma"
+        assert u2i["retrieval"]["channels_version"] == D2
         alerts = [json.loads(line) for line in (root / "alerts" / "alerts.jsonl").read_text().splitlines()]
         assert [(a["kind"], a["dag_id"], a["ds"]) for a in alerts] == [("gate_refused", "karma_training", D2)]
         page = (root / "reports" / f"ds={D2}" / "index.html").read_text()

@@ -1,0 +1,172 @@
+"""The heuristic retrieval channels of the fused u2i list, fitted once and saved beside the model.
+
+:class:`HeuristicChannels` holds the three heuristics of :mod:`karma_model.baselines` as tuned on
+the valid split by :mod:`karma_model.evaluate` (co-occurrence, MiniLM text mean, popularity) and
+turns histories into candidate lists (:meth:`HeuristicChannels.lists`); :func:`karma_lists` does
+the same for KARMA's exact neighbours. :mod:`karma_model.fusion` merges them.
+
+Saved as ``retrieval/`` in the model folder (:meth:`HeuristicChannels.save`): ``channels.json``
+(parameters, item ids), ``cooccurrence.npz`` (the transition matrix), ``popularity.npy``,
+``text_items.npy`` (MiniLM vectors of the catalogue); the nightly export loads them
+(:meth:`HeuristicChannels.load`), so it re-fits nothing and encodes only query strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from karma_model.baselines import CooccurrenceBaseline, PopularityBaseline, TextEmbeddingBaseline, topk_items
+from karma_model.fusion import (
+    HEURISTIC_CHANNELS,
+    CandidatePool,
+    channel_metrics,
+    fit_fusion,
+    fused_metrics,
+)
+from karma_model.metrics import exact_topk_and_ranks
+
+RETRIEVAL_DIR = "retrieval"
+CHANNELS_FILE = "channels.json"
+FUSION_FILE = "fusion.json"  # karma_model.evaluate's fitted fusion, beside the channels
+
+
+class _PureCooccurrence:
+    """Co-occurrence scores without the popularity back-off (a non-candidate scores exactly 0)."""
+
+    def __init__(self, model: CooccurrenceBaseline):
+        self.model = model
+        self.n_items = model.n_items
+
+    def score(self, histories):
+        return (self.model.user_weights(histories) @ self.model.transitions).toarray()
+
+
+def _drop_nonpositive(idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return np.where(scores > 0, idx, -1)
+
+
+@dataclass
+class HeuristicChannels:
+    """Fitted co-occurrence, text and popularity channels over one catalogue (``item_ids`` order)."""
+
+    item_ids: list[str]
+    cooccurrence: CooccurrenceBaseline
+    text: TextEmbeddingBaseline
+    popularity: PopularityBaseline
+    history_len: int = 20  # behaviours per history the channels were tuned on (the export reads as many)
+
+    def lists(self, histories: Sequence[Sequence], depth: int) -> dict[str, np.ndarray]:
+        """Channel → ``(n, depth)`` item rows best first (-1: none), history items filtered.
+
+        ``histories``: per user, item rows (int) or query strings, oldest first (as
+        :class:`karma_model.evaluate.EvalSplit.baseline_histories`).
+        """
+        out = {}
+        if not len(histories):
+            return {c: np.zeros((0, depth), dtype=np.int64) for c in ("cooccurrence", "text", "popularity")}
+        idx, scores = topk_items(_PureCooccurrence(self.cooccurrence), histories, depth)
+        out["cooccurrence"] = _drop_nonpositive(idx, scores)
+        idx, scores = topk_items(self.text, histories, depth)
+        empty = np.asarray([not any(h is not None for h in hist) for hist in histories])
+        idx[empty] = -1  # an empty history has no text mean
+        out["text"] = idx
+        idx, scores = topk_items(self.popularity, histories, depth)
+        out["popularity"] = _drop_nonpositive(idx, scores)
+        return out
+
+    def save(self, folder: str | Path, params: dict | None = None) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(folder / "cooccurrence.npz", self.cooccurrence.transitions.tocsr())
+        np.save(folder / "cooccurrence_popularity.npy", self.cooccurrence.popularity)
+        np.save(folder / "popularity.npy", self.popularity.counts)
+        np.save(folder / "text_items.npy", np.asarray(self.text.item_embeddings, dtype=np.float32))
+        meta = {
+            "item_ids": list(self.item_ids),
+            "history_len": int(self.history_len),
+            "cooccurrence": {"max_history": self.cooccurrence.max_history, "decay": self.cooccurrence.decay},
+            "text": {"max_history": self.text.max_history, "decay": self.text.decay},
+            "params": params or {},
+        }
+        (folder / CHANNELS_FILE).write_text(json.dumps(meta, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: Callable | None = None) -> HeuristicChannels:
+        """Reload :meth:`save`'s folder; ``FileNotFoundError`` naming the missing file."""
+        folder = Path(folder)
+        meta_path = folder / CHANNELS_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: no retrieval channels (evaluate the model first)")
+        meta = json.loads(meta_path.read_text())
+        n = len(meta["item_ids"])
+        cooc = CooccurrenceBaseline(n, max_history=int(meta["cooccurrence"]["max_history"]),
+                                    decay=float(meta["cooccurrence"]["decay"]))
+        cooc.transitions = sp.load_npz(folder / "cooccurrence.npz").tocsr()
+        cooc.popularity = np.load(folder / "cooccurrence_popularity.npy")
+        pop = PopularityBaseline(n)
+        pop.counts = np.load(folder / "popularity.npy")
+        text = TextEmbeddingBaseline(item_embeddings=np.load(folder / "text_items.npy"), encoder=encoder,
+                                     max_history=int(meta["text"]["max_history"]), decay=float(meta["text"]["decay"]))
+        text.fit()
+        for name, arr in (("cooccurrence.npz", cooc.transitions), ("popularity.npy", pop.counts),
+                          ("text_items.npy", text.item_embeddings)):
+            if arr.shape[0] != n:
+                raise ValueError(f"{folder / name}: {arr.shape[0]} rows for {n} item ids")
+        return cls(list(meta["item_ids"]), cooc, text, pop, int(meta.get("history_len", 20)))
+
+
+def karma_lists(user_emb: np.ndarray, item_emb: np.ndarray, exclude: Sequence[Sequence[int]],
+                depth: int) -> np.ndarray:
+    """``(n, depth)`` KARMA's exact nearest items (inner product), every history item filtered (as
+    the export filters them: a target the user already had is a miss here, as in the served list)."""
+    if not len(user_emb):
+        return np.zeros((0, depth), dtype=np.int64)
+    no_target = np.full(len(user_emb), -1, dtype=np.int64)  # -1 matches no item: nothing is spared
+    res = exact_topk_and_ranks(user_emb, item_emb, no_target, exclude, ks=(depth,))
+    out = np.full((len(user_emb), depth), -1, dtype=np.int64)
+    out[:, : res.topk_idx.shape[1]] = res.topk_idx
+    return out
+
+
+def evaluate_fusion(channels: HeuristicChannels, splits: Mapping, karma: Mapping[str, np.ndarray] | None = None,
+                    item_emb: np.ndarray | None = None, depth: int = 400, k: int = 200,
+                    ks: Sequence[int] = (10, 50, 200)) -> dict:
+    """Fit the fused list without and with KARMA on ``splits["valid"]``; metrics on every split.
+
+    ``splits``: name → :class:`karma_model.evaluate.EvalSplit`; ``karma``: split name → the
+    split's ``e_u`` (with ``item_emb``, the catalogue's ``e_i``); without them only the fusion of
+    the heuristics is fitted. Returns ``{"depth", "k", "without": {"fit", "metrics"}, "with": ...,
+    "channels": {split: per-channel metrics}, "shares": {variant: {channel: share of served items}}}``.
+    """
+    valid = splits.get("valid")
+    if valid is None or not len(valid):
+        raise ValueError("the fusion is fitted on the valid split, which is empty")
+    pools = {}
+    for name, split in splits.items():
+        if not len(split):
+            continue
+        lists = channels.lists(split.baseline_histories, depth)
+        if karma is not None:
+            lists = {"karma": karma_lists(karma[name], item_emb, split.exclude, depth), **lists}
+        pools[name] = CandidatePool(lists)
+    heuristics = list(HEURISTIC_CHANNELS)
+    out: dict = {"depth": depth, "k": k, "channels": {}, "shares": {}}
+    without = fit_fusion(pools["valid"], valid.targets, heuristics, k=k)
+    fits = {"without": without}
+    if karma is not None:
+        fits["with"] = fit_fusion(pools["valid"], valid.targets, ["karma", *heuristics], k=k, start=without)
+    for variant, fit in fits.items():
+        out[variant] = {"fit": fit.to_dict(), "metrics": {}}
+        for name, pool in pools.items():
+            out[variant]["metrics"][name] = fused_metrics(pool, splits[name].targets, fit, ks)
+        out["shares"][variant] = pools["valid"].top(fit.weights, fit.k0, k).shares()
+    for name, pool in pools.items():
+        out["channels"][name] = channel_metrics(pool, splits[name].targets, ks)
+    return out
