@@ -9,11 +9,18 @@ Saved as ``retrieval/`` in the model folder (:meth:`HeuristicChannels.save`): ``
 (parameters, item ids), ``cooccurrence.npz`` (the transition matrix), ``popularity.npy``,
 ``text_items.npy`` (MiniLM vectors of the catalogue); the nightly export loads them
 (:meth:`HeuristicChannels.load`), so it re-fits nothing and encodes only query strings.
+
+:func:`evaluate_baselines` fits and tunes each heuristic on the valid split (the baselines of the
+evaluation report and the channels); :func:`evaluate_fusion` fits the fused list on valid without
+and with KARMA. A split is duck-typed as :class:`karma_model.evaluate.EvalSplit` (``targets``,
+``exclude``, ``baseline_histories``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +28,16 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from karma_model.baselines import CooccurrenceBaseline, PopularityBaseline, TextEmbeddingBaseline, topk_items
+from common.text_encoder import encode_texts
+from karma_model.baselines import (
+    CooccurrenceBaseline,
+    PopularityBaseline,
+    TextEmbeddingBaseline,
+    evaluate_ranks,
+    sequences_from_samples,
+    topk_items,
+    tune,
+)
 from karma_model.fusion import (
     HEURISTIC_CHANNELS,
     CandidatePool,
@@ -29,11 +45,21 @@ from karma_model.fusion import (
     fit_fusion,
     fused_metrics,
 )
-from karma_model.metrics import exact_topk_and_ranks
+from karma_model.metrics import DEFAULT_KS, exact_topk_and_ranks, retrieval_metrics
+
+logger = logging.getLogger(__name__)
 
 RETRIEVAL_DIR = "retrieval"
 CHANNELS_FILE = "channels.json"
 FUSION_FILE = "fusion.json"  # karma_model.evaluate's fitted fusion, beside the channels
+BASELINES = ("popularity", "cooccurrence", "text")
+TUNE_METRIC = "hr@200"
+GRIDS: dict[str, dict[str, list]] = {
+    "popularity": {"half_life": [None, 86_400.0, 3 * 86_400.0]},
+    "cooccurrence": {"window": [1, 3, 5], "normalize": ["none", "row"], "backward_weight": [0.0, 0.5]},
+    "text": {"decay": [0.5, 0.8, 1.0]},
+}
+
 
 
 class _PureCooccurrence:
@@ -169,4 +195,46 @@ def evaluate_fusion(channels: HeuristicChannels, splits: Mapping, karma: Mapping
         out["shares"][variant] = pools["valid"].top(fit.weights, fit.k0, k).shares()
     for name, pool in pools.items():
         out["channels"][name] = channel_metrics(pool, splits[name].targets, ks)
+    return out
+
+
+def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mapping], splits: Mapping,
+                       ks=DEFAULT_KS, grids: Mapping[str, Mapping] = GRIDS, text_encoder=None,
+                       fitted: dict | None = None) -> dict:
+    """Each baseline fitted on ``train_rows`` and tuned on ``splits["valid"]``; metrics on every split.
+
+    ``fitted``, when given, receives each baseline's tuned model by name (the fusion's channels)."""
+    n_items = len(catalog)
+    sequences, timestamps = sequences_from_samples(train_rows, catalog.row, "train")
+    if not sequences:
+        raise ValueError("no training sequences for the baselines")
+    valid = splits.get("valid")
+    if valid is None or not len(valid):
+        raise ValueError("baselines are tuned on the valid split, which is empty")
+    builders = {
+        "popularity": lambda **p: PopularityBaseline(n_items, **p),
+        "cooccurrence": lambda **p: CooccurrenceBaseline(n_items, **p),
+    }
+    if "text" in names:
+        encode = text_encoder or encode_texts
+        item_vecs = encode(catalog.texts)
+        builders["text"] = lambda **p: TextEmbeddingBaseline(item_embeddings=item_vecs, encoder=encode, **p)
+    out = {}
+    for name in names:
+        if name not in builders:
+            raise ValueError(f"unknown baseline {name!r} (known: {BASELINES})")
+        t0 = time.perf_counter()
+        metric = TUNE_METRIC if TUNE_METRIC in {f"hr@{k}" for k in ks} else f"hr@{max(ks)}"
+        res = tune(builders[name], grids[name], sequences, valid.baseline_histories, valid.targets, metric, ks,
+                   train_timestamps=timestamps)
+        metrics = {}
+        for split_name, split in splits.items():
+            if len(split):
+                ranks = evaluate_ranks(res.best_model, split.baseline_histories, split.targets, split.exclude)
+                metrics[split_name] = retrieval_metrics(ranks, ks)
+        if fitted is not None:
+            fitted[name] = res.best_model
+        out[name] = {"params": res.best_params, "metrics": metrics, "n_trials": len(res.trials),
+                     "seconds": round(time.perf_counter() - t0, 2)}
+        logger.info("baseline %s %s: test %s", name, res.best_params, metrics.get("test", {}).get(metric))
     return out

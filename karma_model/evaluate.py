@@ -44,16 +44,15 @@ from common.logging_setup import setup_logging
 from common.paths import check_ds, partition_path
 from common.publish import atomic_partition
 from common.steps import emit_result, write_json_atomic
-from common.text_encoder import encode_texts
-from karma_model.baselines import (
-    CooccurrenceBaseline,
-    PopularityBaseline,
-    TextEmbeddingBaseline,
-    evaluate_ranks,
-    sequences_from_samples,
-    tune,
+from karma_model.channels import (
+    BASELINES,
+    FUSION_FILE,
+    RETRIEVAL_DIR,
+    TUNE_METRIC,
+    HeuristicChannels,
+    evaluate_baselines,
+    evaluate_fusion,
 )
-from karma_model.channels import FUSION_FILE, RETRIEVAL_DIR, HeuristicChannels, evaluate_fusion
 from karma_model.config import CONFIG_FILE
 from karma_model.data import (
     IGNORE,
@@ -86,13 +85,6 @@ ARRAYS = "_arrays"  # evaluate_karma_model's embeddings, popped before anything 
 FUSION_DEPTH = 400  # candidates per channel
 FUSION_K = 200  # the fusion is fitted on valid HR@FUSION_K
 SPLITS = ("valid", "test")
-BASELINES = ("popularity", "cooccurrence", "text")
-TUNE_METRIC = "hr@200"
-GRIDS: dict[str, dict[str, list]] = {
-    "popularity": {"half_life": [None, 86_400.0, 3 * 86_400.0]},
-    "cooccurrence": {"window": [1, 3, 5], "normalize": ["none", "row"], "backward_weight": [0.0, 0.5]},
-    "text": {"decay": [0.5, 0.8, 1.0]},
-}
 
 
 # --- evaluation data -------------------------------------------------------------------------------
@@ -263,49 +255,6 @@ def evaluate_karma_model(model, encoder, splits: Mapping[str, EvalSplit], index_
         "timing": ret["timing"],
         ARRAYS: {"item_emb": ret["item_emb"], "user_emb": ret["user_emb"]},
     }
-
-
-# --- baselines -------------------------------------------------------------------------------------
-def evaluate_baselines(names: Sequence[str], catalog, train_rows: Sequence[Mapping], splits: Mapping[str, EvalSplit],
-                       ks=DEFAULT_KS, grids: Mapping[str, Mapping] = GRIDS, text_encoder=None,
-                       fitted: dict | None = None) -> dict:
-    """Each baseline fitted on ``train_rows`` and tuned on ``splits["valid"]``; metrics on every split.
-
-    ``fitted``, when given, receives each baseline's tuned model by name (the fusion's channels)."""
-    n_items = len(catalog)
-    sequences, timestamps = sequences_from_samples(train_rows, catalog.row, "train")
-    if not sequences:
-        raise ValueError("no training sequences for the baselines")
-    valid = splits.get("valid")
-    if valid is None or not len(valid):
-        raise ValueError("baselines are tuned on the valid split, which is empty")
-    builders = {
-        "popularity": lambda **p: PopularityBaseline(n_items, **p),
-        "cooccurrence": lambda **p: CooccurrenceBaseline(n_items, **p),
-    }
-    if "text" in names:
-        encode = text_encoder or encode_texts
-        item_vecs = encode(catalog.texts)
-        builders["text"] = lambda **p: TextEmbeddingBaseline(item_embeddings=item_vecs, encoder=encode, **p)
-    out = {}
-    for name in names:
-        if name not in builders:
-            raise ValueError(f"unknown baseline {name!r} (known: {BASELINES})")
-        t0 = time.perf_counter()
-        metric = TUNE_METRIC if TUNE_METRIC in {f"hr@{k}" for k in ks} else f"hr@{max(ks)}"
-        res = tune(builders[name], grids[name], sequences, valid.baseline_histories, valid.targets, metric, ks,
-                   train_timestamps=timestamps)
-        metrics = {}
-        for split_name, split in splits.items():
-            if len(split):
-                ranks = evaluate_ranks(res.best_model, split.baseline_histories, split.targets, split.exclude)
-                metrics[split_name] = retrieval_metrics(ranks, ks)
-        if fitted is not None:
-            fitted[name] = res.best_model
-        out[name] = {"params": res.best_params, "metrics": metrics, "n_trials": len(res.trials),
-                     "seconds": round(time.perf_counter() - t0, 2)}
-        logger.info("baseline %s %s: test %s", name, res.best_params, metrics.get("test", {}).get(metric))
-    return out
 
 
 # --- report ------------------------------------------------------------------------------------------

@@ -61,7 +61,14 @@ def test_gate_refuses_a_version_that_does_not_improve_the_fused_list_or_regresse
 
 
 def test_register_rejects_a_version_that_does_not_improve_the_fused_list(tmp_path):
-    from common.registry import GateRejected, commit_version, current_version, read_decision, register, stage_version
+    from common.registry import (
+        GateRejected,
+        commit_version,
+        current_version,
+        read_decision,
+        register,
+        stage_version,
+    )
     from karma_model.release import karma_gate
 
     tmp = stage_version(tmp_path, "karma", DS)

@@ -91,7 +91,8 @@ def test_evaluate_reports_exact_index_baselines_and_diagnostics(trained, tmp_pat
 
 
 def test_history_items_are_filtered_and_baselines_tuned_on_valid_only():
-    from karma_model.evaluate import build_split, evaluate_baselines
+    from karma_model.channels import evaluate_baselines
+    from karma_model.evaluate import build_split
 
     rows = sample_rows(12)
     for i, r in enumerate(rows):
