@@ -1,5 +1,6 @@
-"""Benchmark KARMA's cost: training step time of each variant relative to ``act``, and inference
-throughput of KARMA vs ``act`` (histories/s; the regularisers are train-only, so it should be equal).
+"""Benchmark KARMA's cost: training step time (and samples/s) of each variant relative to ``act``
+and of KARMA's levers (:data:`ARMS`: MiniLM text features, the text item tower) relative to KARMA,
+and inference throughput (histories/s; the regularisers are train-only, so KARMA = ``act``).
 
 All variants are built on the same base model from the same seed and trained on the same batch
 (the first ``--batch-size`` train samples of ``--ds``); steps are interleaved across variants
@@ -48,6 +49,12 @@ from karma_model.model import KarmaModel, embed_histories  # noqa: E402
 logger = logging.getLogger("bench.karma_train")
 
 VARIANTS = ("act", "act+gen", "act+rec", "act+gen+rec")
+#: Arms timed side by side: the four variants, then KARMA (act+gen+rec) with each throughput /
+#: knowledge lever of the ablation (karma_model.config).
+ARMS = {v: {"variant": v} for v in VARIANTS} | {
+    "karma+text": {"variant": "act+gen+rec", "text_features": True},
+    "karma+text, text item tower": {"variant": "act+gen+rec", "text_features": True, "item_tower": "text"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,22 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     section = dict(load_config().get("karma") or {})
     section.pop("base_model", None)
     section.pop("gate", None)
+    section.pop("fusion", None)
     config = dataclasses.replace(KarmaConfig.from_dict(section), batch_size=args.batch_size)
     catalog = ItemCatalog.from_table(read_item_corpus(root, args.ds))
     samples = read_samples(root, [args.ds])
 
-    models, batches, optims = {}, {}, {}
-    for variant in VARIANTS:
-        cfg = config.with_variant(variant)
+    models, batches, optims, encoders = {}, {}, {}, {}
+    for arm, overrides in ARMS.items():
+        cfg = dataclasses.replace(config, **overrides)
         model, tok = KarmaModel.from_base(base, cfg)  # seeded by cfg.seed: identical starting weights
-        encoder = KarmaEncoder(tok, cfg, catalog)
+        encoder = encoders[arm] = KarmaEncoder(tok, cfg, catalog)
         dataset = KarmaDataset(samples, encoder)
-        batches[variant] = KarmaCollator(encoder)([dataset[i] for i in range(min(args.batch_size, len(dataset)))])
-        models[variant] = model.train()
-        optims[variant] = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        batches[arm] = KarmaCollator(encoder)([dataset[i] for i in range(min(args.batch_size, len(dataset)))])
+        models[arm] = model.train()
+        optims[arm] = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    times: dict[str, list[float]] = {v: [] for v in ARMS}
     for step in range(args.warmup + args.steps):
-        for variant in VARIANTS:
+        for variant in ARMS:
             model, opt = models[variant], optims[variant]
             t0 = time.perf_counter()
             out = model(**batches[variant])
@@ -100,17 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     best_step = {v: min(t) for v, t in times.items()}  # least disturbed by other load on a shared machine
 
     histories = [h for h in samples.column("history").to_pylist() if h][: args.n_histories]
-    for variant in ("act", "act+gen+rec"):
-        models[variant].eval()
-    encoder = KarmaEncoder(tok, config, catalog)
-    embed_histories(models["act"], encoder, histories[:8])  # warm-up
-    best = {"act": 0.0, "act+gen+rec": 0.0}
+    inference_arms = ("act", "act+gen+rec", "karma+text", "karma+text, text item tower")
+    for arm in inference_arms:
+        models[arm].eval()
+        encoders[arm].prepare_texts(t for h in histories for t in encoders[arm].history_texts(h))
+        embed_histories(models[arm], encoders[arm], histories[:8])  # warm-up (and text vectors cached)
+    best = dict.fromkeys(inference_arms, 0.0)
     for _ in range(args.repeats):
-        for variant in best:
+        for arm in best:
             t0 = time.perf_counter()
-            embed_histories(models[variant], encoder, histories)
-            best[variant] = max(best[variant], len(histories) / (time.perf_counter() - t0))
+            embed_histories(models[arm], encoders[arm], histories)
+            best[arm] = max(best[arm], len(histories) / (time.perf_counter() - t0))
     throughput = {v: round(x, 1) for v, x in best.items()}
+    samples_per_s = {v: round(args.batch_size / s, 1) for v, s in best_step.items()}
     result = {
         "base_model": str(base),
         "batch_size": args.batch_size,
@@ -119,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "step_seconds_min": {v: round(s, 4) for v, s in best_step.items()},
         "step_time_ratio_to_act": {v: round(s / best_step["act"], 3) for v, s in best_step.items()},
         "step_time_ratio_to_act_median": {v: round(s / median["act"], 3) for v, s in median.items()},
+        "train_samples_per_s": samples_per_s,
+        "train_samples_per_s_ratio_to_karma": {v: round(x / samples_per_s["act+gen+rec"], 3)
+                                               for v, x in samples_per_s.items()},
         "inference_histories_per_s": throughput,
         "inference_ratio_karma_to_act": round(throughput["act+gen+rec"] / throughput["act"], 3),
         "n_histories": len(histories),

@@ -18,6 +18,7 @@ from pathlib import Path
 VARIANTS = ("act", "act+gen", "act+rec", "act+gen+rec")
 IMAGE_ADAPTERS = ("linear", "mlp")
 IMAGE_LOSSES = ("mse", "cosine")
+ITEM_TOWERS = ("lm", "text")
 CONFIG_FILE = "karma_config.json"
 
 
@@ -56,6 +57,10 @@ class KarmaConfig:
     image_dim: int = 16
     image_adapter: str = "linear"
     image_loss: str = "cosine"
+    # pretrained text knowledge (MiniLM vectors of item and behaviour texts, karma_model.data)
+    text_features: bool = False  # add a shared projection of the MiniLM vectors to e_u and e_i
+    text_decay: float = 0.8  # recency decay of the history's mean text vector
+    item_tower: str = "lm"  # lm: e_i reads the item text through the LM (+ text term); text: e_i = A t only
     # serialisation / truncation (tokens)
     history_len: int = 20  # most recent behaviours kept
     max_text_tokens: int = 24  # per behaviour text
@@ -109,6 +114,12 @@ class KarmaConfig:
             raise ValueError("max_hard_negatives, save_steps and eval_batches must be >= 0")
         if self.max_history_tokens < self.max_text_tokens + 4:
             raise ValueError("max_history_tokens must hold at least one behaviour plus markers")
+        if self.item_tower not in ITEM_TOWERS:
+            raise ValueError(f"item_tower must be one of {ITEM_TOWERS}, got {self.item_tower!r}")
+        if self.item_tower == "text" and not self.text_features:
+            raise ValueError("item_tower 'text' needs text_features")
+        if not 0 < self.text_decay <= 1:
+            raise ValueError("text_decay must be in (0, 1]")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
 

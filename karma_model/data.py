@@ -11,6 +11,11 @@ Serialisation (token level, no chat template):
 
 ``<IMG>`` is a placeholder whose input embedding the model replaces by the image adapter's output
 (one soft token); it is only inserted when ``use_images`` is on and the item has a vector.
+
+With ``text_features`` the batches also carry MiniLM text vectors (the only pretrained weights
+available offline, :mod:`common.text_encoder`): an item's is the vector of its corpus text, a
+history's the recency-weighted mean (``text_decay``) of its behaviours' text vectors (item text or
+query), as the text baseline builds it; the model adds their shared projection to ``e_u`` / ``e_i``.
 ``<bos>`` is omitted for tokenizers without one (Qwen).
 """
 
@@ -30,6 +35,7 @@ from base_lm import TASK_TOKENS
 from common.arrow_io import read_partition
 from common.paths import is_published, latest_published_ds, partition_path
 from common.schemas import ITEM_CORPUS, KARMA_SAMPLES
+from common.text_encoder import MINILM_DIM, encode_texts
 from karma_model.config import KarmaConfig
 
 logger = logging.getLogger(__name__)
@@ -132,6 +138,42 @@ class KarmaEncoder:
                 f"catalogue images have dim {catalog.image_dim}, config.image_dim={config.image_dim}"
             )
         self._text_cache: dict[str, list[int]] = {}
+        self.use_text = bool(getattr(config, "text_features", False))
+        self._vectors: dict[str, np.ndarray] = {}  # MiniLM vector per text (text_features)
+
+    # --- MiniLM text vectors (text_features) ------------------------------------------------------
+    def prepare_texts(self, texts) -> None:
+        """Encode (in one batch) the texts not yet cached."""
+        new = sorted({t or "" for t in texts} - self._vectors.keys())
+        if new:
+            self._vectors.update(zip(new, encode_texts(new), strict=True))
+
+    def text_vector(self, text: str | None) -> np.ndarray:
+        text = text or ""
+        if text not in self._vectors:
+            self.prepare_texts([text])
+        return self._vectors[text]
+
+    def history_texts(self, behaviours: Sequence[dict]) -> list[str]:
+        return [b.get("text") or "" for b in list(behaviours)[-self.config.history_len :]]
+
+    def history_vector(self, behaviours: Sequence[dict]) -> np.ndarray:
+        """Recency-weighted mean of the last ``history_len`` behaviours' text vectors (not normalised)."""
+        texts = self.history_texts(behaviours)
+        if not texts:
+            return np.zeros(MINILM_DIM, dtype=np.float32)
+        weights = self.config.text_decay ** np.arange(len(texts) - 1, -1, -1, dtype=np.float64)
+        vectors = np.stack([self.text_vector(t) for t in texts])
+        return (weights @ vectors / weights.sum()).astype(np.float32)
+
+    def history_vectors(self, histories: Sequence[Sequence[dict]]) -> torch.Tensor:
+        self.prepare_texts(t for h in histories for t in self.history_texts(h))
+        return torch.from_numpy(np.stack([self.history_vector(h) for h in histories]))  # (B, 384)
+
+    def item_vectors(self, rows: Sequence[int]) -> torch.Tensor:
+        texts = [self.catalog.texts[r] for r in rows]
+        self.prepare_texts(texts)
+        return torch.from_numpy(np.stack([self._vectors[t] for t in texts]))  # (N, 384)
 
     def text_ids(self, text: str) -> list[int]:
         ids = self._text_cache.get(text)
@@ -198,6 +240,7 @@ class KarmaExample:
     history_image_rows: list[int]
     target_row: int
     negative_rows: list[int]
+    history_vector: np.ndarray | None = None  # (384,) with text_features
 
 
 class KarmaDataset:
@@ -215,6 +258,9 @@ class KarmaDataset:
                 len(rows),
             )
         self._cache: dict[int, KarmaExample] = {}
+        if encoder.use_text:  # one batch for every text the epochs will need
+            encoder.prepare_texts([b.get("text") or "" for r in self.rows for b in r["history"]]
+                                  + [encoder.catalog.texts[catalog.row[r["target_item_id"]]] for r in self.rows])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -233,6 +279,7 @@ class KarmaDataset:
                 imgs,
                 target,
                 list(dict.fromkeys(negs))[: self.encoder.config.max_hard_negatives],
+                self.encoder.history_vector(r["history"]) if self.encoder.use_text else None,
             )
             self._cache[i] = ex
         return ex
@@ -303,6 +350,9 @@ class KarmaCollator:
         )
         if enc.use_images:
             batch["item_images"] = enc.images([r for _, rows in items for r in rows])
+        if enc.use_text:
+            batch["history_text"] = torch.from_numpy(np.stack([ex.history_vector for ex in examples]))  # (B, 384)
+            batch["item_text"] = enc.item_vectors(candidates)  # (n_candidates, 384)
         if self.with_rec:
             rec = [[enc.ids["<REC>"]] + tgt for tgt in targets]
             batch["rec_input_ids"], batch["rec_attention_mask"] = pad(rec, enc.pad_id)
@@ -321,6 +371,8 @@ def collate_histories(encoder: KarmaEncoder, histories: Sequence[Sequence[dict]]
     batch = {"input_ids": ids, "attention_mask": mask}
     if encoder.use_images:
         batch["images"] = encoder.images([r for _, rows in encoded for r in rows])
+    if encoder.use_text:
+        batch["text"] = encoder.history_vectors(histories)
     return batch
 
 
@@ -331,4 +383,6 @@ def collate_items(encoder: KarmaEncoder, rows: Sequence[int]) -> dict[str, torch
     batch = {"input_ids": ids, "attention_mask": mask}
     if encoder.use_images:
         batch["images"] = encoder.images([r for _, img in encoded for r in img])
+    if encoder.use_text:
+        batch["text"] = encoder.item_vectors(rows)
     return batch

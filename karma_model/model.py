@@ -40,6 +40,7 @@ from transformers.utils import ModelOutput
 from base_lm.load import load_base_lm
 from base_lm.tokenizer import load_tokenizer, save_tokenizer
 from common.ddp import distributed_training, global_mean_scale
+from common.text_encoder import MINILM_DIM
 from karma_model.config import KarmaConfig
 from karma_model.data import IGNORE, KARMA_TOKENS, KarmaEncoder, collate_histories, collate_items
 from karma_model.losses import (
@@ -110,6 +111,8 @@ class KarmaModel(nn.Module):
         d = config.proj_dim
         self.user_proj = nn.Linear(hidden, d, bias=False)  # W_u
         self.item_proj = nn.Linear(hidden, d, bias=False)  # W_i
+        # text_features: e = normalize(W h + A t), A shared by users and items (t: MiniLM vector)
+        self.text_proj = nn.Linear(MINILM_DIM, d, bias=False) if config.text_features else None
         # Train-only heads exist only when their loss is on (an ``act`` checkpoint has none).
         self.rec_proj = nn.Linear(d, config.n_rec_prefix * hidden) if config.lambda_rec > 0 else None
         self.image_adapter = None
@@ -125,9 +128,34 @@ class KarmaModel(nn.Module):
                 self.image_head = nn.Linear(d, config.image_dim)
         dtype = next(backbone.parameters()).dtype
         device = next(backbone.parameters()).device
-        for module in (self.user_proj, self.item_proj, self.rec_proj, self.image_adapter, self.image_head):
+        for module in (self.user_proj, self.item_proj, self.text_proj, self.rec_proj, self.image_adapter,
+                       self.image_head):
             if module is not None:
                 module.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def init_text_projection(self, item_vectors: np.ndarray) -> None:
+        """Start from the text baseline: ``A`` = the catalogue's first ``proj_dim`` principal
+        directions of the MiniLM vectors, ``W_u`` and ``W_i`` zero, so step 0 ranks by (projected)
+        text similarity and training learns what the LM adds."""
+        if self.text_proj is None:
+            raise RuntimeError("text_features is off")
+        x = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))
+        _, _, v = torch.linalg.svd(x - x.mean(dim=0), full_matrices=False)  # v: (min(n, 384), 384)
+        d = self.text_proj.weight.shape[0]
+        weight = torch.zeros_like(self.text_proj.weight)
+        weight[: min(d, v.shape[0])] = v[:d].to(weight.dtype)
+        self.text_proj.weight.copy_(weight)
+        self.user_proj.weight.zero_()
+        self.item_proj.weight.zero_()
+
+    def _project(self, proj: nn.Module, pooled: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        out = proj(pooled)
+        if self.text_proj is not None:
+            if text is None:
+                raise ValueError("text_features is on: the batch needs its MiniLM text vectors")
+            out = out + self.text_proj(text.to(out.dtype))
+        return F.normalize(out, dim=-1)
 
     # --- building and persistence ------------------------------------------------------------------
     @classmethod
@@ -221,7 +249,7 @@ class KarmaModel(nn.Module):
         return self.backbone.get_output_embeddings()
 
     # --- retrieval API -------------------------------------------------------------------------------
-    def _history(self, input_ids, attention_mask, images=None, interest_pos=None):
+    def _history(self, input_ids, attention_mask, images=None, interest_pos=None, text=None):
         hidden = self.hidden_states(
             self.embed_tokens(input_ids, images), attention_mask
         ).last_hidden_state  # (B, L, h)
@@ -229,7 +257,7 @@ class KarmaModel(nn.Module):
             pooled = last_token_pool(hidden, attention_mask)  # (B, h)
         else:
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), interest_pos]  # (B, h)
-        return F.normalize(self.user_proj(pooled), dim=-1), hidden  # (B, d), (B, L, h)
+        return self._project(self.user_proj, pooled, text), hidden  # (B, d), (B, L, h)
 
     def encode_history(
         self,
@@ -237,29 +265,39 @@ class KarmaModel(nn.Module):
         attention_mask: torch.Tensor,
         images: torch.Tensor | None = None,
         interest_pos: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-interest embeddings ``e_u`` (B, proj_dim), unit norm.
 
-        Without ``interest_pos`` the ``<INTEREST>`` token must be each row's last real token.
+        Without ``interest_pos`` the ``<INTEREST>`` token must be each row's last real token;
+        ``text`` (B, 384): the histories' mean MiniLM vectors (``text_features`` only).
         """
-        return self._history(input_ids, attention_mask, images, interest_pos)[0]
+        return self._history(input_ids, attention_mask, images, interest_pos, text)[0]
 
     def encode_items(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Item embeddings ``e_i`` (N, proj_dim), unit norm; each row ends with ``<ITEM>``."""
+        """Item embeddings ``e_i`` (N, proj_dim), unit norm; each row ends with ``<ITEM>``;
+        ``text`` (N, 384): the items' MiniLM vectors (``text_features`` only). With
+        ``item_tower: text`` the LM does not read items: ``e_i = normalize(A t)``."""
+        if self.config.item_tower == "text":
+            if text is None:
+                raise ValueError("item_tower 'text': the batch needs the items' MiniLM text vectors")
+            return F.normalize(self.text_proj(text.to(self.text_proj.weight.dtype)), dim=-1)
         hidden = self.hidden_states(
             self.embed_tokens(input_ids, images), attention_mask
         ).last_hidden_state  # (N, L, h)
-        return F.normalize(self.item_proj(last_token_pool(hidden, attention_mask)), dim=-1)  # (N, d)
+        return self._project(self.item_proj, last_token_pool(hidden, attention_mask), text)  # (N, d)
 
     @staticmethod
     def similarity(user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarities (B, N) of unit-norm embeddings."""
         return user_emb @ item_emb.T
 
-    def history_attentions(self, input_ids, attention_mask, images=None) -> tuple[torch.Tensor, ...]:
-        """Per-layer attention weights (B, heads, L, L) over the history (needs eager attention)."""
+    def history_attentions(self, input_ids, attention_mask, images=None, text=None) -> tuple[torch.Tensor, ...]:
+        """Per-layer attention weights (B, heads, L, L) over the history (needs eager attention;
+        ``text`` is accepted, as the history batches carry it, and unused: attention is the LM's)."""
         out = self.hidden_states(self.embed_tokens(input_ids, images), attention_mask, output_attentions=True)
         if out.attentions is None or any(a is None for a in out.attentions):
             raise RuntimeError("no attention weights: load the model with attn_implementation='eager'")
@@ -331,6 +369,8 @@ class KarmaModel(nn.Module):
         item_images: torch.Tensor | None = None,
         image_targets: torch.Tensor | None = None,
         image_target_mask: torch.Tensor | None = None,
+        history_text: torch.Tensor | None = None,
+        item_text: torch.Tensor | None = None,
     ) -> KarmaOutput:
         """All losses of one batch (the :class:`karma_model.data.KarmaCollator` layout).
 
@@ -340,9 +380,9 @@ class KarmaModel(nn.Module):
         cfg = self.config
         ddp = self.training and distributed_training()  # cross-rank negatives and global means
         user_emb, hidden = self._history(
-            history_input_ids, history_attention_mask, history_images, interest_pos
+            history_input_ids, history_attention_mask, history_images, interest_pos, history_text
         )
-        item_emb = self.encode_items(item_input_ids, item_attention_mask, item_images)  # (U, d)
+        item_emb = self.encode_items(item_input_ids, item_attention_mask, item_images, item_text)  # (U, d)
         if ddp and candidate_mask is None:  # in-batch negatives: every rank's candidates
             item_emb, labels, candidate_mask = gather_candidates(item_emb, labels, candidate_rows)
         loss_act, logits = info_nce_loss(user_emb, item_emb, labels, cfg.temperature, candidate_mask)

@@ -108,6 +108,8 @@ def train_karma(
     """
     model, tokenizer = KarmaModel.from_base(base_model, config, attn_implementation=attn_implementation)
     encoder = KarmaEncoder(tokenizer, config, catalog)
+    if config.text_features and not resume:
+        model.init_text_projection(encoder.item_vectors(range(len(catalog))).numpy())
     collator = TrainCollator(encoder)
     train_ds = KarmaDataset(train_samples, encoder)
     logger.info(

@@ -11,10 +11,14 @@ Output (``--out``, default ``<root>/reports/karma_ablation/ds=<ds>/``): ``ablati
 ``ablation.json``, ``hr_at_k.png``, one evaluation report per run under ``runs/``. Models go to
 ``<root>/models/karma_ablation/<ds>/<slug>-seed<s>/`` (``--reuse`` skips runs already trained).
 
+Levers (``--set KEY=VALUE ...``: any ``karma`` setting, e.g. ``text_features=true``) become rows of
+their own; ``--append`` adds them to the table already in ``--out``, so one table holds every lever.
+
 Usage::
 
     .venv/bin/python scripts/karma_ablation.py --data-root /tmp/karma_dev --ds 2026-11-03 \\
-        [--seeds 0 1] [--max-steps 200] [--base-model PATH] [--variants act act+gen+rec]
+        [--seeds 0 1] [--max-steps 200] [--base-model PATH] [--variants act act+gen+rec] \\
+        [--set text_features=true --append]
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from common.logging_setup import setup_logging  # noqa: E402
 logger = logging.getLogger("scripts.karma_ablation")
 
 VARIANTS = ("act", "act+gen", "act+rec", "act+gen+rec")
-COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "sink_ratio", "information_abundance",
-           "reconstruction_token_accuracy")
-HEADERS = ("HR@10", "HR@50", "HR@200", "NDCG@10", "sink ratio", "info. abundance", "rec. token acc")
+COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "fused_hr@200", "fused_without_hr@200", "sink_ratio",
+           "information_abundance", "reconstruction_token_accuracy", "train_s", "histories_per_s")
+HEADERS = ("HR@10", "HR@50", "HR@200", "NDCG@10", "fused HR@200", "fused w/o KARMA HR@200", "sink ratio",
+           "info. abundance", "rec. token acc", "train s", "inference histories/s")
 BASELINES = ("popularity", "cooccurrence", "text")
 
 
@@ -58,6 +63,10 @@ def run_module(module: str, args: list[str], threads: int, env_extra: dict | Non
     return json.loads(lines[-1])
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray([v for v in values if v is not None and v == v], dtype=np.float64)
     if not arr.size:
@@ -68,6 +77,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt(mean: float, std: float | None = None) -> str:
     if mean != mean:
         return "–"
+    if abs(mean) >= 10:  # seconds, rates
+        return f"{mean:.0f}" if std is None else f"{mean:.0f} ± {std:.0f}"
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
@@ -76,7 +87,9 @@ def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: 
     lines = [f"# KARMA ablation on {meta['data_root']} ({meta['ds']})", "",
              f"Test split of {meta['ds']}; {meta['n_items']} items; history filtered; exact search; "
              f"seeds {meta['seeds']}; max_steps {meta['max_steps'] or 'config'}; base model `{meta['base_model']}`. "
-             "Mean ± sample std over seeds.", "",
+             "Mean ± sample std over seeds. Fused: the u2i list of the KARMA, co-occurrence, text and "
+             "popularity channels fitted on valid (w/o KARMA: the other three). Train s: wall seconds of "
+             "`karma_model.train` on this machine; histories/s: test histories encoded per second.", "",
              "| method | " + " | ".join(HEADERS) + " | seeds |", "|---" * (len(HEADERS) + 2) + "|"]
     for variant, summaries in runs.items():
         cells = [fmt(*mean_std([s.get(c) for s in summaries])) for c in COLUMNS]
@@ -126,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--omp-threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is published")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="karma settings of this row (e.g. text_features=true max_steps=2000), passed as "
+                             "PIPELINE__KARMA__KEY environment overrides")
+    parser.add_argument("--label", default=None, help="row label suffix (default: the --set pairs)")
+    parser.add_argument("--append", action="store_true",
+                        help="add this invocation's rows to the table already in --out (one table for every lever)")
     args = parser.parse_args(argv)
+    overrides = dict(pair.split("=", 1) for pair in args.set)
+    env_extra = {f"PIPELINE__KARMA__{k.upper()}": v for k, v in overrides.items()}
+    suffix = args.label if args.label is not None else " ".join(args.set)
 
     root = Path(args.data_root).resolve()
     out = Path(args.out) if args.out else root / "reports" / "karma_ablation" / f"ds={args.ds}"
@@ -134,13 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {}
     baselines: dict[str, dict] = {}
     meta = {"data_root": str(root), "ds": args.ds, "seeds": args.seeds, "max_steps": args.max_steps,
-            "base_model": args.base_model or "newest base_lm", "timing": {}}
+            "base_model": args.base_model or "newest base_lm", "timing": {}, "commands": {}}
     first = True
+    previous = out / "ablation.json"
+    if args.append and previous.is_file():
+        old = json.loads(previous.read_text())
+        runs, baselines = old["runs"], old["baselines"]
+        meta = {**old["meta"], "timing": old["meta"].get("timing", {}), "commands": old["meta"].get("commands", {})}
+        first = not baselines
     model_dirs: dict[tuple[str, int], Path] = {}
     for variant in args.variants:
-        label = variant + ("+img" if args.images else "")
+        label = variant + ("+img" if args.images else "") + (f" {suffix}" if suffix else "")
+        meta["commands"][label] = "scripts/karma_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        runs.pop(label, None)
         for seed in args.seeds:
-            slug = label.replace("+", "_")
+            slug = label.replace("+", "_").replace(" ", "_").replace("=", "-")
             model_dir = root / "models" / "karma_ablation" / args.ds / f"{slug}-seed{seed}"
             t0 = time.perf_counter()
             if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
@@ -150,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     train_args += ["--max-steps", str(args.max_steps)]
                 if args.base_model:
                     train_args += ["--base-model", args.base_model]
-                run_module("karma_model.train", train_args, args.omp_threads)
+                run_module("karma_model.train", train_args, args.omp_threads, env_extra)
             t1 = time.perf_counter()
             eval_args = ["--model-dir", str(model_dir), "--data-root", str(root), "--ds", args.ds,
                          "--n-attention", str(args.n_attention), "--report-dir", str(out / "runs" / model_dir.name),
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_args += ["--compare", str(act_dir)]
             elif not first:
                 eval_args.append("--no-base")
-            result = run_module("karma_model.evaluate", eval_args, args.omp_threads)
+            result = run_module("karma_model.evaluate", eval_args, args.omp_threads, env_extra)
             model_dirs[(variant, seed)] = model_dir
             metrics = json.loads(Path(result["metrics_path"]).read_text())
             if first:
@@ -169,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                 meta["n_items"] = metrics["n_items"]
                 meta["ks"] = metrics["ks"]
                 first = False
-            runs.setdefault(label, []).append(metrics["summary"])
+            timing = metrics["model"].get("timing", {})
+            n_test = (metrics["model"].get("exact", {}).get("test") or {}).get("n") or 0
+            train_s = (read_json(model_dir / "manifest.json").get("metrics") or {}).get("train_seconds")
+            runs.setdefault(label, []).append({**metrics["summary"], "train_s": train_s,
+                                               "histories_per_s": n_test / timing["embed_test_s"]
+                                               if timing.get("embed_test_s") else None})
             meta["timing"][f"{slug}-seed{seed}"] = {"train_s": round(t1 - t0, 1),
                                                     "eval_s": round(time.perf_counter() - t1, 1)}
             logger.info("%s seed %d: test hr@200 %.4f", label, seed, metrics["summary"].get("hr@200", float("nan")))

@@ -518,3 +518,55 @@ def test_train_entry_point_publishes_the_variant(base_dir, tmp_path, monkeypatch
     model, _ = load_karma(out)
     assert model.config.lambda_gen == 0
     assert model.image_adapter is not None
+
+
+# --- MiniLM text features ------------------------------------------------------------------------------
+def test_text_features_start_as_the_text_baseline_and_survive_save_and_load(base_dir, catalog, samples, tmp_path):
+    """With ``text_features`` the PCA-initialised projection ranks items by MiniLM text similarity
+    at step 0 (W_u, W_i zero); the text item tower ignores the item tokens; a save/load round trip
+    gives the same embeddings."""
+    from common.text_encoder import encode_texts
+
+    config = tiny_config("act", text_features=True, text_decay=1.0, proj_dim=8)  # 8 < rank of 12 centred items
+    model, tok, enc, collate, ds = build(base_dir, catalog, samples, config)
+    model.init_text_projection(enc.item_vectors(range(len(catalog))).numpy())
+    items = embed_items(model, enc)
+    vectors = encode_texts(catalog.texts)
+    centred = vectors - vectors.mean(axis=0)
+    # the same geometry as the text vectors projected on their first 8 principal directions
+    _, _, v = np.linalg.svd(centred, full_matrices=False)
+    v = v[:8]
+    expected = vectors @ v.T
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(np.abs(items @ items.T), np.abs(expected @ expected.T), atol=1e-4)
+    one = [sample_rows()[0]["history"]]
+    user = embed_histories(model, enc, one)[0]
+    mean = np.mean([enc.text_vector(b["text"]) for b in one[0]], axis=0)
+    projected = v @ mean / np.linalg.norm(v @ mean)
+    assert np.allclose(np.abs(user), np.abs(projected), atol=1e-4)  # principal directions: up to sign
+    # a training batch carries the vectors and the loss is finite
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["history_text"].shape == (4, 384)
+    assert batch["item_text"].shape[0] == batch["item_input_ids"].shape[0]
+    assert torch.isfinite(model(**batch).loss)
+    save_karma(model, tok, tmp_path / "m", {"name": "test"})
+    loaded, tok2 = load_karma(tmp_path / "m")
+    enc2 = KarmaEncoder(tok2, loaded.config, catalog)
+    assert np.array_equal(embed_items(loaded, enc2), items)
+    tower = tiny_config("act", text_features=True, item_tower="text")
+    tmodel, _, tenc, _, _ = build(base_dir, catalog, samples, tower)
+    b = collate_items(tenc, [0, 1])
+    scrambled = {**b, "input_ids": torch.zeros_like(b["input_ids"])}
+    with torch.no_grad():
+        assert torch.equal(tmodel.encode_items(**b), tmodel.encode_items(**scrambled))
+    with pytest.raises(ValueError, match="needs text_features"):
+        tiny_config("act", item_tower="text")
+
+
+def test_text_features_training_lowers_the_action_loss(base_dir, catalog, samples, tmp_path):
+    config = tiny_config("act", text_features=True, max_steps=12)
+    train = samples.filter(pc.equal(samples["split"], "train"))
+    model, tok, state, metrics = train_karma(config, base_dir, train, catalog, tmp_path / "ckpt")
+    first = state.log_history[0]["loss_act"]
+    last = np.mean([e["loss_act"] for e in state.log_history[-3:]])
+    assert last < first - 0.1, (first, last)
