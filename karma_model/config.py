@@ -61,6 +61,8 @@ class KarmaConfig:
     text_features: bool = False  # add a shared projection of the MiniLM vectors to e_u and e_i
     text_decay: float = 0.8  # recency decay of the history's mean text vector
     item_tower: str = "lm"  # lm: e_i reads the item text through the LM (+ text term); text: e_i = A t only
+    item_id_buckets: int = 0  # > 0: learned item-ID embeddings (crc32(item_id) mod N buckets) added to e_i and,
+    # pooled over the history's items, to e_u; 0: off
     # serialisation / truncation (tokens)
     history_len: int = 20  # most recent behaviours kept
     max_text_tokens: int = 24  # per behaviour text
@@ -110,6 +112,8 @@ class KarmaConfig:
         bad = [name for name in positive if getattr(self, name) < 1]
         if bad:
             raise ValueError(f"must be >= 1: {bad}")
+        if self.item_id_buckets < 0:
+            raise ValueError("item_id_buckets must be >= 0")
         if self.max_hard_negatives < 0 or self.save_steps < 0 or self.eval_batches < 0:
             raise ValueError("max_hard_negatives, save_steps and eval_batches must be >= 0")
         if self.max_history_tokens < self.max_text_tokens + 4:

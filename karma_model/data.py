@@ -16,12 +16,15 @@ With ``text_features`` the batches also carry MiniLM text vectors (the only pret
 available offline, :mod:`common.text_encoder`): an item's is the vector of its corpus text, a
 history's the recency-weighted mean (``text_decay``) of its behaviours' text vectors (item text or
 query), as the text baseline builds it; the model adds their shared projection to ``e_u`` / ``e_i``.
+With ``item_id_buckets`` they carry each item's ID bucket (``crc32(item_id) mod N``, 0 = none) and,
+for a history, its items' buckets with recency weights.
 ``<bos>`` is omitted for tokenizers without one (Qwen).
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +141,33 @@ class KarmaEncoder:
                 f"catalogue images have dim {catalog.image_dim}, config.image_dim={config.image_dim}"
             )
         self._text_cache: dict[str, list[int]] = {}
-        self.use_text = bool(getattr(config, "text_features", False))
+        self.use_text = bool(config.text_features)
+        self.id_buckets = int(config.item_id_buckets)
         self._vectors: dict[str, np.ndarray] = {}  # MiniLM vector per text (text_features)
+
+    # --- item-ID buckets (item_id_buckets) ---------------------------------------------------------
+    def id_bucket(self, item_id: str | None) -> int:
+        """1 + crc32(item_id) mod ``item_id_buckets`` (stable across processes); 0 = no item."""
+        return 1 + zlib.crc32(item_id.encode()) % self.id_buckets if item_id else 0
+
+    def history_id_buckets(self, histories: Sequence[Sequence[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(buckets (B, H), weights (B, H))`` of the last ``history_len`` behaviours' items,
+        recency-weighted (``text_decay``) and normalised to sum 1 over the items of each row."""
+        rows = [[self.id_bucket(b.get("item_id")) for b in list(h)[-self.config.history_len :]] for h in histories]
+        width = max([len(r) for r in rows] + [1])
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        weights = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            if not r:
+                continue
+            w = self.config.text_decay ** np.arange(len(r) - 1, -1, -1, dtype=np.float64) * (np.asarray(r) > 0)
+            ids[i, : len(r)] = torch.tensor(r)
+            if w.sum() > 0:
+                weights[i, : len(r)] = torch.from_numpy((w / w.sum()).astype(np.float32))
+        return ids, weights
+
+    def item_id_buckets(self, rows: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([self.id_bucket(self.catalog.item_ids[r]) for r in rows], dtype=torch.long)
 
     # --- MiniLM text vectors (text_features) ------------------------------------------------------
     def prepare_texts(self, texts) -> None:
@@ -241,6 +269,7 @@ class KarmaExample:
     target_row: int
     negative_rows: list[int]
     history_vector: np.ndarray | None = None  # (384,) with text_features
+    history: list[dict] | None = None  # the behaviours, with item_id_buckets
 
 
 class KarmaDataset:
@@ -280,6 +309,7 @@ class KarmaDataset:
                 target,
                 list(dict.fromkeys(negs))[: self.encoder.config.max_hard_negatives],
                 self.encoder.history_vector(r["history"]) if self.encoder.use_text else None,
+                list(r["history"]) if self.encoder.id_buckets else None,
             )
             self._cache[i] = ex
         return ex
@@ -353,6 +383,10 @@ class KarmaCollator:
         if enc.use_text:
             batch["history_text"] = torch.from_numpy(np.stack([ex.history_vector for ex in examples]))  # (B, 384)
             batch["item_text"] = enc.item_vectors(candidates)  # (n_candidates, 384)
+        if enc.id_buckets:
+            batch["history_id_buckets"], batch["history_id_weights"] = enc.history_id_buckets(
+                [ex.history for ex in examples])  # (B, H) each
+            batch["item_id_buckets"] = enc.item_id_buckets(candidates)  # (n_candidates,)
         if self.with_rec:
             rec = [[enc.ids["<REC>"]] + tgt for tgt in targets]
             batch["rec_input_ids"], batch["rec_attention_mask"] = pad(rec, enc.pad_id)
@@ -373,6 +407,8 @@ def collate_histories(encoder: KarmaEncoder, histories: Sequence[Sequence[dict]]
         batch["images"] = encoder.images([r for _, rows in encoded for r in rows])
     if encoder.use_text:
         batch["text"] = encoder.history_vectors(histories)
+    if encoder.id_buckets:
+        batch["id_buckets"], batch["id_weights"] = encoder.history_id_buckets(histories)
     return batch
 
 
@@ -385,4 +421,6 @@ def collate_items(encoder: KarmaEncoder, rows: Sequence[int]) -> dict[str, torch
         batch["images"] = encoder.images([r for _, img in encoded for r in img])
     if encoder.use_text:
         batch["text"] = encoder.item_vectors(rows)
+    if encoder.id_buckets:
+        batch["id_buckets"] = encoder.item_id_buckets(rows)
     return batch

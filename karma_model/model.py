@@ -113,6 +113,11 @@ class KarmaModel(nn.Module):
         self.item_proj = nn.Linear(hidden, d, bias=False)  # W_i
         # text_features: e = normalize(W h + A t), A shared by users and items (t: MiniLM vector)
         self.text_proj = nn.Linear(MINILM_DIM, d, bias=False) if config.text_features else None
+        # item_id_buckets: e_i += E[bucket(i)], e_u += sum_j w_j E[bucket(h_j)]; zero at start
+        self.id_emb = None
+        if config.item_id_buckets:
+            self.id_emb = nn.Embedding(config.item_id_buckets + 1, d, padding_idx=0)
+            nn.init.zeros_(self.id_emb.weight)
         # Train-only heads exist only when their loss is on (an ``act`` checkpoint has none).
         self.rec_proj = nn.Linear(d, config.n_rec_prefix * hidden) if config.lambda_rec > 0 else None
         self.image_adapter = None
@@ -128,8 +133,8 @@ class KarmaModel(nn.Module):
                 self.image_head = nn.Linear(d, config.image_dim)
         dtype = next(backbone.parameters()).dtype
         device = next(backbone.parameters()).device
-        for module in (self.user_proj, self.item_proj, self.text_proj, self.rec_proj, self.image_adapter,
-                       self.image_head):
+        for module in (self.user_proj, self.item_proj, self.text_proj, self.id_emb, self.rec_proj,
+                       self.image_adapter, self.image_head):
             if module is not None:
                 module.to(device=device, dtype=dtype)
 
@@ -149,12 +154,21 @@ class KarmaModel(nn.Module):
         self.user_proj.weight.zero_()
         self.item_proj.weight.zero_()
 
-    def _project(self, proj: nn.Module, pooled: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        out = proj(pooled)
+    def _project(self, out: torch.Tensor | None, text: torch.Tensor | None, id_buckets: torch.Tensor | None,
+                 id_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``normalize(out + A t + ID term)``: the LM term ``out`` (None: none) plus the MiniLM text
+        and item-ID terms that the config turns on (a batch lacking their inputs is an error)."""
         if self.text_proj is not None:
             if text is None:
                 raise ValueError("text_features is on: the batch needs its MiniLM text vectors")
-            out = out + self.text_proj(text.to(out.dtype))
+            term = self.text_proj(text.to(self.text_proj.weight.dtype))
+            out = term if out is None else out + term
+        if self.id_emb is not None:
+            if id_buckets is None:
+                raise ValueError("item_id_buckets is on: the batch needs its item-ID buckets")
+            emb = self.id_emb(id_buckets)  # (N, d) items, (B, H, d) histories
+            term = emb if id_weights is None else (emb * id_weights.unsqueeze(-1).to(emb.dtype)).sum(dim=1)
+            out = term if out is None else out + term
         return F.normalize(out, dim=-1)
 
     # --- building and persistence ------------------------------------------------------------------
@@ -249,7 +263,8 @@ class KarmaModel(nn.Module):
         return self.backbone.get_output_embeddings()
 
     # --- retrieval API -------------------------------------------------------------------------------
-    def _history(self, input_ids, attention_mask, images=None, interest_pos=None, text=None):
+    def _history(self, input_ids, attention_mask, images=None, interest_pos=None, text=None, id_buckets=None,
+                 id_weights=None):
         hidden = self.hidden_states(
             self.embed_tokens(input_ids, images), attention_mask
         ).last_hidden_state  # (B, L, h)
@@ -257,7 +272,7 @@ class KarmaModel(nn.Module):
             pooled = last_token_pool(hidden, attention_mask)  # (B, h)
         else:
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), interest_pos]  # (B, h)
-        return self._project(self.user_proj, pooled, text), hidden  # (B, d), (B, L, h)
+        return self._project(self.user_proj(pooled), text, id_buckets, id_weights), hidden  # (B, d), (B, L, h)
 
     def encode_history(
         self,
@@ -266,38 +281,41 @@ class KarmaModel(nn.Module):
         images: torch.Tensor | None = None,
         interest_pos: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
+        id_buckets: torch.Tensor | None = None,
+        id_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-interest embeddings ``e_u`` (B, proj_dim), unit norm.
 
         Without ``interest_pos`` the ``<INTEREST>`` token must be each row's last real token;
-        ``text`` (B, 384): the histories' mean MiniLM vectors (``text_features`` only).
+        ``text`` (B, 384): the histories' mean MiniLM vectors (``text_features`` only);
+        ``id_buckets`` / ``id_weights`` (B, H): the history items' ID buckets and weights
+        (``item_id_buckets`` only).
         """
-        return self._history(input_ids, attention_mask, images, interest_pos, text)[0]
+        return self._history(input_ids, attention_mask, images, interest_pos, text, id_buckets, id_weights)[0]
 
     def encode_items(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None,
-        text: torch.Tensor | None = None,
+        text: torch.Tensor | None = None, id_buckets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Item embeddings ``e_i`` (N, proj_dim), unit norm; each row ends with ``<ITEM>``;
-        ``text`` (N, 384): the items' MiniLM vectors (``text_features`` only). With
-        ``item_tower: text`` the LM does not read items: ``e_i = normalize(A t)``."""
+        ``text`` (N, 384): the items' MiniLM vectors (``text_features`` only); ``id_buckets`` (N,)
+        (``item_id_buckets`` only). With ``item_tower: text`` the LM does not read items."""
         if self.config.item_tower == "text":
-            if text is None:
-                raise ValueError("item_tower 'text': the batch needs the items' MiniLM text vectors")
-            return F.normalize(self.text_proj(text.to(self.text_proj.weight.dtype)), dim=-1)
+            return self._project(None, text, id_buckets)
         hidden = self.hidden_states(
             self.embed_tokens(input_ids, images), attention_mask
         ).last_hidden_state  # (N, L, h)
-        return self._project(self.item_proj, last_token_pool(hidden, attention_mask), text)  # (N, d)
+        return self._project(self.item_proj(last_token_pool(hidden, attention_mask)), text, id_buckets)  # (N, d)
 
     @staticmethod
     def similarity(user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarities (B, N) of unit-norm embeddings."""
         return user_emb @ item_emb.T
 
-    def history_attentions(self, input_ids, attention_mask, images=None, text=None) -> tuple[torch.Tensor, ...]:
+    def history_attentions(self, input_ids, attention_mask, images=None, text=None, id_buckets=None,
+                           id_weights=None) -> tuple[torch.Tensor, ...]:
         """Per-layer attention weights (B, heads, L, L) over the history (needs eager attention;
-        ``text`` is accepted, as the history batches carry it, and unused: attention is the LM's)."""
+        ``text`` and the ID buckets are accepted, as history batches carry them, and unused)."""
         out = self.hidden_states(self.embed_tokens(input_ids, images), attention_mask, output_attentions=True)
         if out.attentions is None or any(a is None for a in out.attentions):
             raise RuntimeError("no attention weights: load the model with attn_implementation='eager'")
@@ -371,6 +389,9 @@ class KarmaModel(nn.Module):
         image_target_mask: torch.Tensor | None = None,
         history_text: torch.Tensor | None = None,
         item_text: torch.Tensor | None = None,
+        history_id_buckets: torch.Tensor | None = None,
+        history_id_weights: torch.Tensor | None = None,
+        item_id_buckets: torch.Tensor | None = None,
     ) -> KarmaOutput:
         """All losses of one batch (the :class:`karma_model.data.KarmaCollator` layout).
 
@@ -380,9 +401,11 @@ class KarmaModel(nn.Module):
         cfg = self.config
         ddp = self.training and distributed_training()  # cross-rank negatives and global means
         user_emb, hidden = self._history(
-            history_input_ids, history_attention_mask, history_images, interest_pos, history_text
+            history_input_ids, history_attention_mask, history_images, interest_pos, history_text,
+            history_id_buckets, history_id_weights,
         )
-        item_emb = self.encode_items(item_input_ids, item_attention_mask, item_images, item_text)  # (U, d)
+        item_emb = self.encode_items(item_input_ids, item_attention_mask, item_images, item_text,
+                                     item_id_buckets)  # (U, d)
         if ddp and candidate_mask is None:  # in-batch negatives: every rank's candidates
             item_emb, labels, candidate_mask = gather_candidates(item_emb, labels, candidate_rows)
         loss_act, logits = info_nce_loss(user_emb, item_emb, labels, cfg.temperature, candidate_mask)
