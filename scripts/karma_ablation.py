@@ -99,6 +99,9 @@ def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: 
         lines.append(f"| {name} (baseline) | " + " | ".join(cells) + " | – |")
     index_loss = {v: mean_std([s.get("hr@200", np.nan) - s.get("index_hr@200", np.nan) for s in ss])[0]
                   for v, ss in runs.items()}
+    for path, ratio in (meta.get("base_lm_sink_ratio") or {}).items():
+        lines.append(f"| base LM `{path}` (no KARMA training) | " + " | ".join(
+            fmt(ratio) if c == "sink_ratio" else "–" for c in COLUMNS) + " | – |")
     lines += ["", "Index recall loss on HR@200 (exact − HNSW): "
               + ", ".join(f"{v} {x:+.4f}" for v, x in index_loss.items()), ""]
     lines += ["![HR@K](hr_at_k.png)", ""]
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run_module("karma_model.evaluate", eval_args, args.omp_threads, env_extra)
             model_dirs[(variant, seed)] = model_dir
             metrics = json.loads(Path(result["metrics_path"]).read_text())
+            for name, entry in (metrics.get("compare") or {}).items():
+                if name.startswith("base LM") and "sink_ratio" in entry.get("diagnostics", {}):
+                    meta.setdefault("base_lm_sink_ratio", {})[entry["path"]] = entry["diagnostics"]["sink_ratio"]
             if first:
                 baselines = {name: b["metrics"].get("test", {}) for name, b in metrics["baselines"].items()}
                 meta["n_items"] = metrics["n_items"]
