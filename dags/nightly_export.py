@@ -102,8 +102,10 @@ def run_export(table: str, params: dict, ds: str, run_id: str, extra: list[str] 
     return runner.python_step(f"export.{table}", [*_args(params, ds, run_id, table), *extra], params)
 
 
-def _emit(outlet_events, table: str, ds: str, path: str) -> None:
-    outlet_events[EXPORT_ASSETS[table]].extra = {"ds": ds, "path": path}
+def _emit(outlet_events, table: str, ds: str, path: str | None) -> None:
+    """The Asset event's extra; ``path`` None: nothing was published for ``ds`` (the embeddings of a
+    day with no KARMA version ever registered), ``"published": false`` says so to consumers."""
+    outlet_events[EXPORT_ASSETS[table]].extra = {"ds": ds, "path": path, "published": path is not None}
 
 
 @dag(

@@ -78,7 +78,7 @@ def summary(root: str, days: list[str]) -> dict:
 
 
 KARMA_KEYS = ("hr@10", "hr@200", "index_hr@200", "popularity_hr@200", "cooccurrence_hr@200", "text_hr@200",
-              "sink_ratio")
+              "fused_hr@200", "fused_without_hr@200", "sink_ratio")
 AIGQ_KEYS = ("query_hr@10", "query_hr@30", "cate_hr@30")
 
 

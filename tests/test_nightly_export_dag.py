@@ -68,11 +68,13 @@ def test_a_missing_model_fails_without_retry_and_no_think_policy_skips(airflow_d
 
 def _train_tiny_models(root: Path, ds: str) -> None:
     """The training entry points with a handful of steps; versions registered without the gates
-    (they are tested with their DAGs): base LM, Direct and Think IL-SFT, CTR, KARMA + index."""
+    (they are tested with their DAGs): base LM, Direct and Think IL-SFT, CTR, KARMA (evaluated: its
+    fitted channels) + index."""
     from aigq_model import ctr, train_sft
     from base_lm import pretrain
     from common.registry import current_version, set_current
     from karma_model import embed
+    from karma_model import evaluate as karma_evaluate
     from karma_model import train as karma_train
     from tests.export_fixtures import register_folder
 
@@ -85,6 +87,9 @@ def _train_tiny_models(root: Path, ds: str) -> None:
     assert current_version(root, "aigq_ctr") == ds
     assert karma_train.main([*common, "--max-steps", "2"]) == 0
     model_dir = root / "models" / "karma_act_gen_rec" / ds
+    # evaluate fits the heuristic channels and the fusion u2i serves (model_dir/retrieval/)
+    assert karma_evaluate.main(["--model-dir", str(model_dir), "--data-root", str(root), "--ds", ds, "--no-base",
+                                "--n-attention", "2", "--n-decode", "0"]) == 0
     assert embed.main(["--ds", ds, "--model-dir", str(model_dir), "--data-root", str(root), "--version", ds]) == 0
     register_folder(root, "karma", ds, model_dir, {"ds": ds, "index_dir": str(root / "indexes" / "karma" / ds)})
 
