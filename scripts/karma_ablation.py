@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             eval_args = ["--model-dir", str(model_dir), "--data-root", str(root), "--ds", args.ds,
                          "--n-attention", str(args.n_attention), "--report-dir", str(out / "runs" / model_dir.name),
-                         "--baselines", *(args.baselines if first else [])]
+                         "--baselines", *args.baselines]  # every run: the fused list needs them
             act_dir = model_dirs.get(("act", seed))
             if variant == "act+gen+rec" and act_dir is not None:
                 # KARMA's report shows base LM / act-only / KARMA attention heatmaps side by side.
