@@ -124,6 +124,27 @@ class TrainState:
     log_history: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class EarlyStopping:
+    """Stop training when ``evaluate()`` (a loss on held-out data, lower is better) has not improved
+    by ``min_delta`` for ``patience`` evaluations, run every ``every`` optimizer steps; the weights of
+    the best evaluation are restored. ``history`` records ``(step, value)``, ``best_step`` the step
+    whose weights the model ends with."""
+
+    evaluate: Callable[[], float]
+    every: int
+    patience: int
+    min_delta: float = 1e-4
+    history: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    stopped_at: int | None = None
+    _best_weights: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.every < 1 or self.patience < 1:
+            raise ValueError("early stopping needs every >= 1 and patience >= 1")
+
+
 # --- data order -------------------------------------------------------------------------------
 def epoch_batches(
     n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1
@@ -268,8 +289,10 @@ def train_loop(
     args: LoopArgs,
     resume_from_checkpoint: str | Path | bool | None = None,
     loss_items: Callable[[dict], int] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> TrainState:
-    """Train ``model`` in place for ``args.max_steps`` optimizer steps; returns the final state.
+    """Train ``model`` in place for ``args.max_steps`` optimizer steps (fewer with ``early_stopping``,
+    whose best weights the model then ends with); returns the final state.
 
     ``loss_items(batch)``: how many items (e.g. target tokens) the model's ``loss`` averages over
     in ``batch``. Under DDP the loss and its logged terms are then re-weighted by
@@ -310,7 +333,7 @@ def train_loop(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     sums: dict[str, float] = {}
     micro = 0
-    while state.global_step < args.max_steps:
+    while state.global_step < args.max_steps and (early_stopping is None or early_stopping.stopped_at is None):
         batches = epoch_batches(len(dataset), args.per_device_batch_size, epoch, args.seed, rank, world)
         for idx in batches[skip:]:
             batch = to_device(collate_fn([dataset[i] for i in idx]), device)
@@ -352,6 +375,8 @@ def train_loop(
                     " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k.startswith("loss")),
                 )
             last = state.global_step >= args.max_steps
+            if early_stopping is not None and (state.global_step % early_stopping.every == 0 or last):
+                last = _early_stop_check(early_stopping, model, state, final=last) or last
             if args.save_steps and (state.global_step % args.save_steps == 0 or last):
                 save_checkpoint(model, optimizer, scheduler, state, args, rank)
             if last:
@@ -360,6 +385,28 @@ def train_loop(
         epoch += 1
     model.eval()
     return state
+
+
+def _early_stop_check(stopper: EarlyStopping, model, state: TrainState, final: bool = False) -> bool:
+    """Evaluate, keep the best weights (CPU copy), and say whether to stop (the best restored);
+    at the ``final`` step the best weights are restored whatever the patience left."""
+    value = float(stopper.evaluate())
+    model.train()
+    stopper.history.append((state.global_step, value))
+    state.log_history[-1]["valid_loss"] = round(value, 6)
+    best = min((v for s, v in stopper.history if s != state.global_step), default=math.inf)
+    if value < best - stopper.min_delta:
+        stopper.best_step = state.global_step
+        stopper._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return False
+    since = sum(1 for s, _ in stopper.history if s > (stopper.best_step or 0))
+    if since < stopper.patience and not final:
+        return False
+    stopper.stopped_at = state.global_step
+    model.load_state_dict(stopper._best_weights)
+    logger.info("early stopping at step %d: no gain for %d evaluations; best step %d (valid %.4f)",
+                state.global_step, since, stopper.best_step, min(v for _, v in stopper.history))
+    return True
 
 
 @torch.no_grad()

@@ -77,6 +77,9 @@ class KarmaConfig:
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 200
+    epochs: float = 0.0  # > 0: train this many passes over the samples (replaces max_steps)
+    early_stopping_patience: int = 0  # > 0: stop after N evaluations without a lower valid L_act; best kept
+    eval_steps: int = 100  # steps between the early-stopping evaluations
     logging_steps: int = 10
     save_steps: int = 50
     save_total_limit: int = 2
@@ -112,6 +115,8 @@ class KarmaConfig:
         bad = [name for name in positive if getattr(self, name) < 1]
         if bad:
             raise ValueError(f"must be >= 1: {bad}")
+        if self.epochs < 0 or self.early_stopping_patience < 0 or self.eval_steps < 1:
+            raise ValueError("epochs and early_stopping_patience must be >= 0, eval_steps >= 1")
         if self.item_id_buckets < 0:
             raise ValueError("item_id_buckets must be >= 0")
         if self.max_hard_negatives < 0 or self.save_steps < 0 or self.eval_batches < 0:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import shutil
 import sys
 import time
@@ -39,11 +40,12 @@ import torch
 
 from base_lm.load import code_version, read_manifest
 from base_lm.release import latest_base_model
-from common.ddp import is_main_process
+from common.ddp import is_main_process, world_size
 from common.paths import check_ds, previous_ds
 from common.publish import atomic_partition
 from common.steps import emit_result
 from common.training import (
+    EarlyStopping,
     LoopArgs,
     cli_overrides,
     evaluate_loss,
@@ -67,6 +69,8 @@ from karma_model.load import save_karma
 from karma_model.model import KarmaModel
 
 logger = logging.getLogger(__name__)
+
+EARLY_STOPPING_BATCHES = 32  # valid batches per early-stopping evaluation (at least eval_batches)
 
 
 class TrainCollator(KarmaCollator):
@@ -121,10 +125,20 @@ def train_karma(
         config.lambda_rec,
         encoder.use_images,
     )
+    args = loop_args(config, checkpoint_dir)
+    if config.epochs > 0:
+        per_step = config.batch_size * config.gradient_accumulation_steps * world_size()
+        args = dataclasses.replace(args, max_steps=max(1, math.ceil(config.epochs * len(train_ds) / per_step)))
+    stopper = None
+    if config.early_stopping_patience > 0:
+        if valid_samples is None or not valid_samples.num_rows:
+            raise ValueError("early_stopping_patience needs valid samples")
+        stop_ds = KarmaDataset(valid_samples, encoder)
+        batches = max(config.eval_batches, EARLY_STOPPING_BATCHES)
+        stopper = EarlyStopping(lambda: evaluate_loss(model, stop_ds, collator, config.batch_size, batches)["loss_act"],
+                                every=config.eval_steps, patience=config.early_stopping_patience)
     t0 = time.perf_counter()
-    state = train_loop(
-        model, train_ds, collator, loop_args(config, checkpoint_dir), resume_from_checkpoint=resume
-    )
+    state = train_loop(model, train_ds, collator, args, resume_from_checkpoint=resume, early_stopping=stopper)
     seconds = time.perf_counter() - t0
     last = state.log_history[-10:]
     train_terms = (
@@ -133,6 +147,9 @@ def train_karma(
     metrics = {
         "steps": state.global_step,
         "train_seconds": round(seconds, 1),
+        "max_steps": args.max_steps,
+        **({"early_stopping": {"best_step": stopper.best_step, "stopped_at": stopper.stopped_at,
+                               "valid_loss_act": stopper.history}} if stopper is not None else {}),
         "n_train": len(train_ds),
         "n_items": len(catalog),
         "train_last10": train_terms,

@@ -596,3 +596,38 @@ def test_item_id_embeddings_learn_what_the_text_cannot_tell_apart(base_dir, tmp_
         model.id_emb.weight.zero_()
     flat = embed_items(model, enc)
     assert np.allclose(flat[row["i03"]], flat[row["twin"]], atol=1e-6)
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_after_the_patience(base_dir, catalog, samples, tmp_path):
+    """A valid loss that rises after its second evaluation: training stops two evaluations later,
+    before max_steps, with the weights of the best evaluation."""
+    from common.training import EarlyStopping
+
+    config = tiny_config("act", max_steps=50)
+    model, _tok, enc, collate, ds = build(base_dir, catalog, samples, config)
+    values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    snapshots = {}
+
+    def evaluate():
+        snapshots[len(snapshots) + 1] = model.user_proj.weight.detach().clone()
+        return next(values)
+
+    stopper = EarlyStopping(evaluate, every=2, patience=2)
+    state = train_loop(model, ds, collate, loop_args(config, tmp_path / "ckpt"), early_stopping=stopper)
+    assert state.global_step == 8  # evaluations at steps 2, 4 (best), 6, 8: stop
+    assert stopper.best_step == 4 and stopper.stopped_at == 8
+    assert torch.equal(model.user_proj.weight, snapshots[2])
+    assert not torch.equal(model.user_proj.weight, snapshots[4])
+    assert [e.get("valid_loss") for e in state.log_history if "valid_loss" in e] == [3.0, 2.0, 2.5, 2.6]
+
+
+def test_epochs_set_the_steps_and_early_stopping_needs_valid_samples(base_dir, catalog, samples, tmp_path):
+    train = samples.filter(pc.equal(samples["split"], "train"))
+    _m, _t, state, metrics = train_karma(tiny_config("act", epochs=2.0), base_dir, train, catalog, tmp_path / "a")
+    assert metrics["max_steps"] == state.global_step == 2 * 7 // 4 + 1  # ceil(2 x 7 samples / batch 4)
+    with pytest.raises(ValueError, match="needs valid samples"):
+        train_karma(tiny_config("act", early_stopping_patience=1), base_dir, train, catalog, tmp_path / "b")
+    _m, _t, state, metrics = train_karma(tiny_config("act", early_stopping_patience=1, eval_steps=1, max_steps=30),
+                                         base_dir, train, catalog, tmp_path / "c", valid_samples=samples)
+    assert metrics["early_stopping"]["best_step"] is not None
+    assert len(metrics["early_stopping"]["valid_loss_act"]) >= 2
