@@ -59,6 +59,19 @@ QUERY_IMPRESSIONS = pa.schema(
         ("clicked", pa.bool_()),
     ]
 )
+#: A search result page: one row per item shown by a request, at its 0-based ``position``;
+#: ``clicked`` whether the user clicked it. Sources without result pages write no partition (an
+#: absent partition means "no impressions" to every consumer).
+ITEM_IMPRESSIONS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("event_time", TS),
+        ("item_id", pa.string()),
+        ("position", pa.int32()),
+        ("clicked", pa.bool_()),
+    ]
+)
 ITEMS = pa.schema(
     [
         ("item_id", pa.string()),
@@ -93,11 +106,12 @@ RAW_TABLES = {
     "behavior_events": BEHAVIOR_EVENTS,
     "hintq_exposures": HINTQ_EXPOSURES,
     "query_impressions": QUERY_IMPRESSIONS,
+    "item_impressions": ITEM_IMPRESSIONS,
     "items": ITEMS,
     "users": USERS,
 }
 #: Tables with one partition per day of activity; the others are snapshots read "as of" ds.
-EVENT_TABLES = ("behavior_events", "hintq_exposures", "query_impressions")
+EVENT_TABLES = ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions")
 SNAPSHOT_TABLES = ("items", "users")
 
 # --- derived ------------------------------------------------------------------------------
@@ -296,6 +310,7 @@ UNIQUE_KEYS: dict[str, tuple[str, ...] | None] = {
     "behavior_events": None,
     "hintq_exposures": ("request_id",),
     "query_impressions": None,
+    "item_impressions": ("request_id", "position"),  # one item per slot of a page (an item may fill two)
     "items": ("item_id",),
     "users": ("user_id",),
     "true_interests": ("user_id", "category"),

@@ -42,3 +42,6 @@ TRAINING_DAGS = ("karma_training", "aigq_training")
 
 EXPORT_ASSETS = {table: _asset("exports", table) for table in ("u2q", "x2q", "u2i", "user_interest_embedding")}
 REPORT = _asset("reports", "report")
+#: The day's KARMA-in-ranking metrics (``reports/karma_ranking/ds=<ds>/metrics.json``), emitted by
+#: ``karma_ranking`` with ``extra = {"ds", "path"}`` when the day was scored (not when skipped).
+KARMA_RANKING = _asset("reports", "karma_ranking")

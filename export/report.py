@@ -10,6 +10,8 @@ JavaScript, no external asset), with:
 - **KARMA**: the metrics of every ``models/karma/<version>`` (the manifest's test summary), a
   plot per version, and the attention-sink heatmaps ``karma_model.evaluate`` wrote into the
   version's ``report_dir`` (``attention_sinks.png``);
+- **KARMA in ranking**: the daily item-CTR model with and without KARMA features
+  (``reports/karma_ranking/ds=*/metrics.json``, :mod:`export.report_ranking`);
 - **AIGQ**: every version of the policies (``aigq_direct``, ``aigq_direct_grpo``,
   ``aigq_think*`` ...; ``metrics.json`` of ``aigq_model.run_eval``) next to the popularity
   baseline, and the CTR model ``aigq_ctr`` (AUC / log-loss next to the query-CTR baseline);
@@ -47,7 +49,6 @@ from common.arrow_io import partition_rows
 from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import MANIFEST, SUCCESS, check_ds, partition_path, previous_ds
-from common.registry import serving_status
 from common.steps import emit_result
 from export.report_html import (
     CSS,
@@ -62,26 +63,29 @@ from export.report_html import (
     pyplot,
 )
 from export.report_inputs import (
+    EXPORT_TABLES,
     current,
     newest_ablation,
     read_export,
     read_json,
     rebase,
+    serving_rows,
     versions,
 )
+from export.report_ranking import karma_ranking_section
 
 logger = logging.getLogger(__name__)
 
 ETL_TABLES: dict[str, tuple[str, ...]] = {
-    "raw": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
-    "clean": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
-    "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
+    "raw": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "items", "users"),
+    "clean": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "items", "users"),
+    "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "items", "users"),
     "sessions": ("behavior_sessions", "hintq_sessions", "day_sessions"),
     "samples": ("karma_samples", "aigq_direct_sft", "aigq_think_sft", "ctr_samples", "item_corpus"),
 }
-EXPORT_TABLES = ("u2q", "x2q", "u2i", "user_interest_embedding")
 KARMA_COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "index_hr@200", "popularity_hr@200",
-                 "cooccurrence_hr@200", "text_hr@200", "sink_ratio", "information_abundance")
+                 "cooccurrence_hr@200", "text_hr@200", "fused_hr@200", "fused_without_hr@200", "sink_ratio",
+                 "information_abundance")
 AIGQ_COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@30", "semantic_sim@10", "malformed_rate")
 AIGQ_POLICY_PREFIXES = ("aigq_direct", "aigq_think", "aigq_plain")
 ABLATIONS = ("karma_ablation", "aigq_ablation")
@@ -156,21 +160,6 @@ def section_etl(ctx: Context) -> Section:
     return Section("etl", "ETL", "".join(parts))
 
 
-def serving_rows(root: Path, ds: str) -> list[list]:
-    """``[name, serving version, reason]`` for every model an export of ``ds`` names in its
-    manifest's ``serving`` (KARMA, the AIGQ policies), else from the registry."""
-    seen: dict[str, dict] = {}
-    for table in EXPORT_TABLES:
-        _n, manifest = partition_rows(root, "exports", table, ds)
-        for name, status in (manifest.get("serving") or {}).items():
-            seen.setdefault(name, status)
-    for name in ("karma", "aigq_direct", "aigq_direct_grpo", "aigq_think"):
-        if name not in seen and (root / "models" / name).is_dir():
-            status = serving_status(root, name, ds)
-            seen[name] = {"version": status["version"], "reason": status["reason"]}
-    return [[name, s.get("version"), s.get("reason")] for name, s in sorted(seen.items())]
-
-
 def section_exports(ctx: Context) -> Section:
     rows, published = [], 0
     for table in EXPORT_TABLES:
@@ -192,10 +181,33 @@ def section_exports(ctx: Context) -> Section:
         body += ('<h3>Which model versions served, and why</h3><p class="meta">From the gate decisions of '
                  f"{ctx.ds} (<code>models/&lt;name&gt;/decisions/</code>): a refused gate leaves the previous "
                  "version serving.</p>" + html_table(["model", "serving version", "why"], serving))
+    body += u2i_retrieval(ctx)
     if not published:
         return Section("exports", "Exports", missing(f"no export of {ctx.ds} is published under "
                                                      f"{ctx.root / 'exports'}") + body, "missing")
     return Section("exports", "Exports", body)
+
+
+def u2i_retrieval(ctx: Context) -> str:
+    """What the u2i list fused on ``ds``: with or without KARMA and why, the fitted weights, the
+    valid HR@200 of both fits and each channel's share of the served items."""
+    n, manifest = partition_rows(ctx.root, "exports", "u2i", ctx.ds)
+    retrieval = manifest.get("retrieval") if n is not None else None
+    if not retrieval:
+        return ""
+    fit = retrieval.get("fit") or {}
+    counts = manifest.get("counts") or {}
+    total = sum(v for k, v in counts.items() if k.startswith("channel_")) or 1
+    rows = [[c, (fit.get("weights") or {}).get(c), counts.get(f"channel_{c}", 0) / total]
+            for c in ("karma", "cooccurrence", "text", "popularity")]
+    valid = retrieval.get("valid") or {}
+    hr = {v: (valid.get(v) or {}).get("hr@200") for v in ("with", "without")}
+    return ("<h3>u2i: the fused retrieval list</h3>"
+            f'<p class="meta">Serving <b>{esc(retrieval.get("serving"))}</b>: {esc(retrieval.get("reason"))}. '
+            f"Weights and k0 = {esc(fit.get('k0'))} fitted on the valid split of KARMA version "
+            f"{esc(retrieval.get('channels_version'))}; valid HR@200 with KARMA {esc(hr['with'])}, without "
+            f"{esc(hr['without'])}.</p>"
+            + html_table(["channel", "weight", "share of served items"], rows))
 
 
 def section_karma(ctx: Context) -> Section:
@@ -302,6 +314,11 @@ def section_aigq(ctx: Context) -> Section:
     return Section("aigq", "AIGQ", "".join(parts))
 
 
+def section_karma_ranking(ctx: Context) -> Section:
+    body, status = karma_ranking_section(ctx.root, ctx.ds)  # export/report_ranking.py
+    return Section("karma_ranking", "KARMA in ranking", body, status)
+
+
 def section_ablations(ctx: Context) -> Section:
     files: list[tuple[str, Path]] = []
     notes = []
@@ -356,24 +373,26 @@ def section_samples(ctx: Context) -> Section:
         parts.append(f'<p class="meta">The first {head.num_rows} of {x2q.num_rows:,} rows.</p>')
         parts.append(html_table(head.column_names, ([r[c] for c in head.column_names] for r in head.to_pylist())))
     parts.append("<h3>u2i: top items</h3>")
-    u2i = read_export(ctx.root, ctx.ds, "u2i", ["user_id", "rank", "item_id", "score"])
+    u2i = read_export(ctx.root, ctx.ds, "u2i", ["user_id", "rank", "item_id", "score", "channel"])
     if u2i is None:
         parts.append(missing(f"u2i not published: {partition_path(ctx.root, 'exports', 'u2i', ctx.ds)}"))
     else:
         found += 1
         df = u2i.to_pandas().sort_values(["user_id", "rank"], kind="stable")
         users = list(dict.fromkeys(df["user_id"]))[: ctx.rows]
-        rows = [[uid, ", ".join(f"{i} ({s:.3f})" for i, s in zip(g["item_id"].head(10), g["score"].head(10),
-                                                                  strict=True))]
+        rows = [[uid, ", ".join(f"{i} ({s:.4f}, {c})" for i, s, c in zip(g["item_id"].head(10), g["score"].head(10),
+                                                                           g["channel"].head(10), strict=True))]
                 for uid, g in ((u, df[df["user_id"] == u]) for u in users)]
-        parts.append(f'<p class="meta">The first {len(users)} users, their 10 best items (score).</p>')
+        parts.append(f'<p class="meta">The first {len(users)} users, their 10 best items (fused score, channel).</p>')
         parts.append(html_table(["user", "items"], rows))
     return Section("samples", "Export samples", "".join(parts), "ok" if found else "missing")
 
 
-SECTIONS: tuple[Callable[[Context], Section], ...] = (section_etl, section_exports, section_karma, section_aigq,
-                                                     section_ablations, section_samples)
-TITLES = {"section_etl": "ETL", "section_exports": "Exports", "section_karma": "KARMA", "section_aigq": "AIGQ",
+SECTIONS: tuple[Callable[[Context], Section], ...] = (section_etl, section_exports, section_karma,
+                                                     section_karma_ranking, section_aigq, section_ablations,
+                                                     section_samples)
+TITLES = {"section_etl": "ETL", "section_exports": "Exports", "section_karma": "KARMA",
+          "section_karma_ranking": "KARMA in ranking", "section_aigq": "AIGQ",
           "section_ablations": "Ablations", "section_samples": "Export samples"}
 
 

@@ -10,9 +10,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.arrow_io import read_partition
+from common.arrow_io import partition_rows, read_partition
 from common.paths import is_published, partition_path
-from common.registry import current_version
+from common.registry import current_version, serving_status
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +77,22 @@ def read_export(root: Path, ds: str, table: str, columns: Sequence[str]):
         return None
     t = read_partition(root, "exports", table, ds)
     return t.select([c for c in columns if c in t.column_names])
+
+
+#: The export tables whose manifests name the models that served.
+EXPORT_TABLES = ("u2q", "x2q", "u2i", "user_interest_embedding")
+
+
+def serving_rows(root: Path, ds: str) -> list[list]:
+    """``[name, serving version, reason]`` for every model an export of ``ds`` names in its
+    manifest's ``serving`` (KARMA, the AIGQ policies), else from the registry."""
+    seen: dict[str, dict] = {}
+    for table in EXPORT_TABLES:
+        _n, manifest = partition_rows(root, "exports", table, ds)
+        for name, status in (manifest.get("serving") or {}).items():
+            seen.setdefault(name, status)
+    for name in ("karma", "aigq_direct", "aigq_direct_grpo", "aigq_think"):
+        if name not in seen and (root / "models" / name).is_dir():
+            status = serving_status(root, name, ds)
+            seen[name] = {"version": status["version"], "reason": status["reason"]}
+    return [[name, s.get("version"), s.get("reason")] for name, s in sorted(seen.items())]

@@ -13,7 +13,9 @@ Two layers:
    quarantined`` is checked per table before anything is published.
 
 Event tables are read for ``ds``; snapshot tables (items, users) from their newest published
-partition at or before ``ds`` and re-published as ``clean/<table>/ds=<ds>``.
+partition at or before ``ds`` and re-published as ``clean/<table>/ds=<ds>``. Only
+``behavior_events`` is required: an event table a source does not deliver (``item_impressions``
+of the public datasets, say) is published empty, and its readers take that as "none that day".
 """
 
 from __future__ import annotations
@@ -156,6 +158,16 @@ def row_rules(table: str, ds: str, limits: TextLimits) -> list:
             ("bad_position", F.col("position").isNull() | (F.col("position") < 0)),
             ("null_clicked", F.col("clicked").isNull()),
         ]
+    if table == "item_impressions":
+        return [
+            ("null_request_id", _blank("request_id")),
+            ("null_user_id", _blank("user_id")),
+            *_time_checks(ds),
+            ("null_item_id", _blank("item_id")),
+            *_text_checks(["request_id", "user_id", "item_id"], max_len),
+            ("bad_position", F.col("position").isNull() | (F.col("position") < 0)),
+            ("null_clicked", F.col("clicked").isNull()),
+        ]
     if table == "items":
         return [
             ("null_item_id", _blank("item_id")),
@@ -175,6 +187,7 @@ DUPLICATE_KEYS = {
     "behavior_events": None,
     "hintq_exposures": ["request_id"],
     "query_impressions": None,
+    "item_impressions": ["request_id", "position"],  # common.schemas.UNIQUE_KEYS: one item per page slot
     "items": ["item_id"],
     "users": ["user_id"],
 }

@@ -39,9 +39,9 @@ from common.publish import read_manifest  # noqa: E402
 from common.registry import RegistryError, current_path, current_version  # noqa: E402
 
 ETL_AREAS = {
-    "raw": ("behavior_events", "hintq_exposures", "query_impressions"),
-    "clean": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
-    "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "items", "users"),
+    "raw": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions"),
+    "clean": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "items", "users"),
+    "quarantine": ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "items", "users"),
     "sessions": ("behavior_sessions", "hintq_sessions", "day_sessions"),
     "samples": ("karma_samples", "aigq_direct_sft", "aigq_think_sft", "ctr_samples", "item_corpus"),
 }

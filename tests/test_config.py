@@ -75,6 +75,7 @@ SETTINGS_CLASSES = [
     ("base_lm.pretrain", "BaseLMConfig", "base_lm", set(), set()),
     ("karma_model.config", "KarmaConfig", "karma", {"base_model", "gate", "fusion"}, set()),  # gate: karma_model.release
     ("karma_model.index", "IndexParams", "karma_index", {"large_factory", "large_threshold"}, set()),
+    ("karma_model.ranking", "RankingConfig", "karma_ranking", set(), set()),
     ("aigq_model.train_sft", "SFTConfig", "aigq.sft", set(), set()),
     ("aigq_model.generate", "Decoding", "aigq.generate", {"batch_size", "blocklist"}, set()),
     # kind, style and max_history of an IL-GRPO run come from the policy it updates

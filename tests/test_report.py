@@ -95,6 +95,20 @@ def make_report_root(root: Path) -> Path:
            "baseline_query_ctr": {"auc": 0.4612, "logloss": 0.5069}}
     _register(root, "aigq_ctr", DS, {"metrics": ctr}, {"metrics.json": json.dumps(ctr)})
 
+    ranking = root / "reports" / "karma_ranking" / f"ds={DS}"
+    ranking.mkdir(parents=True)
+
+    def fs(auc):
+        return {"mean": {"auc": auc, "logloss": 0.4321}, "std": {"auc": 0.0012, "logloss": 0.0001}}
+
+    diff = {"mean": 0.0041, "per_seed": [0.004, 0.0042], "seed_spread": 0.0024, "beyond_seed_spread": True,
+            "bootstrap_95": {"low": 0.0001, "high": 0.0081, "resamples": 200}}
+    (ranking / "metrics.json").write_text(json.dumps({
+        "ds": DS, "eval_ds": DS, "train_ds": "2026-11-02", "skipped": False, "seeds": [0, 1],
+        "karma_model": {"version": "2026-11-01"}, "rows": {"eval": 7491}, "positives": {"eval": 1351},
+        "feature_sets": {"without_karma": fs(0.6070), "with_karma": fs(0.6087), "with_karma_cos": fs(0.6111)},
+        "auc_difference": {"with_karma": {**diff, "mean": 0.0017, "beyond_seed_spread": False},
+                           "with_karma_cos": diff}}))
     abl = root / "reports" / "karma_ablation" / f"ds={DS}"
     abl.mkdir(parents=True)
     (abl / "ablation.md").write_text(
@@ -114,9 +128,15 @@ def make_report_root(root: Path) -> Path:
                 attribution="model", run_id="run-7", model_name="aigq_think", model_version=DS,
                 ctr_model_version=None, generated_at=t)]
     write_partition(root, "exports", "x2q", DS, x2q, {"run_id": "run-7", "model": model, "gates": gates})
-    u2i = [dict(user_id="u1", run_id="run-7", rank=1, item_id="i42", score=0.5, model_name="karma",
-                model_version=DS, index_version=DS, generated_at=t)]
+    u2i = [dict(user_id="u1", run_id="run-7", rank=1, item_id="i42", score=0.5, channel="cooccurrence",
+                model_name="heuristics", model_version=DS, index_version=None, generated_at=t)]
+    retrieval = {"serving": "fused_without_karma", "reason": "KARMA 2026-11-03 refused by its gate (x)",
+                 "channels_version": DS, "fit": {"weights": {"karma": 0.0, "cooccurrence": 0.75, "text": 0.25,
+                                                             "popularity": 0.0}, "k0": 60.0},
+                 "valid": {"with": {"hr@200": 0.41}, "without": {"hr@200": 0.4}}}
     write_partition(root, "exports", "u2i", DS, u2i, {"run_id": "run-7", "model": {"name": "karma", "version": DS},
+                                                      "retrieval": retrieval,
+                                                      "counts": {"channel_cooccurrence": 3, "channel_text": 1},
                                                       "gates": {"coverage": {"passed": False, "failures": ["x"]}}})
     return root
 
@@ -164,16 +184,19 @@ def built(tmp_path_factory):
 def test_report_has_every_section_with_the_numbers(built):
     root, result, page = built
     assert result["path"] == str(root / "reports" / f"ds={DS}" / "index.html")
-    assert result["sections"] == {k: "ok" for k in ("etl", "exports", "karma", "aigq", "ablations", "samples")}
+    assert result["sections"] == {k: "ok" for k in ("etl", "exports", "karma", "karma_ranking", "aigq", "ablations",
+                                                    "samples")}
     doc = parse(page)
-    assert doc.h2 == ["ETL", "Exports", "KARMA", "AIGQ", "Ablations", "Export samples"]
+    assert doc.h2 == ["ETL", "Exports", "KARMA", "KARMA in ranking", "AIGQ", "Ablations", "Export samples"]
     text = " ".join(doc.text)
     for expected in ("1,100", "1,093", "behavior_events: null_user_id", "ts_out_of_day",  # ETL + quarantine
                      "run-7", "aigq_direct/" + DS, "0/1 passed (failed: coverage)", "2/2 passed",  # exports
                      "0.5678", "0.4444", "act+gen+rec",  # KARMA versions
                      "0.1333", "0.1212", "0.1414", "0.0999", "no metrics.json",  # AIGQ policies
                      "0.6177", "0.4612",  # CTR
-                     "0.3581 ± 0.0096", "shoe & sock", "red shoe", "i42 (0.500)"):
+                     "0.6111 ± 0.0012", "+0.0041", "[+0.0001, +0.0081]",  # KARMA in ranking
+                     "0.3581 ± 0.0096", "shoe & sock", "red shoe", "i42 (0.5000, cooccurrence)",
+                     "fused_without_karma", "refused by its gate"):
         assert expected in text, expected
     # quarantine: 13 null_user_id rows over the two days; share on DS = 7 / 1100
     assert "13" in text
@@ -229,7 +252,8 @@ def test_missing_inputs_are_reported_not_fatal(tmp_path, monkeypatch):
     page = Path(result["path"]).read_text()
     text = " ".join(parse(page).text)
     for expected in ("no published ETL partitions", "no export of 2026-11-03 is published",
-                     "no KARMA model versions", "no AIGQ model versions", "no karma_ablation report",
+                     "no KARMA model versions", "no scored day at or before", "no AIGQ model versions",
+                     "no karma_ablation report",
                      "--ablation " + str(tmp_path / "nope.md"), "u2q not published"):
         assert expected in text, expected
 

@@ -19,7 +19,7 @@ from sources import synthetic
 START = "2026-11-01"
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 DEFAULTS = dict(start_ds=START, days=3, n_users=400, n_items=1500, events_per_user_day=12.0, seed=7)
-DAY_TABLES = ("behavior_events", "hintq_exposures", "query_impressions", "true_interests")
+DAY_TABLES = ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "true_interests")
 SMALL = dict(start_ds=START, days=2, n_users=120, n_items=400, events_per_user_day=20.0)
 
 

@@ -122,6 +122,39 @@ def test_hintq_and_impression_rules(spark, cfg):
     assert summary["query_impressions"]["reasons"] == {"bad_position": 1, "null_query": 1}
 
 
+def test_item_impression_rules_and_a_source_without_result_pages(spark, cfg):
+    root = cfg["data_root"]
+    _write_base(root, [ev("u1", ts(1, 1), "search", query="ok", request="s1")])
+    page = dict(request_id="s1", user_id="u1", event_time=ts(1, 1), item_id="i1", position=0, clicked=True)
+    write_partition(root, "raw", "item_impressions", DS1, [
+        page,
+        {**page, "item_id": "i2", "clicked": False},  # the same slot of the same page: a keyed duplicate
+        {**page, "position": 1, "item_id": "i1", "clicked": False},  # the same item twice on a page: fine
+        {**page, "request_id": None, "position": 2},
+        {**page, "item_id": " ", "position": 3},
+        {**page, "position": -1},
+        {**page, "position": 4, "clicked": None},
+        {**page, "position": 5, "event_time": ts(2, 0)},
+    ])
+    summary = validate.run(spark, cfg, DS1)["item_impressions"]
+    assert summary["reasons"] == {"bad_position": 1, "duplicate": 1, "event_time_outside_partition": 1,
+                                  "null_clicked": 1, "null_item_id": 1, "null_request_id": 1}
+    assert (summary["rows_in"], summary["rows_out"]) == (8, 2)
+    quarantined = read_partition(root, "quarantine", "item_impressions", DS1)
+    assert quarantined.schema.names == schemas.ITEM_IMPRESSIONS.names + ["reason"]
+    assert {r["position"]: r["reason"] for r in quarantined.to_pylist() if r["reason"] != "duplicate"} == {
+        2: "null_request_id", 3: "null_item_id", -1: "bad_position", 4: "null_clicked",
+        5: "event_time_outside_partition"}
+    clean = read_partition(root, "clean", "item_impressions", DS1)
+    assert clean.schema.equals(schemas.ITEM_IMPRESSIONS) and sorted(clean["position"].to_pylist()) == [0, 1]
+    # a source without result pages (the public datasets) writes no raw partition: an empty clean one
+    write_partition(root, "raw", "behavior_events", DS2, [ev("u1", ts(2, 1), "search", query="ok")])
+    summary = validate.run(spark, cfg, DS2)["item_impressions"]
+    assert (summary["rows_in"], summary["rows_out"], summary["files"]) == (0, 0, 0)
+    assert is_published(partition_path(root, "clean", "item_impressions", DS2))
+    assert read_partition(root, "clean", "item_impressions", DS2).num_rows == 0
+
+
 def _corrupt(root, kind):
     part = partition_path(root, "raw", "behavior_events", DS2)
     path = part / "part-00000.parquet"

@@ -41,7 +41,9 @@ session:
    (consecutive popularity ranks from a head-skewed start), the rest uniform. A view is clicked
    with probability 0.28 / (1 + 0.08 * position) when the item's leaf is in the mixture, else
    0.04 / (1 + 0.08 * position); a click leads to ``cart`` (0.18) and ``buy`` (0.4 after a cart,
-   0.04 without, times a purchase-level multiplier).
+   0.04 without, times a purchase-level multiplier). The views of a search are its result page:
+   one ``item_impressions`` row each (the search's request and time, the view's position,
+   ``clicked`` = the view was clicked); no new draw, so the other tables do not change.
 3. with probability 0.3, ``1 + Poisson(0.7)`` ``home`` clicks on items of the mixture's leaves
    (85%) or uniform items, request_id null;
 4. an ``exit`` event (scene ``other``).
@@ -64,9 +66,9 @@ Scale. Work is vectorised per shard (~200k events) with numpy; strings are built
 by a shard plus one buffered chunk per table.
 
 Modules: ``world`` (category tree, query vocabulary, catalogue), ``users`` (profiles, interests,
-drift), ``day`` (one shard-day of events), ``writer`` (streaming Parquet), ``generator``
-(``generate`` and the ``python -m sources.synthetic`` entry point), ``sampling`` (seeded
-generators and array helpers).
+drift), ``day`` (one shard-day of events), ``impressions`` (its result pages), ``writer``
+(streaming Parquet), ``generator`` (``generate`` and the ``python -m sources.synthetic`` entry
+point), ``sampling`` (seeded generators and array helpers).
 """
 
 from sources.synthetic.day import (

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import schemas
+from sources.synthetic.impressions import item_impressions_table, search_times
 from sources.synthetic.sampling import (
     PURPOSE_EVENTS,
     grouped_arange,
@@ -465,7 +466,8 @@ def exposure_tables(catalog: Catalog, shard: UserShard, exposures: Exposures, ex
 def generate_shard_day(
     catalog: Catalog, shard: UserShard, ds: str, seed: int, events_per_user_day: float
 ) -> dict[str, pa.Table]:
-    """All event tables of one day for one shard of users (plus that day's true interests)."""
+    """All event tables of one day for one shard of users (plus that day's true interests); the
+    result pages (``item_impressions``) are the searches' views (:mod:`sources.synthetic.impressions`)."""
     day = dt.date.fromisoformat(ds)
     rng = seeded_rng(seed, PURPOSE_EVENTS, day.toordinal(), shard.index)
     day_start_us = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 1_000_000
@@ -486,9 +488,12 @@ def generate_shard_day(
         raise AssertionError("event times must increase within a session")
 
     hintq, impressions = exposure_tables(catalog, shard, exposures, exp_req, sess_start)
+    srch_time = search_times(events.type, ev_time, SEARCH, searches.size)
     return {
         "behavior_events": events_table(catalog, shard, sessions, events, ev_time, requests),
         "hintq_exposures": hintq,
         "query_impressions": impressions,
+        "item_impressions": item_impressions_table(catalog, shard, searches.user, srch_time, search_request, requests,
+                                                   views.search, views.pos, views.item, views.clicked),
         "true_interests": true_interest_table(shard, catalog),
     }

@@ -1,7 +1,7 @@
 """Synthetic Taobao-like logs that follow the raw contract (``common.schemas``).
 
 Writes the raw partitions (``items`` and ``users`` once, then per day ``behavior_events``,
-``hintq_exposures``, ``query_impressions`` and ``true_interests``) through
+``hintq_exposures``, ``query_impressions``, ``item_impressions`` and ``true_interests``) through
 ``common.publish.atomic_partition``, shard by shard; the generative model is described in the
 ``sources.synthetic`` package docstring.
 """
@@ -68,7 +68,7 @@ def inject_bad_rows(events: pa.Table, rate: float, rng: np.random.Generator) -> 
             replaced[picked[j]] = True
     return pa.concat_tables([events.filter(pa.array(~replaced)), pa.Table.from_pylist(rows, schema=events.schema)])
 
-DAY_TABLES = ("behavior_events", "hintq_exposures", "query_impressions", "true_interests")
+DAY_TABLES = ("behavior_events", "hintq_exposures", "query_impressions", "item_impressions", "true_interests")
 
 
 def _shard_users(events_per_user_day: float) -> int:
@@ -147,8 +147,9 @@ def generate(
                 manifests[t].update(rows=writer.rows, files=writer.files)
                 counts.setdefault(t, {})[ds] = writer.rows
         logger.info(
-            "%s: %d events, %d exposures, %d impressions in %.1fs", ds, counts["behavior_events"][ds],
-            counts["hintq_exposures"][ds], counts["query_impressions"][ds], time.perf_counter() - t_day,
+            "%s: %d events, %d exposures, %d query impressions, %d item impressions in %.1fs", ds,
+            counts["behavior_events"][ds], counts["hintq_exposures"][ds], counts["query_impressions"][ds],
+            counts["item_impressions"][ds], time.perf_counter() - t_day,
         )
     total = sum(counts.get("behavior_events", {}).values())
     logger.info("generated %d events for %d users over %d day(s) in %.1fs", total, n_users, len(wanted),
