@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # The KARMA lever ablation (issue: "a stronger KARMA for the same compute"): every lever a row of one
-# table, 2 seeds, on one data root. Usage:
+# table (<root>/reports/karma_ablation/ds=<ds>/ablation.md), 2 seeds, on one data root. Usage:
 #   scripts/experiments/karma_levers.sh DATA_ROOT DS [MAX_STEPS] [extra ablation args...]
-# Rows: the default KARMA (act+gen+rec), + MiniLM text features, + text features and 2x steps,
-# + text features and batch 32 (more in-batch negatives), + text features on a larger base LM
-# (when DATA_ROOT/models/base_lm_large/DS exists: see docs/experiments.md for its command).
+#   ROWS="text ids" scripts/experiments/karma_levers.sh ...   # only these rows (default: all, in order)
+# Rows: default (act+gen+rec) | text (+ MiniLM text features) | ids (+ text, + item-ID embeddings) |
+# tower (+ text, text-only item tower) | early (+ text, one epoch with early stopping on valid L_act) |
+# batch32 (+ text, batch 32: more in-batch negatives) | large (+ text on a larger base LM, when
+# DATA_ROOT/models/base_lm_large/DS exists: see docs/experiments.md for its command).
 set -euo pipefail
 root=$1; ds=$2; steps=${3:-1000}; shift $(( $# < 3 ? $# : 3 ))
 py=${PYTHON:-.venv/bin/python}
+rows=${ROWS:-default text ids tower early batch32 large}
 ab=(scripts/karma_ablation.py --data-root "$root" --ds "$ds" --variants act+gen+rec --seeds 0 1
     --max-steps "$steps" --n-attention 16 --reuse "$@")
-"$py" "${ab[@]}" --label ""
-"$py" "${ab[@]}" --append --set text_features=true
-"$py" "${ab[@]}" --append --set text_features=true batch_size=32 --label "text_features=true batch_size=32"
-"$py" "${ab[@]}" --append --set text_features=true --label "text_features=true 2x steps" \
-    --max-steps $((steps * 2))
-large="$root/models/base_lm_large/$ds"
-if [ -d "$large" ]; then
-  "$py" "${ab[@]}" --append --set text_features=true --base-model "$large" --label "text_features=true large base LM"
-fi
+for row in $rows; do
+  case $row in
+    default) "$py" "${ab[@]}" --append --label "" ;;
+    text) "$py" "${ab[@]}" --append --set text_features=true ;;
+    ids) "$py" "${ab[@]}" --append --set text_features=true item_id_buckets=16384 ;;
+    tower) "$py" "${ab[@]}" --append --set text_features=true item_tower=text ;;
+    early) "$py" "${ab[@]}" --append --set text_features=true epochs=1 early_stopping_patience=3 eval_steps=200 ;;
+    batch32) "$py" "${ab[@]}" --append --set text_features=true batch_size=32 ;;
+    large)
+      large="$root/models/base_lm_large/$ds"
+      if [ -d "$large" ]; then
+        "$py" "${ab[@]}" --append --set text_features=true --base-model "$large" \
+          --label "text_features=true large base LM"
+      else
+        echo "no $large: the large base LM row is skipped"
+      fi ;;
+    *) echo "unknown row $row" >&2; exit 2 ;;
+  esac
+done
