@@ -258,8 +258,10 @@ def evaluate_ranks(model, histories: Sequence[Sequence], target_idx: Sequence[in
 
 
 def topk_items(model, histories: Sequence[Sequence], k: int, exclude_history: bool = True, chunk: int = 1024,
-               max_cells: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
-    """``(item indices, scores)``, each ``(n_users, k)`` best first, history items filtered.
+               max_cells: int = 2**24, exclude_lists: Sequence[Iterable[int]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(item indices, scores)``, each ``(n_users, k)`` best first, history items filtered
+    (``exclude_lists``: these item rows per user instead, e.g. the history without the target).
 
     >>> pop = PopularityBaseline(n_items=4).fit([[0, 1, 1], [2, 2, 2, 2]])
     >>> topk_items(pop, [[2], []], k=2)[0].tolist()
@@ -272,7 +274,9 @@ def topk_items(model, histories: Sequence[Sequence], k: int, exclude_history: bo
     for start in range(0, len(histories), step):
         stop = min(start + step, len(histories))
         scores = np.asarray(model.score(histories[start:stop]), dtype=np.float64)
-        if exclude_history:
+        if exclude_lists is not None:
+            scores[exclusion_mask(exclude_lists[start:stop], scores.shape[1])] = -np.inf
+        elif exclude_history:
             scores[exclusion_mask([_item_indices(h) for h in histories[start:stop]], scores.shape[1])] = -np.inf
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")

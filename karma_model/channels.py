@@ -87,8 +87,11 @@ class HeuristicChannels:
     popularity: PopularityBaseline
     history_len: int = 20  # behaviours per history the channels were tuned on (the export reads as many)
 
-    def lists(self, histories: Sequence[Sequence], depth: int) -> dict[str, np.ndarray]:
-        """Channel → ``(n, depth)`` item rows best first (-1: none), history items filtered.
+    def lists(self, histories: Sequence[Sequence], depth: int,
+              exclude: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+        """Channel → ``(n, depth)`` item rows best first (-1: none), history items filtered
+        (``exclude``: these rows per user instead; the evaluation spares each target, as it does
+        for every model).
 
         ``histories``: per user, item rows (int) or query strings, oldest first (as
         :class:`karma_model.evaluate.EvalSplit.baseline_histories`).
@@ -96,13 +99,13 @@ class HeuristicChannels:
         out = {}
         if not len(histories):
             return {c: np.zeros((0, depth), dtype=np.int64) for c in ("cooccurrence", "text", "popularity")}
-        idx, scores = topk_items(_PureCooccurrence(self.cooccurrence), histories, depth)
+        idx, scores = topk_items(_PureCooccurrence(self.cooccurrence), histories, depth, exclude_lists=exclude)
         out["cooccurrence"] = _drop_nonpositive(idx, scores)
-        idx, scores = topk_items(self.text, histories, depth)
+        idx, scores = topk_items(self.text, histories, depth, exclude_lists=exclude)
         empty = np.asarray([not any(h is not None for h in hist) for hist in histories])
         idx[empty] = -1  # an empty history has no text mean
-        out["text"] = idx
-        idx, scores = topk_items(self.popularity, histories, depth)
+        out["text"] = np.where(np.isfinite(scores), idx, -1)  # -inf: a filtered item (small catalogues)
+        idx, scores = topk_items(self.popularity, histories, depth, exclude_lists=exclude)
         out["popularity"] = _drop_nonpositive(idx, scores)
         return out
 
@@ -150,14 +153,13 @@ class HeuristicChannels:
 
 def karma_lists(user_emb: np.ndarray, item_emb: np.ndarray, exclude: Sequence[Sequence[int]],
                 depth: int) -> np.ndarray:
-    """``(n, depth)`` KARMA's exact nearest items (inner product), every history item filtered (as
-    the export filters them: a target the user already had is a miss here, as in the served list)."""
+    """``(n, depth)`` KARMA's exact nearest items (inner product), the ``exclude`` rows filtered."""
     if not len(user_emb):
         return np.zeros((0, depth), dtype=np.int64)
-    no_target = np.full(len(user_emb), -1, dtype=np.int64)  # -1 matches no item: nothing is spared
+    no_target = np.full(len(user_emb), -1, dtype=np.int64)  # -1 matches no item: exclude is taken as is
     res = exact_topk_and_ranks(user_emb, item_emb, no_target, exclude, ks=(depth,))
     out = np.full((len(user_emb), depth), -1, dtype=np.int64)
-    out[:, : res.topk_idx.shape[1]] = res.topk_idx
+    out[:, : res.topk_idx.shape[1]] = np.where(np.isfinite(res.topk_scores), res.topk_idx, -1)  # -inf: filtered
     return out
 
 
@@ -178,9 +180,11 @@ def evaluate_fusion(channels: HeuristicChannels, splits: Mapping, karma: Mapping
     for name, split in splits.items():
         if not len(split):
             continue
-        lists = channels.lists(split.baseline_histories, depth)
+        # history items filtered, each target spared: the convention of every metric here
+        exclude = [[r for r in rows if r != t] for rows, t in zip(split.exclude, split.targets, strict=True)]
+        lists = channels.lists(split.baseline_histories, depth, exclude)
         if karma is not None:
-            lists = {"karma": karma_lists(karma[name], item_emb, split.exclude, depth), **lists}
+            lists = {"karma": karma_lists(karma[name], item_emb, exclude, depth), **lists}
         pools[name] = CandidatePool(lists)
     heuristics = list(HEURISTIC_CHANNELS)
     out: dict = {"depth": depth, "k": k, "channels": {}, "shares": {}}

@@ -133,3 +133,20 @@ def test_a_karma_that_does_not_help_is_refused_and_u2i_serves_the_fusion_without
         per_user.setdefault(r["user_id"], []).append(r["rank"])
     assert all(sorted(v) == list(range(1, len(v) + 1)) for v in per_user.values())
     assert not partition_path(root, "exports", "user_interest_embedding", ds).exists()
+
+
+def test_channel_lists_filter_the_history_unless_told_to_spare_an_item():
+    """The export filters every history item; the evaluation spares the target (as for every model):
+    a user who re-clicks an item they viewed is a hit, not a miss."""
+    from karma_model.baselines import CooccurrenceBaseline, PopularityBaseline, TextEmbeddingBaseline
+    from karma_model.channels import HeuristicChannels
+
+    seqs = [[0, 1, 2], [0, 1, 3], [1, 2, 3], [2, 3, 0]]
+    vectors = np.eye(4, dtype=np.float32)
+    channels = HeuristicChannels([f"i{i}" for i in range(4)], CooccurrenceBaseline(4, window=2).fit(seqs),
+                                 TextEmbeddingBaseline(item_embeddings=vectors).fit(), PopularityBaseline(4).fit(seqs))
+    served = channels.lists([[0, 1]], depth=4)
+    assert all(not ({0, 1} & set(v[0].tolist())) for v in served.values())
+    spared = channels.lists([[0, 1]], depth=4, exclude=[[0]])  # the target 1 stays a candidate
+    assert 1 in spared["popularity"][0].tolist() and 1 in spared["text"][0].tolist()
+    assert 0 not in spared["popularity"][0].tolist()
