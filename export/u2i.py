@@ -181,8 +181,10 @@ def load_karma_index(reg: Registered, model, root: str):
     return index, str(index.manifest.get("model_version") or Path(index_dir).name)
 
 
-def gate_u2i(u2i, emb, active, ex, dim: int | None) -> dict[str, dict]:
-    nullable = {"*": ex.max_null_rate, "index_version": 1.0} if dim is None else ex.max_null_rate
+def gate_u2i(u2i, emb, active, ex, dim: int | None, with_karma: bool = True) -> dict[str, dict]:
+    """The gates of u2i and, when ``emb`` is not None, of the embeddings; ``index_version`` is null
+    (allowed) when the fused list serves without KARMA."""
+    nullable = ex.max_null_rate if with_karma else {"*": ex.max_null_rate, "index_version": 1.0}
     out = {
         TABLE: gates.run_gates({
             "coverage": gates.check_coverage(u2i, active, ex.min_coverage),
@@ -363,7 +365,8 @@ def _gate_both(u2i_table, emb_table, active, ex, dim: int | None, manifest: dict
                counts: dict, t0: float) -> None:
     """Run the gates of both tables (u2i alone without embeddings), complete the manifests, raise
     ``GateFailed`` on a failure."""
-    results = gate_u2i(u2i_table, emb_table, active, ex, dim)
+    with_karma = (manifest.get("retrieval") or {}).get("serving") == "fused_with_karma"
+    results = gate_u2i(u2i_table, emb_table, active, ex, dim, with_karma)
     manifest.update(counts=counts, rows=u2i_table.num_rows, gates=results[TABLE],
                     content_hash=content_hash(u2i_table, KEYS), seconds=round(time.perf_counter() - t0, 2))
     gates.enforce(TABLE, results[TABLE])

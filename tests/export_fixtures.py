@@ -81,9 +81,10 @@ def fit_tiny_channels(root: Path, ds: str, out: Path, valid_with: float = 0.5, v
     from common.text_encoder import encode_texts
     from karma_model.baselines import CooccurrenceBaseline, PopularityBaseline, TextEmbeddingBaseline
     from karma_model.channels import FUSION_FILE, RETRIEVAL_DIR, HeuristicChannels
+    from karma_model.data import read_item_corpus
     from karma_model.fusion import FusionFit
 
-    corpus = read_partition(root, "samples", "item_corpus", ds).to_pylist()
+    corpus = read_item_corpus(root, ds).to_pylist()  # the newest snapshot at or before ds
     item_ids = [r["item_id"] for r in corpus]
     row_of = {item: i for i, item in enumerate(item_ids)}
     sequences: dict[str, list[int]] = {}

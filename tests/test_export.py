@@ -447,3 +447,28 @@ def test_export_token_budget_caps_think_outputs_too():
     assert (dec.max_new_tokens, dec.max_new_tokens_think) == (16, 40)
     dec, _ = decoding(cfg, {}, max_new_tokens=32)  # the DAG's Param
     assert (dec.max_new_tokens, dec.max_new_tokens_think) == (32, 32)
+
+
+def test_u2i_of_a_refused_day_fuses_without_karma_and_embeds_with_the_registered_version(root, tmp_path):
+    """Day 3's KARMA is refused while day 1's stays registered: u2i serves day 3's fusion of the
+    other channels (null index_version allowed), the embeddings come from day 1's model."""
+    from common.registry import commit_version, record_decision, stage_version
+    from export.u2i import export_u2i
+    from tests.export_fixtures import fit_tiny_channels
+
+    tmp = stage_version(root, "karma", D3)
+    fit_tiny_channels(root, D3, tmp)
+    commit_version(tmp, root, "karma", D3, {"ds": D3, "metrics": {}})
+    record_decision(root, "karma", D3, registered=False, failures=["fused valid hr@200 with KARMA 0.4 < ..."],
+                    serving=D1)
+    result = export_u2i(_cfg(root), str(root), D3, "run-1")
+    assert result["serving"] == "fused_without_karma"
+    manifest = read_manifest(partition_path(root, "exports", "u2i", D3))
+    assert manifest["retrieval"]["channels_version"] == D3
+    assert manifest["model"]["version"] == D1
+    u2i = _table(root, "u2i", D3)
+    assert set(u2i.column("model_name").to_pylist()) == {"heuristics"}
+    assert set(u2i.column("channel").to_pylist()) <= {"cooccurrence", "text", "popularity"}
+    emb = _table(root, "user_interest_embedding", D3)
+    assert set(emb.column("model_version").to_pylist()) == {D1}
+    assert emb.num_rows == len(set(u2i.column("user_id").to_pylist()))
