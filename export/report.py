@@ -202,6 +202,7 @@ def u2i_retrieval(ctx: Context) -> str:
             for c in ("karma", "cooccurrence", "text", "popularity")]
     valid = retrieval.get("valid") or {}
     hr = {v: (valid.get(v) or {}).get("hr@200") for v in ("with", "without")}
+    hr = {v: f"{x:.4f}" if isinstance(x, int | float) else "–" for v, x in hr.items()}
     return ("<h3>u2i: the fused retrieval list</h3>"
             f'<p class="meta">Serving <b>{esc(retrieval.get("serving"))}</b>: {esc(retrieval.get("reason"))}. '
             f"Weights and k0 = {esc(fit.get('k0'))} fitted on the valid split of KARMA version "
