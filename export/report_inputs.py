@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common.arrow_io import partition_rows, read_partition
 from common.paths import is_published, partition_path
-from common.registry import current_version, serving_status
+from common.registry import DECISIONS_DIR, current_version, serving_status
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,13 @@ def rebase(path_text: str | None, root: Path, area: str) -> Path | None:
 
 
 def versions(root: Path, name: str) -> list[Path]:
-    """Version folders of ``models/<name>`` (hidden temporaries skipped), oldest first."""
+    """Version folders of ``models/<name>`` (hidden temporaries and the registry's ``decisions/``
+    skipped), oldest first."""
     base = root / "models" / name
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return sorted(p for p in base.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "_")) and p.name != DECISIONS_DIR)
 
 
 def current(root: Path, name: str) -> str | None:

@@ -17,7 +17,7 @@ import pytest
 from common.arrow_io import write_partition
 from common.paths import partition_path
 from common.publish import atomic_partition
-from common.registry import commit_version, set_current, stage_version
+from common.registry import commit_version, record_decision, set_current, stage_version
 from export import inspect as inspect_cli
 from export import report
 
@@ -78,6 +78,7 @@ def make_report_root(root: Path) -> Path:
     _register(root, "karma", DS, {"variant": "act+gen+rec", "report_dir": str(report_dir),
                                   "metrics": {"hr@10": 0.1234, "hr@200": 0.5678, "popularity_hr@200": 0.2}})
     set_current(root, "karma", DS)
+    record_decision(root, "karma", DS, registered=True, failures=[], serving=DS)  # models/karma/decisions/
 
     def aigq_metrics(name, q30):
         return json.dumps({"model": name, "ds": DS, "split": "test", "results": {
@@ -188,6 +189,7 @@ def test_report_has_every_section_with_the_numbers(built):
                                                     "samples")}
     doc = parse(page)
     assert doc.h2 == ["ETL", "Exports", "KARMA", "KARMA in ranking", "AIGQ", "Ablations", "Export samples"]
+    assert "karma/decisions" not in page  # the registry's decisions folder is not a model version
     text = " ".join(doc.text)
     for expected in ("1,100", "1,093", "behavior_events: null_user_id", "ts_out_of_day",  # ETL + quarantine
                      "run-7", "aigq_direct/" + DS, "0/1 passed (failed: coverage)", "2/2 passed",  # exports
