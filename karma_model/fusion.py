@@ -97,15 +97,17 @@ class CandidatePool:
             w[self.channels.index("popularity")] += BACKOFF_WEIGHT
         return w
 
+    def _inverse_ranks(self, k0: float) -> np.ndarray:
+        """``1 / (k0 + r_c)`` per entry and channel, 0 where a channel lacks the item."""
+        return np.where(self.ranks > 0, 1.0 / (k0 + self.ranks), 0.0)
+
     def terms(self, weights: Mapping[str, float], k0: float) -> np.ndarray:
         """``(n_entries, n_channels)`` terms ``w_c / (k0 + r_c)`` (0 where a channel lacks the item)."""
-        inv = np.where(self.ranks > 0, 1.0 / (k0 + self.ranks), 0.0)
-        return inv * self._weights(weights)[None, :]
+        return self._inverse_ranks(k0) * self._weights(weights)[None, :]
 
     def scores(self, weights: Mapping[str, float], k0: float) -> np.ndarray:
-        """Fused score of every entry."""
-        inv = np.where(self.ranks > 0, 1.0 / (k0 + self.ranks), 0.0)
-        return inv @ self._weights(weights)
+        """Fused score of every entry (one matrix-vector product: the fit calls it hundreds of times)."""
+        return self._inverse_ranks(k0) @ self._weights(weights)
 
     def target_entries(self, targets: Sequence[int]) -> np.ndarray:
         """Entry index of each user's target item, ``-1`` when no channel proposes it."""
