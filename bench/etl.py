@@ -168,7 +168,7 @@ def error_lines(log_path: Path, limit: int = 12) -> list[str]:
 
 # --- Spark event log ---------------------------------------------------------------------------
 
-_WRITE_PATH = re.compile(r"/(raw|clean|quarantine|sessions|samples)/(\w+)/\.tmp-ds=")
+_WRITE_PATH = re.compile(r"/(raw|clean|quarantine|sessions|samples)/(\w+)/\.(?:tmp-ds=|stage-)")
 
 
 def _acc(stage_info: dict) -> dict[str, float]:
@@ -269,7 +269,7 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
     return {
         "sql_seconds_by_target": {k: round(v, 2) for k, v in sorted(by_what.items(), key=lambda kv: -kv[1])},
         "task_run_s_by_target": {k: round(v, 1) for k, v in sorted(task_by_what.items(), key=lambda kv: -kv[1])},
-        "stage_totals": {"stages": len(stages), **totals},
+        "stage_totals": {"stages": len(stages), "tasks": sum(st["tasks"] or 0 for st in stages), **totals},
         # Stages overlap under AQE, so rank by summed task time (the CPU-ish cost), not wall time.
         "costliest_stages": [
             {k: v for k, v in st.items() if v or k in ("stage", "seconds", "tasks")}
@@ -278,73 +278,125 @@ def parse_event_log(log_dir: Path, top: int = 6) -> dict:
     }
 
 
-# --- DuckDB sessionisation ---------------------------------------------------------------------
+# --- DuckDB equivalents ------------------------------------------------------------------------
 
 
-def duckdb_sessionize(src: str, out: str, ds: str, gap_minutes: int, threads: int | None) -> dict:
-    """The gap-session rule of ``jobs.sessionize.with_session_id`` in DuckDB, written to Parquet."""
+def duckdb_etl(root: str, out: str, days: list[str], gap_minutes: int, history_len: int, threads: int | None) -> dict:
+    """The steps of the ETL DuckDB can express, over every day at once, each written to Parquet:
+    validate's row checks of ``behavior_events`` (same rules and order as ``jobs.validate``, whole-
+    row duplicates; DuckDB cannot hold invalid UTF-8, so that rule is moot), the gap sessions of
+    ``jobs.sessionize.with_session_id``, and the history windows of ``jobs.history.index_behaviours``
+    (last ``history_len`` behaviours per user with their text). Seconds per query."""
+    from common import schemas  # lazy: pyarrow only
+
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    q = lambda s: s.replace("'", "''")  # noqa: E731
+    raw = q(f"{root}/raw/behavior_events/ds=*/*.parquet")
+    items = q(f"{root}/clean/items/ds={days[-1]}/*.parquet")
+    outp = {k: q(f"{out}/{k}.parquet") for k in ("clean", "quarantine", "sessions", "history")}
+    inlist = lambda xs: ", ".join(f"'{x}'" for x in xs)  # noqa: E731
+    text_cols = ("user_id", "query", "item_id", "request_id")
+    day_us = 86_400_000_000
+    start = f"(date_diff('day', DATE '1970-01-01', CAST(ds AS DATE)) * CAST({day_us} AS BIGINT))"
+    reason = f"""CASE
+      WHEN user_id IS NULL OR trim(user_id) = '' THEN 'null_user_id'
+      WHEN event_time IS NULL THEN 'null_event_time'
+      WHEN NOT (epoch_us(event_time) >= {start} AND epoch_us(event_time) < {start} + {day_us})
+        THEN 'event_time_outside_partition'
+      WHEN event_type IS NULL OR event_type NOT IN ({inlist(schemas.EVENT_TYPES)}) THEN 'unknown_event_type'
+      WHEN scene IS NOT NULL AND scene NOT IN ({inlist(schemas.SCENES)}) THEN 'unknown_scene'
+      WHEN {" OR ".join(f"length({c}) > 256" for c in text_cols)} THEN 'text_too_long'
+      WHEN event_type = 'search' AND (query IS NULL OR trim(query) = '') THEN 'search_without_query'
+      WHEN event_type IN ({inlist(schemas.ITEM_EVENT_TYPES)}) AND (item_id IS NULL OR trim(item_id) = '')
+        THEN 'item_event_without_item_id'
+    END"""
+    cols = "user_id, event_time, event_type, query, item_id, scene, request_id, ds"
     rank = "CASE event_type " + " ".join(f"WHEN '{n}' THEN {i}" for i, n in enumerate(EVENT_ORDER))
     rank += f" ELSE {len(EVENT_ORDER)} END"
-    order = (f"event_time, {rank}, coalesce(query, ''), coalesce(item_id, ''), coalesce(request_id, '')")
+    order = f"event_time, {rank}, coalesce(query, ''), coalesce(item_id, ''), coalesce(request_id, '')"
+    tie = f"concat_ws(chr(1), CAST({rank} AS VARCHAR), coalesce(query, ''), coalesce(item_id, ''), coalesce(request_id, ''))"
     gap_us = int(gap_minutes) * 60 * 1_000_000
-    files = str(Path(src) / "*.parquet").replace("'", "''")
-    sql = f"""
-    COPY (
-      WITH lagged AS (
-        SELECT *, lag(epoch_us(event_time)) OVER w AS _prev
-        FROM read_parquet('{files}', hive_partitioning = false)
-        WINDOW w AS (PARTITION BY user_id ORDER BY {order})
-      ),
-      flagged AS (
-        SELECT * EXCLUDE (_prev),
-               CASE WHEN _prev IS NULL OR epoch_us(event_time) - _prev > {gap_us} THEN 1 ELSE 0 END AS _new
-        FROM lagged
-      ),
-      seq AS (
-        SELECT * EXCLUDE (_new),
-               CAST(sum(_new) OVER (PARTITION BY user_id ORDER BY {order}
-                                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER) AS session_seq
-        FROM flagged
-      )
-      SELECT * EXCLUDE (session_seq), user_id || '|{ds}|' || session_seq AS session_id, session_seq FROM seq
-    ) TO '{out.replace("'", "''")}' (FORMAT parquet)
-    """
-    t0 = time.perf_counter()
-    con.execute(sql)
-    seconds = time.perf_counter() - t0
-    rows, sessions = con.execute(
-        f"SELECT count(*), count(DISTINCT (user_id, session_seq)) FROM read_parquet('{out}')"
-    ).fetchone()
+    steps = {
+        "validate": f"""
+          CREATE TEMP TABLE checked AS
+            SELECT {cols}, {reason} AS reason
+            FROM read_parquet('{raw}', hive_partitioning = true, hive_types = {{'ds': VARCHAR}});
+          CREATE TEMP TABLE copies AS
+            SELECT {cols}, count(*) AS _n FROM checked WHERE reason IS NULL GROUP BY ALL;
+          COPY (SELECT {cols} FROM copies) TO '{outp["clean"]}' (FORMAT parquet);
+          COPY (SELECT * FROM checked WHERE reason IS NOT NULL
+                UNION ALL SELECT {cols}, 'duplicate' FROM (
+                  SELECT {cols}, unnest(range(CAST(_n - 1 AS BIGINT))) AS _i FROM copies WHERE _n > 1))
+            TO '{outp["quarantine"]}' (FORMAT parquet);""",
+        "sessionize": f"""
+          COPY (
+            WITH lagged AS (
+              SELECT *, lag(epoch_us(event_time)) OVER w AS _prev FROM read_parquet('{outp["clean"]}')
+              WINDOW w AS (PARTITION BY user_id, ds ORDER BY {order})),
+            flagged AS (
+              SELECT * EXCLUDE (_prev),
+                     CASE WHEN _prev IS NULL OR epoch_us(event_time) - _prev > {gap_us} THEN 1 ELSE 0 END AS _new
+              FROM lagged),
+            seq AS (
+              SELECT * EXCLUDE (_new), CAST(sum(_new) OVER (PARTITION BY user_id, ds ORDER BY {order}
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER) AS session_seq
+              FROM flagged)
+            SELECT * EXCLUDE (session_seq), user_id || '|' || ds || '|' || session_seq AS session_id, session_seq
+            FROM seq
+          ) TO '{outp["sessions"]}' (FORMAT parquet);""",
+        "history": f"""
+          COPY (
+            WITH beh AS (
+              SELECT e.user_id, e.event_time, e.event_type, e.item_id, {tie} AS _tie,
+                     CASE WHEN e.event_type = 'search' THEN e.query ELSE coalesce(i.title, e.item_id) END AS text,
+                     i.leaf_category AS category
+              FROM read_parquet('{outp["clean"]}') e
+              LEFT JOIN (SELECT item_id, title, leaf_category FROM read_parquet('{items}')) i USING (item_id)
+              WHERE e.event_type IN ('search', 'click', 'cart', 'buy'))
+            SELECT user_id, event_time, _tie,
+                   row_number() OVER w AS _bidx,
+                   list({{'event_time': event_time, 'event_type': event_type, 'text': text, 'item_id': item_id,
+                          'category': category}}) OVER (w ROWS BETWEEN {int(history_len) - 1} PRECEDING AND CURRENT ROW)
+                     AS _hist
+            FROM beh WINDOW w AS (PARTITION BY user_id ORDER BY event_time, _tie)
+          ) TO '{outp["history"]}' (FORMAT parquet);""",
+    }
+    seconds = {}
+    for step, sql in steps.items():
+        t0 = time.perf_counter()
+        con.execute(sql)
+        seconds[step] = round(time.perf_counter() - t0, 2)
+    rows = {k: con.execute(f"SELECT count(*) FROM read_parquet('{v}')").fetchone()[0] for k, v in outp.items()}
     threads_used = con.execute("SELECT current_setting('threads')").fetchone()[0]
-    return {"rows": rows, "sessions": sessions, "query_s": round(seconds, 2), "threads": int(threads_used)}
+    return {"query_s": seconds, "rows": rows, "threads": int(threads_used)}
 
 
-def compare_sessions(spark_dir: Path, duck_file: Path) -> dict:
-    """Distinct (user_id, session_seq) on both sides and the rows that differ (multiset)."""
+def compare_outputs(root: Path, duck: Path, days: list[str]) -> dict:
+    """Spark's clean events and sessions of ``days`` against DuckDB's: rows only on one side
+    (EXCEPT ALL both ways) and session counts."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    spark = f"read_parquet('{spark_dir / '*.parquet'}', hive_partitioning = false)"
-    duck = f"read_parquet('{duck_file}')"
-    cols = "user_id, event_time, event_type, query, item_id, request_id, session_seq, session_id"
 
-    def sessions(rel: str) -> tuple[int, int]:
-        return con.execute(f"SELECT count(*), count(DISTINCT (user_id, session_seq)) FROM {rel}").fetchone()
+    def spark(area: str, table: str) -> str:
+        return f"read_parquet('{root / area / table}/ds=*/*.parquet', hive_partitioning = true, hive_types = {{'ds': VARCHAR}})"
 
-    (s_rows, s_sess), (d_rows, d_sess) = sessions(spark), sessions(duck)
-    only_spark = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {spark} EXCEPT ALL SELECT {cols} FROM {duck})")
-    only_spark = only_spark.fetchone()[0]
-    only_duck = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {duck} EXCEPT ALL SELECT {cols} FROM {spark})")
-    only_duck = only_duck.fetchone()[0]
-    return {
-        "spark_rows": s_rows, "duckdb_rows": d_rows,
-        "spark_sessions": s_sess, "duckdb_sessions": d_sess,
-        "rows_only_in_spark": only_spark, "rows_only_in_duckdb": only_duck,
-        "same_sessions": s_sess == d_sess and only_spark == 0 and only_duck == 0,
-    }
+    def diff(a: str, b: str, cols: str) -> tuple[int, int]:
+        one = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b})").fetchone()[0]
+        two = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a})").fetchone()[0]
+        return one, two
+
+    ev = "user_id, event_time, event_type, query, item_id, scene, request_id, ds"
+    out = {"clean_behavior_events": diff(spark("clean", "behavior_events"), f"read_parquet('{duck}/clean.parquet')", ev),
+           "quarantine_behavior_events": diff(spark("quarantine", "behavior_events"),
+                                              f"read_parquet('{duck}/quarantine.parquet')", ev + ", reason"),
+           "behavior_sessions": diff(spark("sessions", "behavior_sessions"), f"read_parquet('{duck}/sessions.parquet')",
+                                     ev + ", session_seq, session_id")}
+    out = {k: {"only_in_spark": a, "only_in_duckdb": b} for k, (a, b) in out.items()}
+    out["identical"] = all(v["only_in_spark"] == v["only_in_duckdb"] == 0 for v in out.values())
+    return out
 
 
 # --- one size ----------------------------------------------------------------------------------
@@ -408,7 +460,7 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
     out["steps"]["generate"] = _step_record(res, total_events)
     log(f"  generate: {res['seconds']} s, {total_events:,} events, peak {res['peak_rss_mb']} MB")
 
-    plan = [("validate", ds) for ds in days] + [("sessionize", last), ("build_samples", last)]
+    plan = [(step, days[0]) for step in SPARK_STEPS]  # each step once over the whole range
     runs: dict[str, list[dict]] = collections.defaultdict(list)
     for step, ds in plan:
         tag = f"{step}-{ds}"
@@ -421,7 +473,7 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
                 "--conf spark.eventLog.compress=false pyspark-shell"
             )
         log(f"  {step} ds={ds} ...")
-        cmd = [sys.executable, "-m", f"jobs.{step}", "--ds", ds, "--data-root", str(root)]
+        cmd = [sys.executable, "-m", f"jobs.{step}", "--ds", ds, "--through", last, "--data-root", str(root)]
         res = run_measured(cmd, step_env, logs / f"{tag}.log", args.step_timeout, args.poll_s)
         res["ds"] = ds
         res["spark"] = parse_event_log(ev_dir)
@@ -432,7 +484,7 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
             out["failed_step"] = f"{step} ds={ds}"
             break
     for step, step_runs in runs.items():
-        events = total_events if step in ("validate", "build_samples") else per_day[last]
+        events = total_events
         merged = {
             "seconds": round(sum(r["seconds"] for r in step_runs), 2),
             "cpu_s": round(sum(r["cpu_s"] for r in step_runs), 1),
@@ -449,44 +501,55 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
     if "failed_step" in out:
         return finish()
 
-    # DuckDB on the same clean Parquet, in its own process.
-    clean = root / "clean" / "behavior_events" / f"ds={last}"
-    duck_out = work / "duckdb_behavior_sessions.parquet"
-    gap = args.gap_minutes
-    log("  duckdb sessionize ...")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--duckdb-sessionize", str(clean), str(duck_out), last,
-           str(gap)] + (["--duckdb-threads", str(args.duckdb_threads)] if args.duckdb_threads else [])
+    # DuckDB on the same raw Parquet, in its own process.
+    duck_out = work / "duckdb"
+    duck_out.mkdir()
+    log("  duckdb (validate row checks, sessionize, history windows) ...")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--duckdb-etl", str(root), str(duck_out),
+           str(args.gap_minutes), str(args.history_len), *days]
+    cmd += ["--duckdb-threads", str(args.duckdb_threads)] if args.duckdb_threads else []
     res = run_measured(cmd, env, logs / "duckdb.log", args.step_timeout, args.poll_s)
-    duck = _step_record(res, per_day[last])
+    duck = _step_record(res, total_events)
     duck["result"] = res["stdout_json"]
-    out["steps"]["duckdb_sessionize"] = duck
-    log(f"  duckdb sessionize: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s, peak {res['peak_rss_mb']} MB")
+    out["steps"]["duckdb"] = duck
+    log(f"  duckdb: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s, peak {res['peak_rss_mb']} MB")
     if res["ok"]:
-        out["sessionize_comparison"] = sessionize_comparison(out["steps"]["sessionize"], duck)
-        out["sessionize_comparison"]["check"] = compare_sessions(
-            root / "sessions" / "behavior_sessions" / f"ds={last}", duck_out
-        )
+        out["ratios"] = ratios(out["steps"], duck)
+        out["ratios"]["check"] = compare_outputs(root, duck_out, days)
     else:
-        out["failed_step"] = "duckdb_sessionize"
+        out["failed_step"] = "duckdb"
     return finish()
 
 
-def sessionize_comparison(spark: dict, duck: dict) -> dict:
-    """Spark's sessionize step against DuckDB's: wall and CPU seconds and their ratios."""
-    write_s = spark["runs"][-1]["spark"].get("sql_seconds_by_target", {}).get("write sessions/behavior_sessions")
-    duck_query_s = (duck.get("result") or {}).get("query_s")
-    return {
-        "spark_sessionize_s": spark["seconds"],
-        "duckdb_sessionize_s": duck["seconds"],
-        "spark_over_duckdb": round(spark["seconds"] / duck["seconds"], 2),
-        "spark_sessionize_cpu_s": spark["cpu_s"],
-        "duckdb_sessionize_cpu_s": duck["cpu_s"],
-        "spark_over_duckdb_cpu": round(spark["cpu_s"] / duck["cpu_s"], 2) if duck["cpu_s"] else None,
-        "note": "whole processes; the Spark job also writes hintq_sessions and day_sessions",
-        "spark_behavior_sessions_write_s": write_s,
-        "duckdb_query_s": duck_query_s,
-        "spark_over_duckdb_query_only": round(write_s / duck_query_s, 2) if write_s and duck_query_s else None,
-    }
+#: The Spark write (event-log SQL target) whose time is set against each DuckDB query.
+QUERY_TARGETS = {"validate": ("validate", "write clean/behavior_events"),
+                 "sessionize": ("sessionize", "write sessions/behavior_sessions")}
+
+
+def ratios(steps: dict, duck: dict) -> dict:
+    """Spark over DuckDB: the whole ETL (every Spark process against the one DuckDB process, which
+    does only the steps it can express), each step's process, and the query alone."""
+    spark_total = sum(steps[s]["seconds"] for s in SPARK_STEPS)
+    query_s = (duck.get("result") or {}).get("query_s") or {}
+    out = {"spark_etl_s": round(spark_total, 2), "duckdb_process_s": duck["seconds"],
+           "whole_etl_over_duckdb_process": round(spark_total / duck["seconds"], 2),
+           "duckdb_query_s": query_s, "steps": {}}
+    for step in ("validate", "sessionize"):
+        spark_step, target = QUERY_TARGETS[step]
+        run = steps[spark_step]["runs"][-1]["spark"]
+        write_s = run.get("sql_seconds_by_target", {}).get(target)
+        out["steps"][step] = {
+            "spark_process_s": steps[spark_step]["seconds"], "duckdb_query_s": query_s.get(step),
+            "process_over_duckdb_query": round(steps[spark_step]["seconds"] / query_s[step], 2) if query_s.get(step) else None,
+            "spark_write_s": write_s,
+            "query_over_query": round(write_s / query_s[step], 2) if write_s and query_s.get(step) else None,
+        }
+    out["steps"]["history"] = {"spark_build_samples_process_s": steps["build_samples"]["seconds"],
+                               "duckdb_query_s": query_s.get("history"),
+                               "note": "Spark builds five sample tables on the windows; DuckDB only the windows"}
+    out["note"] = ("the DuckDB process runs validate's behaviour-event checks, sessionize's gap sessions and the "
+                   "history windows; the Spark processes run the whole ETL (every table)")
+    return out
 
 
 def _summary(step: str, res: dict):
@@ -546,12 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-s", type=float, default=0.2)
     parser.add_argument("--no-event-log", action="store_true", help="do not write/parse Spark event logs")
     parser.add_argument("--work-dir", default=None, help="parent of the temporary data roots (default /tmp)")
-    parser.add_argument("--duckdb-sessionize", nargs=4, metavar=("SRC", "OUT", "DS", "GAP"), help=argparse.SUPPRESS)
+    parser.add_argument("--history-len", type=int, default=20, help="must match samples.history_len")
+    parser.add_argument("--duckdb-etl", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.duckdb_sessionize:
-        src, out, ds, gap = args.duckdb_sessionize
-        print(json.dumps(duckdb_sessionize(src, out, ds, int(gap), args.duckdb_threads)))
+    if args.duckdb_etl:
+        root, out, gap, hist, *days = args.duckdb_etl
+        print(json.dumps(duckdb_etl(root, out, days, int(gap), int(hist), args.duckdb_threads)))
         return 0
 
     env = {k: v for k, v in os.environ.items() if k != "SPARK_SUBMITTED" and not k.startswith("PIPELINE__")}

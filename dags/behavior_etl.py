@@ -11,7 +11,9 @@ day-level sessions) → `build_samples` (KARMA, AIGQ Direct/Think, CTR samples, 
 **Schedule**: `ops.etl_schedule` (default `0 0 * * *`, UTC) as a data-interval timetable: the run
 started at 00:00 of D+1 has logical date D and builds D, the day that ended. `null` leaves only
 manual and backfill runs. **Date**: the `ds` Param when set, else the logical date
-(`dags/runner.py: resolve_ds`).
+(`dags/runner.py: resolve_ds`). **Range**: with the `through` Param every Spark task builds `ds`
+through `through` in one pass (one application per task, every day published together or none);
+`publish_samples` checks every day and announces the last (`make backfill` runs a range so).
 
 Each Spark job is `spark-submit common/steps.py jobs.<job> --ds <ds>` through the step runner
 (`dags/runner.py`): master from the `spark_default` connection (else the profile), driver memory
@@ -24,11 +26,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from common.config import load_config
-from common.paths import is_published, partition_path
+from common.paths import ds_range, is_published, partition_path
 from common.publish import read_manifest
 from common.registry import reset_day_outcomes
 from dags import ops, runner
@@ -46,6 +48,8 @@ def _schedule():
 
 PARAMS = {
     **runner.run_params("date to build; empty = the logical date (scheduled: the day that ended)"),
+    "through": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                     description="a range: build every date from ds through this one in one pass; empty = ds only"),
 }
 
 
@@ -79,19 +83,24 @@ def behavior_etl():
 
     @task(outlets=list(SAMPLE_ASSETS.values()))
     def publish_samples(day: str, params=None, outlet_events=None) -> dict:
-        """Check every sample partition of the day is published; announce them as Asset events.
-        The day's training outcomes are reset: the export of the day waits for both trainings
-        on these samples."""
+        """Check every sample partition of the day (of every day of a range) is published; announce
+        the (last) day as Asset events. The days' training outcomes are reset: the export of a day
+        waits for both trainings on these samples."""
         _cfg, root = runner.settings(params)
-        reset_day_outcomes(root, day)
+        last = dt.date.fromisoformat(params.get("through") or day)
+        days = ds_range(day, (last - dt.date.fromisoformat(day)).days + 1)
         published = {}
+        for ds in days:
+            reset_day_outcomes(root, ds)
+            for table in SAMPLE_ASSETS:
+                path = partition_path(root, "samples", table, ds)
+                if not is_published(path):
+                    raise FileNotFoundError(f"{table}: partition {path} was not published")
         for table, asset in SAMPLE_ASSETS.items():
-            path = partition_path(root, "samples", table, day)
-            if not is_published(path):
-                raise FileNotFoundError(f"{table}: partition {path} was not published")
+            path = partition_path(root, "samples", table, days[-1])
             rows = read_manifest(path).get("rows")
-            outlet_events[asset].extra = {"ds": day, "path": str(path), "rows": rows}
-            published[table] = {"path": str(path), "rows": rows}
+            outlet_events[asset].extra = {"ds": days[-1], "path": str(path), "rows": rows}
+            published[table] = {"path": str(path), "rows": rows, "days": len(days)}
         return published
 
     day = resolve_ds()

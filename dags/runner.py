@@ -246,8 +246,9 @@ def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -
 
 
 def spark_step(job: str, ds: str, params: Mapping) -> dict:
-    """``jobs.<job>`` for ``ds`` under spark-submit with the run's profile; returns its result
-    (per date, and the Spark settings the running application reports)."""
+    """``jobs.<job>`` for ``ds`` (through the ``through`` Param when set) under spark-submit with
+    the run's profile; returns its result (per date, and the Spark settings the running
+    application reports)."""
     cfg, root = settings(params)
     python = sys.executable
     env = step_env(params, {"SPARK_SUBMITTED": "1", "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
@@ -255,4 +256,6 @@ def spark_step(job: str, ds: str, params: Mapping) -> dict:
                             "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
     check_java(env)
     args = ["--ds", ds, "--data-root", root, *common_args({k: v for k, v in params.items() if k != "data_root"})]
+    if params.get("through"):  # a range: the job builds --ds through this date in one pass
+        args += ["--through", check_ds(params["through"])]
     return run_step(spark_submit_command(job, args, cfg, spark_master(cfg)), f"jobs.{job}", env)

@@ -1,5 +1,6 @@
 """build_samples: training samples for KARMA, AIGQ (Direct / Think), the CTR model, and the
-item corpus, for one ds. All five tables are published together or not at all.
+item corpus, for each day of a range (one pass over the range; the day a ``ds`` column). All
+five tables of every day are published together or not at all.
 
 Shared pieces
 - **Behaviours** are clean ``search | click | cart | buy`` events of ``ds`` and the
@@ -46,18 +47,17 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from common import schemas
 from common.arrow_io import partition_rows
 from common.paths import previous_ds
-from jobs.sessionize import EVENT_ORDER
-from jobs.spark import load_sql, publish_tables, read_partition, read_published_range, run_job
+from common.publish import staged_partitions
+from jobs.history import DAY_US, attach_history, day_number, index_behaviours, with_behaviour_text
+from jobs.spark import load_sql, publish_range, read_days, read_partition, run_job
 
 logger = logging.getLogger(__name__)
 
-BEHAVIOUR_TYPES = ("search", "click", "cart", "buy")
 TOKENS_SQL = "filter(split(lower({x}), '[\\\\s\\\\p{{Punct}}]+'), w -> length(w) >= 2)"
 
 
@@ -65,109 +65,22 @@ def normalize_query(col):
     return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
 
 
-def with_behaviour_text(events, items):
-    """Keep behaviour events and add ``text`` and ``category`` from the item catalogue."""
-    catalogue = items.select("item_id", "title", "leaf_category")
-    return (
-        events.filter(F.col("event_type").isin(*BEHAVIOUR_TYPES))
-        .join(F.broadcast(catalogue), on="item_id", how="left")
-        .withColumn(
-            "text",
-            F.when(F.col("event_type") == "search", F.col("query")).otherwise(
-                F.coalesce(F.col("title"), F.col("item_id"))
-            ),
-        )
-        .withColumn("category", F.col("leaf_category"))
-        .drop("title", "leaf_category")
-    )
-
-
-def _tie_key():
-    """A string that orders a user's same-instant behaviours deterministically."""
-    rank = F.lit(str(len(EVENT_ORDER)))
-    for name, i in reversed(list(EVENT_ORDER.items())):
-        rank = F.when(F.col("event_type") == name, F.lit(str(i))).otherwise(rank)
-    return F.concat_ws(
-        "\u0001", rank, F.coalesce("query", F.lit("")), F.coalesce("item_id", F.lit("")),
-        F.coalesce("request_id", F.lit("")),
-    )
-
-
-def time_bucket(seconds):
-    day = 86400
-    return (
-        F.when(seconds < 3600, "lt_1h")
-        .when(seconds < day, "lt_1d")
-        .when(seconds < 2 * day, "1d_ago")
-        .when(seconds < 4 * day, "2_3d_ago")
-        .when(seconds < 8 * day, "4_7d_ago")
-        .otherwise("gt_7d_ago")
-    )
-
-
-def index_behaviours(behaviours, history_len: int):
-    """Number each user's behaviours in time order (``_bidx``, 1-based) and attach to each the
-    window of the last ``history_len`` behaviours up to and including it (``_hist``).
-
-    Computed once per run and shared by every sample table.
-    """
-    beh = behaviours.withColumn("_tie", _tie_key())
-    order = Window.partitionBy("user_id").orderBy("event_time", "_tie")
-    item = F.struct("event_time", "event_type", "text", "item_id", "category")
-    return beh.select(
-        "user_id", "event_time", "_tie",
-        F.row_number().over(order).alias("_bidx"),
-        F.collect_list(item).over(order.rowsBetween(-(history_len - 1), 0)).alias("_hist"),
-    )
-
-
-def attach_history(indexed, anchors, key: str = "sample_id", time_col: str = "event_time"):
-    """Add ``history``: the indexed window of the last behaviours strictly before each anchor.
-
-    ``anchors`` needs ``user_id``, ``time_col`` and a unique ``key``. Cost is linear in the
-    number of behaviours plus an equi-join, never anchors x behaviours.
-    """
-    # Count behaviours strictly before each anchor: anchors sort before behaviours at equal time.
-    marks = anchors.select(
-        "user_id", F.col(time_col).alias("event_time"), F.lit(0).alias("_is_beh"), F.col(key).alias("_key"),
-        F.lit("").alias("_tie"),
-    ).unionByName(
-        indexed.select(
-            "user_id", "event_time", F.lit(1).alias("_is_beh"), F.lit(None).cast("string").alias("_key"), "_tie"
-        )
-    )
-    stream = Window.partitionBy("user_id").orderBy("event_time", "_is_beh", "_tie").rowsBetween(
-        Window.unboundedPreceding, Window.currentRow
-    )
-    before = (
-        marks.withColumn("_n_before", F.sum("_is_beh").over(stream))
-        .filter(F.col("_is_beh") == 0)
-        .select("user_id", F.col("_key").alias(key), "_n_before")
-    )
-    hist = indexed.select("user_id", F.col("_bidx").alias("_n_before"), "_hist")
-    joined = anchors.join(before, on=["user_id", key], how="left").join(hist, on=["user_id", "_n_before"], how="left")
-    anchor_us = F.unix_micros(F.col(time_col))
-    history = F.transform(
-        F.coalesce(F.col("_hist"), F.array()),
-        lambda h: F.struct(
-            h["event_time"].alias("event_time"),
-            h["event_type"].alias("event_type"),
-            time_bucket((anchor_us - F.unix_micros(h["event_time"])) / 1_000_000).alias("time_bucket"),
-            h["text"].alias("text"),
-            h["item_id"].alias("item_id"),
-            h["category"].alias("category"),
-        ),
-    )
-    return joined.withColumn("history", history).drop("_hist", "_n_before")
-
-
-def with_time_split(df, ds: str, valid_fraction: float, test_fraction: float, time_col: str = "event_time"):
-    midnight = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
-    frac = (F.unix_micros(F.col(time_col)) - int(midnight.timestamp() * 1_000_000)) / (86400 * 1_000_000)
+def with_time_split(df, ds: str | None, valid_fraction: float, test_fraction: float, time_col: str = "event_time"):
+    """``split`` by time of day of the anchor in the day ``ds`` (None: the row's ``ds`` column)."""
+    if ds is None:
+        midnight_us = day_number(F.col("ds")) * DAY_US
+    else:
+        midnight_us = F.lit(int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000)
+    frac = (F.unix_micros(F.col(time_col)) - midnight_us) / DAY_US
     train_end = 1.0 - valid_fraction - test_fraction
     return df.withColumn(
         "split", F.when(frac < train_end, "train").when(frac < 1.0 - test_fraction, "valid").otherwise("test")
     )
+
+
+def _day(df) -> list[str]:
+    """``["ds"]`` when ``df`` spans several days (a ``ds`` column), else ``[]``: a day key."""
+    return ["ds"] if "ds" in df.columns else []
 
 
 def _sample_id(*cols):
@@ -181,27 +94,28 @@ def hard_negatives(day_events, max_negatives: int):
     """Per (user, request): items viewed and not clicked, sorted by id, at most ``max_negatives``."""
     per_request = (
         day_events.filter(F.col("request_id").isNotNull() & F.col("item_id").isNotNull())
-        .groupBy("user_id", "request_id")
+        .groupBy("user_id", "request_id", *_day(day_events))
         .agg(
             F.collect_set(F.when(F.col("event_type") == "view", F.col("item_id"))).alias("_viewed"),
             F.collect_set(F.when(F.col("event_type").isin("click", "cart", "buy"), F.col("item_id"))).alias("_acted"),
         )
     )
     negatives = F.slice(F.array_sort(F.array_except("_viewed", "_acted")), 1, max_negatives)
-    return per_request.select("user_id", "request_id", negatives.alias("hard_negative_ids"))
+    return per_request.select("user_id", "request_id", *_day(day_events), negatives.alias("hard_negative_ids"))
 
 
-def build_karma_samples(indexed, day_events, *, target_event_types: tuple[str, ...], max_hard_negatives: int):
+def build_karma_samples(indexed, day_events, *, target_event_types: tuple[str, ...], max_hard_negatives: int,
+                        lookback_days: int | None = None):
     targets = day_events.filter(F.col("event_type").isin(*target_event_types) & F.col("item_id").isNotNull()).select(
-        "user_id", "event_time", "request_id", F.col("item_id").alias("target_item_id"),
+        "user_id", "event_time", "request_id", *_day(day_events), F.col("item_id").alias("target_item_id"),
         F.col("event_type").alias("target_event_type"),
     )
     targets = targets.withColumn("sample_id", _sample_id("user_id", "event_time", "target_item_id", "target_event_type"))
     targets = targets.dropDuplicates(["sample_id"])
-    with_hist = attach_history(indexed, targets)
+    with_hist = attach_history(indexed, targets, lookback_days=lookback_days)
     negs = hard_negatives(day_events, max_hard_negatives)
     return (
-        with_hist.join(negs, on=["user_id", "request_id"], how="left")
+        with_hist.join(negs, on=["user_id", "request_id", *_day(day_events)], how="left")
         .withColumn("hard_negative_ids", F.coalesce("hard_negative_ids", F.array().cast("array<string>")))
         .filter(F.size("history") > 0)
     )
@@ -232,7 +146,7 @@ def clean_query_list(arr, max_len: int):
 def direct_from_exposures(exposures, *, ranker_top_k: int, max_queries: int):
     target = F.concat(F.array(F.col("clicked_query")), ranked_shown_queries(ranker_top_k))
     return exposures.select(
-        "user_id", "request_id", "event_time",
+        "user_id", "request_id", "event_time", *_day(exposures),
         clean_query_list(target, max_queries).alias("target_queries"),
         F.lit("hintq").alias("label_source"),
     )
@@ -240,22 +154,23 @@ def direct_from_exposures(exposures, *, ranker_top_k: int, max_queries: int):
 
 def direct_from_search_sessions(sessions, *, max_queries: int):
     """Fallback for logs without HintQ: one sample per gap session with a search."""
+    day = _day(sessions)
     clicked_requests = (
         sessions.filter(F.col("event_type").isin("click", "cart", "buy") & F.col("request_id").isNotNull())
-        .select("user_id", "request_id").distinct().withColumn("_clicked", F.lit(1))
+        .select("user_id", "request_id", *day).distinct().withColumn("_clicked", F.lit(1))
     )
     searches = (
         sessions.filter(F.col("event_type") == "search")
-        .join(clicked_requests, on=["user_id", "request_id"], how="left")
+        .join(clicked_requests, on=["user_id", "request_id", *day], how="left")
         .withColumn("_clicked", F.coalesce("_clicked", F.lit(0)))
     )
     ordered = F.array_sort(F.collect_list(F.struct(
         (1 - F.col("_clicked")).alias("_rank"), F.unix_micros("event_time").alias("_t"), F.col("query").alias("q")
     )))
-    return searches.groupBy("user_id", "session_id").agg(
+    return searches.groupBy("user_id", "session_id", *day).agg(
         F.min("event_time").alias("event_time"), ordered.alias("_ordered")
     ).select(
-        "user_id", F.col("session_id").alias("request_id"), "event_time",
+        "user_id", F.col("session_id").alias("request_id"), "event_time", *day,
         clean_query_list(F.transform("_ordered", lambda x: x["q"]), max_queries).alias("target_queries"),
         F.lit("search_session").alias("label_source"),
     )
@@ -266,23 +181,22 @@ def with_profile(df, users):
     return df.join(users.select("user_id", *cols), on="user_id", how="left")
 
 
-def build_direct_samples(indexed, anchors, users):
+def build_direct_samples(indexed, anchors, users, lookback_days: int | None = None):
     """``anchors``: ``direct_anchors(...)``."""
-    return with_profile(attach_history(indexed, anchors), users)
+    return with_profile(attach_history(indexed, anchors, lookback_days=lookback_days), users)
 
 
-def direct_anchors(exposures, sessions, *, has_exposures: bool, session_anchors: bool, ranker_top_k: int,
+def direct_anchors(exposures, sessions, *, exposure_days: list[str], session_anchors: bool, ranker_top_k: int,
                    max_queries: int):
-    """Direct anchors with their target lists: clicked HintQ exposures; gap sessions with a search
-    on days without exposures (``has_exposures`` false: the day's exposure partition is empty), or
-    on every day as well with ``session_anchors``."""
-    if not has_exposures:
-        anchors = direct_from_search_sessions(sessions, max_queries=max_queries)
-    else:
-        clicked = exposures.filter(F.col("clicked_query").isNotNull())
-        anchors = direct_from_exposures(clicked, ranker_top_k=ranker_top_k, max_queries=max_queries)
-        if session_anchors:
-            anchors = anchors.unionByName(direct_from_search_sessions(sessions, max_queries=max_queries))
+    """Direct anchors with their target lists (``exposures`` and ``sessions`` with a ``ds``
+    column): clicked HintQ exposures; gap sessions with a search on days without exposures (not in
+    ``exposure_days``: the day's exposure partition is empty), or on every day with
+    ``session_anchors``."""
+    clicked = exposures.filter(F.col("clicked_query").isNotNull())
+    anchors = direct_from_exposures(clicked, ranker_top_k=ranker_top_k, max_queries=max_queries)
+    if not session_anchors:
+        sessions = sessions.filter(~F.col("ds").isin(*exposure_days)) if exposure_days else sessions
+    anchors = anchors.unionByName(direct_from_search_sessions(sessions, max_queries=max_queries))
     return anchors.filter(F.size("target_queries") > 0).withColumn(
         "sample_id", _sample_id("user_id", "request_id", "event_time")
     )
@@ -292,26 +206,27 @@ def think_targets(day_events, exposures, *, ranker_top_k: int, max_queries: int,
     """Per user and day: the ordered, de-duplicated (query, source) target list. With ``anchors``
     (``user_id, event_time``): one list per anchor from the day's entries at or after its time,
     keyed by ``user_id, event_time``."""
+    day = _day(day_events)
     hint_clicks = exposures.filter(F.col("clicked_query").isNotNull()).select(
-        "user_id", F.lit(0).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
+        "user_id", *day, F.lit(0).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
         F.col("clicked_query").alias("query"), F.lit("hint_click").alias("source"),
     )
     searches = day_events.filter((F.col("event_type") == "search") & (F.coalesce("scene", F.lit("")) != "hintq")).select(
-        "user_id", F.lit(1).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
+        "user_id", *day, F.lit(1).alias("_p"), F.unix_micros("event_time").alias("_t"), F.lit(0).alias("_i"),
         F.col("query"), F.lit("search").alias("source"),
     )
     ranker = exposures.select(
-        "user_id", F.unix_micros("event_time").alias("_t"),
+        "user_id", *day, F.unix_micros("event_time").alias("_t"),
         F.posexplode(ranked_shown_queries(ranker_top_k)).alias("_i", "query"),
-    ).select("user_id", F.lit(2).alias("_p"), "_t", "_i", "query", F.lit("ranker").alias("source"))
+    ).select("user_id", *day, F.lit(2).alias("_p"), "_t", "_i", "query", F.lit("ranker").alias("source"))
     long = hint_clicks.unionByName(searches).unionByName(ranker).withColumn("query", normalize_query(F.col("query")))
     long = long.filter(F.col("query").isNotNull() & (F.col("query") != ""))
-    keys = ["user_id"]
+    keys = ["user_id", *day]
     if anchors is not None:
-        long = anchors.select("user_id", "event_time").join(long, on="user_id").filter(
+        long = anchors.select(*keys, "event_time").join(long, on=keys).filter(
             F.col("_t") >= F.unix_micros("event_time")
         )
-        keys = ["user_id", "event_time"]
+        keys = [*keys, "event_time"]
     ordered = F.array_sort(F.collect_list(F.struct("_p", "_t", "_i", "query", "source")))
     # Keep the first occurrence of each query: drop entries whose query appeared earlier.
     dedup = F.expr(
@@ -337,37 +252,41 @@ def with_triggers(df):
 
 
 def build_think_samples(indexed, day_events, exposures, day_sessions, users, *, ranker_top_k: int,
-                        max_queries: int, direct=None):
+                        max_queries: int, direct=None, lookback_days: int | None = None):
     """``direct`` (given with ``samples.session_anchors``): the Direct anchors; those after the day
     session's start become Think anchors too, each with the rest of the day as its target."""
     lists = {"ranker_top_k": ranker_top_k, "max_queries": max_queries}
-    starts = day_sessions.select("user_id", F.col("start_time").alias("event_time"))
-    anchors = starts.join(think_targets(day_events, exposures, **lists), on="user_id", how="inner")
+    keys = ["user_id", *_day(day_events)]
+    starts = day_sessions.select(*keys, F.col("start_time").alias("event_time"))
+    anchors = starts.join(think_targets(day_events, exposures, **lists), on=keys, how="inner")
     if direct is not None:
-        later = direct.select("user_id", "event_time").distinct().join(
-            starts.withColumnRenamed("event_time", "_start"), on="user_id"
+        later = direct.select(*keys, "event_time").distinct().join(
+            starts.withColumnRenamed("event_time", "_start"), on=keys
         ).filter(F.col("event_time") > F.col("_start")).drop("_start")
         anchors = anchors.unionByName(later.join(think_targets(day_events, exposures, anchors=later, **lists),
-                                                 on=["user_id", "event_time"], how="inner"))
+                                                 on=[*keys, "event_time"], how="inner"))
     anchors = anchors.withColumn("sample_id", _sample_id("user_id", "event_time"))
-    out = with_triggers(attach_history(indexed, anchors))
+    out = with_triggers(attach_history(indexed, anchors, lookback_days=lookback_days))
     return with_profile(out.filter(F.size("targets") > 0), users)
 
 
-def build_ctr_samples(indexed, users, *, impressions=None, day_events=None):
+def build_ctr_samples(indexed, users, *, impressions=None, day_events=None, lookback_days: int | None = None):
     """One row per query impression (label = clicked); on a day without impressions (a plain
-    search log such as Best Buy's: pass ``day_events`` instead), one row per search (label = the
-    search's request got a click, position 0), so the CTR reward model can train on any log."""
-    if (impressions is None) == (day_events is None):
-        raise ValueError("build_ctr_samples takes exactly one of impressions and day_events")
+    search log such as Best Buy's: pass ``day_events`` of those days), one row per search (label
+    = the search's request got a click, position 0), so the CTR reward model can train on any log.
+    Both inputs carry a ``ds`` column; either may be None, not both."""
+    if impressions is None and day_events is None:
+        raise ValueError("build_ctr_samples takes impressions, day_events or both")
+    parts = []
     if impressions is not None:
-        base = users.sparkSession.sql(load_sql("ctr_samples"), impressions=impressions, users=users)
-    else:
-        base = users.sparkSession.sql(load_sql("ctr_samples_from_searches"), day_events=day_events, users=users)
+        parts.append(users.sparkSession.sql(load_sql("ctr_samples"), impressions=impressions, users=users))
+    if day_events is not None:
+        parts.append(users.sparkSession.sql(load_sql("ctr_samples_from_searches"), day_events=day_events, users=users))
+    base = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     base = base.withColumn(
         "sample_id", _sample_id("user_id", "event_time", "query", "position")
     )
-    out = attach_history(indexed, base)
+    out = attach_history(indexed, base, lookback_days=lookback_days)
     searched = F.filter("history", lambda h: h["event_type"] == "search")
     return out.withColumn("recent_queries", F.transform(searched, lambda h: h["text"]))
 
@@ -401,48 +320,80 @@ class SampleSettings:
         )
 
 
-def run(spark, cfg: dict, ds: str) -> dict:
-    """Build the five sample tables of ``ds`` and publish them together; rows per table."""
+def segments(root, dates: list[str]) -> list[list[str]]:
+    """The days of ``dates`` grouped by the snapshots their samples read (the source of their
+    clean ``items`` and ``users``): each group is one pass with one catalogue and one profile."""
+    groups: dict[tuple, list[str]] = {}
+    for ds in dates:
+        key = tuple(partition_rows(root, "clean", t, ds)[1].get("source_ds") for t in ("items", "users"))
+        groups.setdefault(key, []).append(ds)
+    return list(groups.values())
+
+
+def run_range(spark, cfg: dict, dates: list[str]) -> dict:
+    """Build the five sample tables of every day of ``dates`` in one pass per snapshot segment
+    (usually one) and publish every day together; ``{ds: {table: rows}}``."""
+    root = cfg["data_root"]
+    counts: dict[str, dict] = {}
+    with staged_partitions() as batch:
+        for days in segments(root, dates):
+            counts.update(build_segment(spark, cfg, days, batch))
+    return counts
+
+
+def build_segment(spark, cfg: dict, days: list[str], batch) -> dict:
+    """Samples of ``days`` (one items and users snapshot): every input read once over the range
+    (behaviours over the lookback of the first day through the last), ``ds`` a column, each
+    history cut to the lookback of its own day."""
     root, settings = cfg["data_root"], SampleSettings.from_config(cfg["samples"])
-    lookback = previous_ds(ds, settings.lookback_days) + [ds]
-    items = read_partition(spark, root, "clean", "items", ds)
-    users = read_partition(spark, root, "clean", "users", ds)
-    events = read_published_range(spark, root, "clean", "behavior_events", lookback)
+    lookback = {ds: previous_ds(ds, settings.lookback_days) + [ds] for ds in days}
+    span = sorted({d for lb in lookback.values() for d in lb})
+    items = read_partition(spark, root, "clean", "items", days[0])
+    users = read_partition(spark, root, "clean", "users", days[0])
+    events = read_days(spark, root, "clean", "behavior_events", span)
     indexed = index_behaviours(with_behaviour_text(events, items), settings.history_len).persist()
-    day_events = read_partition(spark, root, "clean", "behavior_events", ds)
-    exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
-    sessions = read_partition(spark, root, "sessions", "behavior_sessions", ds)
-    day_sessions = read_partition(spark, root, "sessions", "day_sessions", ds)
-    # Which rule makes the Direct anchors and the CTR rows follows from the published row counts
-    # (the manifests), not from an action on the data.
-    has_exposures = (partition_rows(root, "clean", "hintq_exposures", ds)[0] or 0) > 0
-    if (partition_rows(root, "clean", "query_impressions", ds)[0] or 0) > 0:
-        ctr_input = {"impressions": read_partition(spark, root, "clean", "query_impressions", ds)}
-    else:
-        ctr_input = {"day_events": day_events}
+    day_events = events.filter(F.col("ds").isin(*days))
+    exposures = read_days(spark, root, "clean", "hintq_exposures", days)
+    sessions = read_days(spark, root, "sessions", "behavior_sessions", days)
+    day_sessions = read_days(spark, root, "sessions", "day_sessions", days)
+    # Which rule makes the Direct anchors and the CTR rows of a day follows from its published
+    # row counts (the manifests), not from an action on the data.
+    exposure_days = [ds for ds in days if (partition_rows(root, "clean", "hintq_exposures", ds)[0] or 0) > 0]
+    impression_days = [ds for ds in days if (partition_rows(root, "clean", "query_impressions", ds)[0] or 0) > 0]
+    ctr_input = {}
+    if impression_days:
+        ctr_input["impressions"] = read_days(spark, root, "clean", "query_impressions", impression_days)
+    if len(impression_days) < len(days):
+        ctr_input["day_events"] = day_events.filter(~F.col("ds").isin(*impression_days)) if impression_days else day_events
     lists = {"ranker_top_k": settings.ranker_top_k, "max_queries": settings.max_target_queries}
-    direct = direct_anchors(exposures, sessions, has_exposures=has_exposures,
+    direct = direct_anchors(exposures, sessions, exposure_days=exposure_days,
                             session_anchors=settings.session_anchors, **lists)
-    split = {"ds": ds, "valid_fraction": settings.valid_fraction, "test_fraction": settings.test_fraction}
+    split = {"ds": None, "valid_fraction": settings.valid_fraction, "test_fraction": settings.test_fraction}
+    hist = {"lookback_days": settings.lookback_days}
     karma = build_karma_samples(indexed, day_events, target_event_types=settings.target_event_types,
-                                max_hard_negatives=settings.hard_negatives)
+                                max_hard_negatives=settings.hard_negatives, **hist)
     think = build_think_samples(indexed, day_events, exposures, day_sessions, users,
-                                direct=direct if settings.session_anchors else None, **lists)
+                                direct=direct if settings.session_anchors else None, **lists, **hist)
     outputs = {
         "karma_samples": with_time_split(karma, **split),
-        "aigq_direct_sft": with_time_split(build_direct_samples(indexed, direct, users), **split),
+        "aigq_direct_sft": with_time_split(build_direct_samples(indexed, direct, users, **hist), **split),
         "aigq_think_sft": with_time_split(think, **split),
-        "ctr_samples": with_time_split(build_ctr_samples(indexed, users, **ctr_input), **split),
-        "item_corpus": build_item_corpus(items),
+        "ctr_samples": with_time_split(build_ctr_samples(indexed, users, **ctr_input, **hist), **split),
     }
     try:
-        return publish_tables(root, "samples", ds, outputs, {"history_ds": lookback})
+        return publish_range(root, "samples", days, outputs, lambda ds: {"history_ds": lookback[ds]},
+                             copies={"item_corpus": build_item_corpus(items)}, batch=batch)
     finally:
         indexed.unpersist()
 
 
+def run(spark, cfg: dict, ds: str) -> dict:
+    """The five sample tables of one day (the range of one day)."""
+    return run_range(spark, cfg, [ds])[ds]
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_job("build_samples", run, argv, __doc__.splitlines()[0])
+    return run_job("build_samples", run_range, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""sessionize: gap-based sessions, HintQ exposure sessions and day-level sessions for one ds.
+"""sessionize: gap-based sessions, HintQ exposure sessions and day-level sessions for a range of days.
 
 - ``behavior_sessions``: every clean behaviour event with ``session_id`` / ``session_seq``.
   Events are ordered per user by time (ties broken by a fixed event-type order, then text), a
@@ -17,7 +17,7 @@ import sys
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from jobs.spark import load_sql, publish_tables, read_partition, run_job
+from jobs.spark import load_sql, publish_range, read_days, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,27 @@ def event_order_columns():
     ]
 
 
-def with_session_id(events, gap_minutes: int, ds: str):
-    """Add ``session_seq`` (1-based per user) and ``session_id`` = ``user|ds|seq``."""
-    ordered = Window.partitionBy("user_id").orderBy(*event_order_columns())
+def with_session_id(events, gap_minutes: int, ds: str | None = None):
+    """Add ``session_seq`` (1-based per user and day) and ``session_id`` = ``user|ds|seq``.
+
+    The day is the ``ds`` column (a range of days), else the ``ds`` argument (one day)."""
+    if "ds" not in events.columns:
+        events = events.withColumn("ds", F.lit(ds))
+        single = True
+    else:
+        single = False
+    ordered = Window.partitionBy("user_id", "ds").orderBy(*event_order_columns())
     gap_us = int(gap_minutes) * 60 * 1_000_000
     prev = F.lag(F.unix_micros("event_time")).over(ordered)
     starts = F.when(prev.isNull() | ((F.unix_micros("event_time") - prev) > gap_us), 1).otherwise(0)
     running = ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    return (
+    out = (
         events.withColumn("_new_session", starts)
         .withColumn("session_seq", F.sum("_new_session").over(running).cast("int"))
-        .withColumn("session_id", F.concat_ws("|", "user_id", F.lit(ds), F.col("session_seq").cast("string")))
+        .withColumn("session_id", F.concat_ws("|", "user_id", "ds", F.col("session_seq").cast("string")))
         .drop("_new_session")
     )
+    return out.drop("ds") if single else out
 
 
 def filter_clicked_exposures(exposures):
@@ -58,25 +66,36 @@ def filter_clicked_exposures(exposures):
 
 
 def build_day_sessions(events):
-    """One row per user of the day's ``events`` (the date is the partition, not a column)."""
-    return events.sparkSession.sql(load_sql("day_sessions"), events=events)
+    """One row per user and day of ``events`` (by their ``ds`` column when they have one)."""
+    single = "ds" not in events.columns
+    if single:
+        events = events.withColumn("ds", F.lit(""))
+    out = events.sparkSession.sql(load_sql("day_sessions"), events=events)
+    return out.drop("ds") if single else out
 
 
-def run(spark, cfg: dict, ds: str) -> dict:
+def run_range(spark, cfg: dict, dates: list[str]) -> dict:
+    """Sessions of every day of ``dates`` in one pass (sessions never cross a day); every day
+    published together. Returns ``{ds: {table: rows}}``."""
     root = cfg["data_root"]
     gap = int(cfg.get("sessionize", {}).get("gap_minutes", 30))
-    events = read_partition(spark, root, "clean", "behavior_events", ds)
-    exposures = read_partition(spark, root, "clean", "hintq_exposures", ds)
+    events = read_days(spark, root, "clean", "behavior_events", dates)
+    exposures = read_days(spark, root, "clean", "hintq_exposures", dates)
     outputs = {
-        "behavior_sessions": with_session_id(events, gap, ds),
+        "behavior_sessions": with_session_id(events, gap),
         "hintq_sessions": filter_clicked_exposures(exposures),
         "day_sessions": build_day_sessions(events),
     }
-    return publish_tables(root, "sessions", ds, outputs, {"gap_minutes": gap})
+    return publish_range(root, "sessions", dates, outputs, lambda ds: {"gap_minutes": gap})
+
+
+def run(spark, cfg: dict, ds: str) -> dict:
+    """Sessions of one day (the range of one day)."""
+    return run_range(spark, cfg, [ds])[ds]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("sessionize", run, argv, __doc__.splitlines()[0])
+    return run_job("sessionize", run_range, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

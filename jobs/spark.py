@@ -7,16 +7,19 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
+import uuid
 from pathlib import Path
 
 from pyspark.sql import SparkSession
+from pyspark.sql.types import StringType
 
 from common import schemas
-from common.arrow_io import parquet_row_count
+from common.arrow_io import data_files, parquet_row_count
 from common.config import load_config
 from common.logging_setup import setup_logging
-from common.paths import check_ds, is_published, latest_published_ds, partition_path
+from common.paths import check_ds, is_published, partition_path, table_path
 from common.publish import staged_partitions
 from common.steps import write_result
 
@@ -57,8 +60,8 @@ def job_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--through",
         default=None,
-        help="backfill: build every date from --ds through this one (inclusive), in order, in one "
-        "Spark session; stops at the first failing date (earlier dates stay published)",
+        help="build every date from --ds through this one (inclusive) in one pass over the range; "
+        "every day is published together at the end, or none when any day fails",
     )
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
@@ -66,32 +69,36 @@ def job_arg_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_job(name: str, run, argv: list[str] | None, description: str) -> int:
-    """The shared ``main``: parse ``--ds [--through]/--config/--profile/--data-root``, run each
-    date, print one JSON line per date."""
+def date_range(first: str, last: str) -> list[str]:
+    """Every date from ``first`` through ``last`` (inclusive), oldest first."""
+    start, end = dt.date.fromisoformat(check_ds(first)), dt.date.fromisoformat(check_ds(last))
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def run_job(name: str, run_range, argv: list[str] | None, description: str) -> int:
+    """The shared ``main``: parse ``--ds [--through]/--config/--profile/--data-root``, run the
+    range in one call of ``run_range(spark, cfg, dates)`` (``{ds: result}``), print one JSON line
+    per date."""
     setup_logging()
     parser = job_arg_parser(description)
     args = parser.parse_args(argv)
-    first = dt.date.fromisoformat(check_ds(args.ds))
-    last = dt.date.fromisoformat(check_ds(args.through)) if args.through else first
-    if last < first:
+    check_ds(args.ds)
+    if args.through and check_ds(args.through) < args.ds:
         parser.error(f"--through {args.through} is before --ds {args.ds}")
-    dates = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    dates = date_range(args.ds, args.through or args.ds)
     cfg = load_config(args.config or None, args.profile or None)
     if args.data_root:
         cfg["data_root"] = str(Path(args.data_root).resolve())
     spark = build_spark(cfg, name)
-    results = {}
     try:
+        try:
+            results = run_range(spark, cfg, dates)
+        except InputContractError as exc:
+            logger.error("%s %s..%s rejected its input: %s", name, dates[0], dates[-1], exc)
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return CONTRACT_ERROR_EXIT
         for ds in dates:
-            try:
-                result = run(spark, cfg, ds)
-            except InputContractError as exc:
-                logger.error("%s ds=%s rejected its input: %s", name, ds, exc)
-                print(f"ERROR: {exc}", file=sys.stderr)
-                return CONTRACT_ERROR_EXIT
-            print(json.dumps({"ds": ds, name: result}, sort_keys=True), flush=True)
-            results[ds] = result
+            print(json.dumps({"ds": ds, name: results[ds]}, sort_keys=True), flush=True)
         write_result({"job": name, "dates": dates, "results": results, "spark_conf": spark_settings(spark)})
     finally:
         spark.stop()
@@ -122,38 +129,77 @@ def read_partition(spark, root: str | Path, area: str, table: str, ds: str, sche
     return spark.read.schema(schema).parquet(str(path))
 
 
-def read_published_range(spark, root, area: str, table: str, ds_list: list[str], schema_name: str | None = None):
-    """Union of the published partitions among ``ds_list`` (missing days are skipped)."""
-    schema = schemas.spark_schema(schema_name or table)
+def read_days(spark, root, area: str, table: str, ds_list, schema_name: str | None = None):
+    """The published partitions among ``ds_list`` in one read, with the date as a ``ds`` column
+    (string); unpublished days are skipped (read as empty)."""
+    schema = schemas.spark_schema(schema_name or table).add("ds", StringType())
     paths = [str(partition_path(root, area, table, d)) for d in ds_list]
     paths = [p for p in paths if is_published(p)]
     if not paths:
         return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(*paths)
+    base = str(table_path(root, area, table))
+    return spark.read.schema(schema).option("basePath", base).parquet(*paths)
 
 
-def read_snapshot(spark, root, area: str, table: str, ds: str):
-    """The newest published snapshot partition at or before ``ds``."""
-    snap_ds = latest_published_ds(root, area, table, ds)
-    if snap_ds is None:
-        return spark.createDataFrame([], schemas.spark_schema(table)), None
-    return read_partition(spark, root, area, table, snap_ds), snap_ds
+def publish_range(root, area: str, dates: list[str], outputs: dict, manifest_extra=None,
+                  copies: dict | None = None, batch=None) -> dict[str, dict[str, int]]:
+    """Publish every day of ``dates`` for every table together (all or nothing).
 
-
-def publish_tables(root, area: str, ds: str, outputs: dict, manifest_extra: dict | None = None) -> dict[str, int]:
-    """Cast each DataFrame of ``outputs`` ({table: df}) to its contract schema, stage it as
-    ``<area>/<table>/ds=<ds>`` and publish them all together; returns rows per table."""
-    counts: dict[str, int] = {}
-    with staged_partitions() as batch:
-        for table, df in outputs.items():
-            schema = schemas.spark_schema(table)
-            df = df.select(*[df[f.name].cast(f.dataType) for f in schema])
-            manifest = {"table": table, "ds": ds, **(manifest_extra or {})}
-            tmp = batch.stage(partition_path(root, area, table, ds), manifest)
-            df.write.mode("overwrite").parquet(str(tmp))
-            manifest["rows"] = counts[table] = parquet_row_count(tmp)
-            logger.info("%s ds=%s: %d rows", table, ds, counts[table])
+    ``outputs`` ({table: df}) carry a ``ds`` column: each is cast to its contract schema and
+    written once with ``partitionBy("ds")`` to a hidden staging folder beside the table; a day
+    without rows gets an empty file with the schema. ``copies`` ({table: df}) are the same for
+    every day (no ``ds`` column): written once, then copied into each day. ``manifest_extra(ds)``
+    adds keys to each day's manifest. With ``batch`` (a ``PartitionBatch``) the days are only
+    staged there, for the caller to publish with more. Returns ``{ds: {table: rows}}``.
+    """
+    if batch is None:
+        with staged_partitions() as own:
+            return publish_range(root, area, dates, outputs, manifest_extra, copies, own)
+    tables = {**outputs, **(copies or {})}
+    spark = next(iter(tables.values())).sparkSession
+    counts: dict[str, dict[str, int]] = {ds: {} for ds in dates}
+    for table, df in tables.items():
+        stage = table_path(root, area, table) / f".stage-{uuid.uuid4().hex[:12]}"
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write_staged(df, table, stage, per_day=table in outputs, days=len(dates))
+            empty = None
+            for ds in dates:
+                src = stage / f"ds={ds}" if table in outputs else stage
+                if table in outputs and not src.is_dir():
+                    empty = empty or _empty_files(spark, table, stage / "_empty")
+                    src = empty
+                manifest = {"table": table, "ds": ds, **(manifest_extra(ds) if manifest_extra else {})}
+                tmp = batch.stage(partition_path(root, area, table, ds), manifest)
+                move = table in outputs and src != empty
+                for f in data_files(src):
+                    (os.rename if move else shutil.copyfile)(f, tmp / f.name)
+                manifest["rows"] = counts[ds][table] = parquet_row_count(tmp)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    for ds in dates:
+        logger.info("%s ds=%s: %s", area, ds, counts[ds])
     return counts
+
+
+def write_staged(df, table: str, path: Path, per_day: bool, days: int) -> None:
+    """Cast ``df`` to the contract schema of ``table`` and write it to ``path``, by ``ds`` when
+    ``per_day`` (one file per day when the range has several: the days are written in parallel)."""
+    schema = schemas.spark_schema(table)
+    cols = [df[f.name].cast(f.dataType) for f in schema]
+    if not per_day:
+        df.select(*cols).write.mode("overwrite").parquet(str(path))
+        return
+    out = df.select(*cols, df["ds"].cast("string").alias("ds"))
+    if days > 1:
+        out = out.repartition("ds")
+    out.write.mode("overwrite").partitionBy("ds").parquet(str(path))
+
+
+def _empty_files(spark, table: str, path: Path) -> Path:
+    """A folder with one empty Parquet file carrying the contract schema of ``table``."""
+    spark.createDataFrame([], schemas.spark_schema(table)).coalesce(1).write.mode("overwrite").parquet(str(path))
+    return path
 
 
 def write_parquet(df, path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""validate: contract checks on one day of raw data; bad rows go to quarantine with a reason.
+"""validate: contract checks on the raw data of a range of days; bad rows go to quarantine with a reason.
 
 Two layers:
 
@@ -9,8 +9,10 @@ Two layers:
 2. **Row checks** (Spark): each row gets the first failing reason, in the order of
    ``*_REASONS`` below, or none. Exact duplicates beyond the first copy are quarantined as
    ``duplicate``. Clean rows go to ``clean/<table>/ds=…``, the others to
-   ``quarantine/<table>/ds=…`` with a ``reason`` column, and ``rows in = rows out + rows
-   quarantined`` is checked per table before anything is published.
+   ``quarantine/<table>/ds=…`` with a ``reason`` column, and ``rows in`` (the raw files'
+   footers) ``= rows out + rows quarantined`` is checked per table and day before anything is
+   published. Each event table is read once for the whole range (the day a ``ds`` column); a
+   snapshot is validated once per source partition and copied into each day.
 
 Event tables are read for ``ds``; snapshot tables (items, users) from their newest published
 partition at or before ``ds`` and re-published as ``clean/<table>/ds=<ds>``. Only
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, MapType, StructType
+from pyspark.sql.types import MapType
 
 from common import schemas
 from common.arrow_io import data_files, parquet_row_count
-from common.paths import is_published, latest_published_ds, partition_path
+from common.paths import is_published, latest_published_ds, partition_path, table_path
 from common.publish import staged_partitions
 from jobs.spark import InputContractError, run_job
 
@@ -93,11 +98,16 @@ def _list_text_checks(column: str, max_len: int, max_items: int):
     return [("invalid_utf8", col.isNotNull() & invalid), ("text_too_long", col.isNotNull() & too_long)]
 
 
-def _time_checks(ds: str):
-    start = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC)
-    end = start + dt.timedelta(days=1)
+def _time_checks(ds: str | None):
+    """``event_time`` inside the UTC day ``ds`` (the row's ``ds`` column when None)."""
+    day_us = 86400 * 1_000_000
+    if ds is None:
+        start = F.datediff(F.to_date(F.col("ds")), F.lit(dt.date(1970, 1, 1))).cast("long") * day_us
+    else:
+        start = F.lit(int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000)
     t = F.col("event_time")
-    inside = (t >= F.lit(start)) & (t < F.lit(end))
+    us = F.unix_micros(t)
+    inside = (us >= start) & (us < start + day_us)
     return [("null_event_time", t.isNull()), ("event_time_outside_partition", ~inside)]
 
 
@@ -118,8 +128,9 @@ class TextLimits:
         return cls(**{key: int(value) for key, value in validate.items() if key in cls.__dataclass_fields__})
 
 
-def row_rules(table: str, ds: str, limits: TextLimits) -> list:
-    """Ordered (reason, condition) rules for ``table``; the first that holds is the reason."""
+def row_rules(table: str, ds: str | None, limits: TextLimits) -> list:
+    """Ordered (reason, condition) rules for ``table``; the first that holds is the reason.
+    ``ds`` None: the day of each row is its ``ds`` column."""
     max_len, max_title, max_items = limits.max_text_len, limits.max_title_len, limits.max_list_len
     if table == "behavior_events":
         item_event = F.col("event_type").isin(*schemas.ITEM_EVENT_TYPES)
@@ -197,119 +208,167 @@ def with_quarantine_reason(df, rules: list, duplicate_keys: list[str] | None):
     """Add ``reason``: the first rule that holds, else ``duplicate`` for repeated keys, else null.
 
     Duplicates are only counted among rows that passed every other rule, so one bad copy does
-    not hide a good one. Among keyed duplicates the kept copy is the one with the smallest hash
-    of the whole row (deterministic across reruns).
+    not hide a good one, and only within a day (a ``ds`` column, when there is one). Among keyed
+    duplicates the kept copy is the one with the smallest hash of the whole row (deterministic
+    across reruns). Whole-row duplicates are identical, so they are counted by one hash
+    aggregation (no sort): one copy stays, the others come out as ``duplicate``.
     """
     reason = F.lit(None).cast("string")
     for name, cond in reversed(rules):
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(name)).otherwise(reason)
     df = df.withColumn("reason", reason)
+    cols = [c for c in df.columns if c != "reason"]
+    day = ["ds"] if "ds" in cols else []
     if duplicate_keys:
-        # Keyed duplicates may differ in other columns: keep the copy with the smallest row hash.
-        partition = [F.col(k) for k in duplicate_keys]
-        order = F.xxhash64(F.to_json(F.struct(*[F.col(c) for c in df.columns if c != "reason"])))
-    else:
-        # Whole-row duplicates are identical, so which copy is kept cannot matter; partition on
-        # every column (hashing) and skip the expensive sort on all of them.
-        partition = [F.to_json(F.struct(F.col(c))) if _is_complex(df, c) else F.col(c) for c in df.columns if c != "reason"]
-        order = F.lit(0)
-    window = Window.partitionBy(F.col("reason").isNull(), *partition).orderBy(order)
-    rank = F.row_number().over(window)
-    df = df.withColumn(
-        "reason", F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate")).otherwise(F.col("reason"))
+        partition = [F.col(k) for k in [*day, *duplicate_keys]]
+        order = F.xxhash64(F.to_json(F.struct(*[F.col(c) for c in cols if c != "ds"])))
+        window = Window.partitionBy(F.col("reason").isNull(), *partition).orderBy(order)
+        rank = F.row_number().over(window)
+        return df.withColumn(
+            "reason", F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate")).otherwise(F.col("reason"))
+        )
+    maps = [c for c in cols if isinstance(df.schema[c].dataType, MapType)]
+    if maps:
+        raise ValueError(f"whole-row duplicate detection cannot compare map columns {maps}")
+    # One aggregation over every row: n identical rows with the same reason come back n times
+    # (a failing row keeps its reason; among passing rows the first copy stays clean and the
+    # others become duplicates). One scan, one shuffle, no sort.
+    copies = df.groupBy(*cols, "reason").agg(F.count(F.lit(1)).alias("_n"))
+    copy = F.explode(F.sequence(F.lit(1), F.col("_n").cast("int"))).alias("_copy")
+    return copies.select(*cols, "reason", copy).select(
+        *cols, F.when(F.col("reason").isNull() & (F.col("_copy") > 1), F.lit("duplicate"))
+        .otherwise(F.col("reason")).alias("reason")
     )
-    return df
 
 
-def _is_complex(df, column: str) -> bool:
-    return isinstance(df.schema[column].dataType, ArrayType | MapType | StructType)
-
-
-def validate_table(spark, table: str, ds: str, source_partition: Path, limits: TextLimits):
-    """Return (annotated DataFrame with ``reason``, list of input files)."""
-    files = preflight_partition(source_partition, table)
+def read_raw(spark, table: str, files: list[Path]):
+    """The raw ``files`` of ``table`` (several days) in one read, cast to the contract, with the
+    day of each file (its ``ds=`` folder) as a ``ds`` column."""
     schema = schemas.spark_schema(table)
     if not files:
-        df = spark.createDataFrame([], schema)
-    else:
-        df = spark.read.parquet(*[str(f) for f in files]).select(
-            *[F.col(f.name).cast(f.dataType) for f in schema]
-        )
-    rules = row_rules(table, ds, limits)
-    return with_quarantine_reason(df, rules, DUPLICATE_KEYS[table]), files
+        return spark.createDataFrame([], schema.add("ds", "string"))
+    df = spark.read.parquet(*[str(f) for f in files])
+    day = F.regexp_extract(F.col("_metadata.file_path"), r"^.*/ds=(\d{4}-\d{2}-\d{2})/", 1)
+    return df.select(*[F.col(f.name).cast(f.dataType) for f in schema], day.alias("ds"))
 
 
-def run(spark, cfg: dict, ds: str) -> dict:
-    """Validate every raw table for ``ds``; publish clean + quarantine partitions together."""
-    root, limits = cfg["data_root"], TextLimits.from_config(cfg.get("validate", {}))
-    summary: dict[str, dict] = {}
-    plan: list[tuple[str, Path, str | None]] = []
+def _plan(root, dates: list[str]) -> dict:
+    """Per table: the raw partitions to read (event tables: ``{ds: partition}``, published days
+    only; snapshot tables: ``{source_ds: [ds, ...]}`` of the newest snapshot at or before each
+    day). Raises ``InputContractError`` for a missing required table or snapshot."""
+    plan: dict[str, dict] = {}
     for table in schemas.EVENT_TABLES:
-        src = partition_path(root, "raw", table, ds)
-        if not is_published(src):
-            if table in REQUIRED_TABLES:
-                raise InputContractError(f"{table}: raw partition {src} is not published (no _SUCCESS)")
-            logger.info("%s: no raw partition for %s, treating as empty", table, ds)
-        plan.append((table, src, ds))
-    for table in schemas.SNAPSHOT_TABLES:
-        snap = latest_published_ds(root, "raw", table, ds)
-        if snap is None:
-            raise InputContractError(f"{table}: no published raw snapshot at or before {ds}")
-        plan.append((table, partition_path(root, "raw", table, snap), snap))
-
-    # Preflight every table before any Spark work, so a bad file fails fast.
-    for table, src, _ in plan:
-        if is_published(src):
-            preflight_partition(src, table)
-
-    with staged_partitions() as batch:
-        for table, src, src_ds in plan:
+        plan[table] = {}
+        for ds in dates:
+            src = partition_path(root, "raw", table, ds)
             if is_published(src):
-                annotated, files = validate_table(spark, table, ds, src, limits)
+                plan[table][ds] = src
+            elif table in REQUIRED_TABLES:
+                raise InputContractError(f"{table}: raw partition {src} is not published (no _SUCCESS)")
             else:
-                annotated, files = with_quarantine_reason(
-                    spark.createDataFrame([], schemas.spark_schema(table)), [], None
-                ), []
-            annotated = annotated.persist()
-            counts = {r["reason"]: r["count"] for r in annotated.groupBy("reason").count().collect()}
-            rows_in = sum(counts.values())
-            rows_out = counts.pop(None, 0)
-            rows_quarantined = sum(counts.values())
-            clean_tmp = batch.stage(
-                partition_path(root, "clean", table, ds),
-                {"table": table, "ds": ds, "source_ds": src_ds, "rows": rows_out},
-            )
-            q_tmp = batch.stage(
-                partition_path(root, "quarantine", table, ds),
-                {"table": table, "ds": ds, "rows": rows_quarantined, "reasons": counts},
-            )
-            clean = annotated.filter(F.col("reason").isNull()).drop("reason")
-            clean.write.mode("overwrite").parquet(str(clean_tmp))
-            annotated.filter(F.col("reason").isNotNull()).write.mode("overwrite").parquet(str(q_tmp))
-            written_out = parquet_row_count(clean_tmp)
-            written_q = parquet_row_count(q_tmp)
-            annotated.unpersist()
-            if written_out + written_q != rows_in or written_out != rows_out:
-                raise RuntimeError(
-                    f"{table} ds={ds}: rows in {rows_in} != rows out {written_out} + quarantined {written_q}"
-                )
-            summary[table] = {
-                "source": str(src),
-                "files": len(files),
-                "rows_in": rows_in,
-                "rows_out": rows_out,
-                "rows_quarantined": rows_quarantined,
-                "reasons": dict(sorted(counts.items())),
-            }
-            logger.info(
-                "%s ds=%s: in %d = out %d + quarantined %d %s",
-                table, ds, rows_in, rows_out, rows_quarantined, dict(sorted(counts.items())) or "",
-            )
+                logger.info("%s: no raw partition for %s, treating as empty", table, ds)
+    for table in schemas.SNAPSHOT_TABLES:
+        plan[table] = {}
+        for ds in dates:
+            snap = latest_published_ds(root, "raw", table, ds)
+            if snap is None:
+                raise InputContractError(f"{table}: no published raw snapshot at or before {ds}")
+            plan[table].setdefault(snap, []).append(ds)
+    return plan
+
+
+def run_range(spark, cfg: dict, dates: list[str]) -> dict:
+    """Validate every raw table for every day of ``dates`` (one read per table and range; a
+    snapshot validated once per source partition) and publish every day's clean + quarantine
+    partitions together. Returns ``{ds: {table: summary}}``."""
+    root, limits = cfg["data_root"], TextLimits.from_config(cfg.get("validate", {}))
+    plan = _plan(root, dates)
+    # Preflight every file (footers only) before any Spark work, so a bad file fails fast; the
+    # footers also give the rows in, checked against the rows written.
+    files: dict[tuple[str, str], list[Path]] = {}
+    for table, parts in plan.items():
+        for key in parts:
+            files[table, key] = preflight_partition(partition_path(root, "raw", table, key), table)
+    rows_in = {k: sum(pq.ParquetFile(f).metadata.num_rows for f in v) for k, v in files.items()}
+    summary: dict[str, dict] = {ds: {} for ds in dates}
+    with staged_partitions() as batch:
+        for table, parts in plan.items():
+            snapshot = table in schemas.SNAPSHOT_TABLES
+            groups = [(key, days) for key, days in parts.items()] if snapshot else [(None, dates)]
+            for src_ds, days in groups:
+                srcs = [src_ds] if snapshot else list(parts)
+                df = read_raw(spark, table, [f for key in srcs for f in files[table, key]])
+                if snapshot:
+                    df = df.drop("ds")
+                annotated = with_quarantine_reason(df, row_rules(table, None, limits), DUPLICATE_KEYS[table])
+                _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary)
     return summary
 
 
+def _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary) -> None:
+    """Write the clean and quarantine rows of ``table`` for ``days``, stage every day, and check
+    rows in = rows out + rows quarantined per day before anything is published."""
+    annotated = annotated.persist()
+    try:
+        by_day = annotated.filter(F.col("reason").isNotNull()).groupBy(
+            *([] if snapshot else ["ds"]), "reason").count().collect()
+        reasons: dict[str, dict] = {ds: {} for ds in days}
+        for r in by_day:
+            for ds in days if snapshot else [r["ds"]]:
+                reasons[ds][r["reason"]] = r["count"]
+        outputs = {
+            "clean": annotated.filter(F.col("reason").isNull()).drop("reason"),
+            "quarantine": annotated.filter(F.col("reason").isNotNull()),
+        }
+        written: dict[tuple[str, str], int] = {}
+        for area, df in outputs.items():
+            stage = table_path(root, area, table) / f".stage-{uuid.uuid4().hex[:12]}"
+            try:
+                if snapshot:
+                    df.write.mode("overwrite").parquet(str(stage))
+                else:
+                    (df.repartition("ds") if len(days) > 1 else df).write.mode("overwrite").partitionBy("ds").parquet(str(stage))
+                for ds in days:
+                    src = stage if snapshot else stage / f"ds={ds}"
+                    if not snapshot and not src.is_dir():
+                        src = stage / "_empty"
+                        if not src.is_dir():
+                            spark.createDataFrame([], df.drop("ds").schema).coalesce(1).write.parquet(str(src))
+                    tmp = batch.stage(partition_path(root, area, table, ds), {})
+                    for f in data_files(src):
+                        (shutil.copyfile if snapshot or src.name == "_empty" else os.rename)(f, tmp / f.name)
+                    written[area, ds] = parquet_row_count(tmp)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        annotated.unpersist()
+    for ds in days:
+        key = src_ds if snapshot else ds
+        n_in = rows_in.get((table, key), 0)
+        out, quarantined = written["clean", ds], written["quarantine", ds]
+        counts = reasons[ds]
+        if out + quarantined != n_in or sum(counts.values()) != quarantined:
+            raise RuntimeError(f"{table} ds={ds}: rows in {n_in} != rows out {out} + quarantined {quarantined}")
+        batch.manifest(partition_path(root, "clean", table, ds)).update(
+            {"table": table, "ds": ds, "source_ds": key, "rows": out})
+        batch.manifest(partition_path(root, "quarantine", table, ds)).update(
+            {"table": table, "ds": ds, "rows": quarantined, "reasons": counts})
+        src = partition_path(root, "raw", table, key)
+        summary[ds][table] = {
+            "source": str(src), "files": len(files.get((table, key), [])), "rows_in": n_in, "rows_out": out,
+            "rows_quarantined": quarantined, "reasons": dict(sorted(counts.items())),
+        }
+        logger.info("%s ds=%s: in %d = out %d + quarantined %d %s", table, ds, n_in, out, quarantined,
+                    dict(sorted(counts.items())) or "")
+
+
+def run(spark, cfg: dict, ds: str) -> dict:
+    """Validate one day (the range of one day)."""
+    return run_range(spark, cfg, [ds])[ds]
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_job("validate", run, argv, __doc__.splitlines()[0])
+    return run_job("validate", run_range, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

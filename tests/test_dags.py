@@ -49,7 +49,7 @@ def test_behavior_etl_structure(dagbag):
     }
     outlets = {a.name for a in dag.get_task("publish_samples").outlets}
     assert outlets == {f"samples.{t}" for t in schemas.SAMPLE_TABLES}
-    assert set(dag.params.keys()) == {"config", "profile", "data_root", "ds"}
+    assert set(dag.params.keys()) == {"config", "profile", "data_root", "ds", "through"}
 
 
 def test_every_task_has_a_timeout_and_the_failure_alert(dagbag):
