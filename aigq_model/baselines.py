@@ -106,6 +106,23 @@ def _history_before(history: Sequence[Mapping] | None, cutoff_us: int) -> list[M
     return out
 
 
+def own_queries(history: Sequence[Mapping] | None, cutoff_time) -> list[str]:
+    """The user's own searches in ``history`` strictly before ``cutoff_time``, newest first,
+    normalised and de-duplicated (the re-query signal of ``OwnHistoryBaseline`` and of the
+    hybrid u2q list).
+
+    >>> own_queries([{"event_type": "search", "text": "A"}, {"event_type": "click", "text": "x"},
+    ...              {"event_type": "search", "text": "b"}, {"event_type": "search", "text": "a "}], 0)
+    ['a', 'b']
+    """
+    out: list[str] = []
+    for b in reversed(_history_before(history, to_micros(cutoff_time))):
+        q = normalize_query(b.get("text")) if b.get("event_type") == "search" else ""
+        if q and q not in out:
+            out.append(q)
+    return out
+
+
 def _rank(qids: np.ndarray, scores: np.ndarray, k: int, decimals: int = 9) -> list[int]:
     """qids by score descending, ties by qid ascending (qids are alphabetical ranks)."""
     if qids.size == 0 or k <= 0:
@@ -184,11 +201,7 @@ class OwnHistoryBaseline(QueryRecommender):
 
     def recommend(self, history, cutoff_time, k: int = 10, user_id: str | None = None) -> list[str]:
         cutoff = to_micros(cutoff_time)
-        out: list[str] = []
-        for b in reversed(_history_before(history, cutoff)):
-            q = normalize_query(b.get("text")) if b.get("event_type") == "search" else ""
-            if q and q not in out:
-                out.append(q)
+        out = own_queries(history, cutoff)
         for q in self.popularity.ranked(cutoff, k + len(out)):
             if len(out) >= k:
                 break

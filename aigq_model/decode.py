@@ -1,14 +1,13 @@
 """The model calls behind AIGQ generation, one batch at a time over left-padded prompts: token-level
-``model.generate`` (``generate_texts``: greedy, sampling or beam search, KV cache on), the
+``model.generate`` (``generate_texts``: greedy, sampling or beam search, KV cache on) and the
 query-level beam of ``query_beam`` decoding (``next_queries``: the most probable next queries
-after a prefix) and the teacher-forced masses of Think's first trigger (``trigger_masses``).
-:func:`aigq_model.generate.generate_lists` turns their outputs into ranked lists.
+after a prefix). Both take an optional ``QueryTrie`` that keeps every query on the known ones
+(:mod:`aigq_model.trie`). :func:`aigq_model.generate.generate_lists` turns their outputs into
+ranked lists.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from aigq_model.parsing import Q_MARK, TARGET_MARKERS, THINK_OPEN
+from aigq_model.trie import QueryTrie, TrieConstraint
 
 if TYPE_CHECKING:  # generate imports this module; the settings are only annotated here
     from aigq_model.generate import Decoding
@@ -67,23 +67,25 @@ class NoRepeatQueryProcessor:
 
 
 def generate_texts(
-    model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding
+    model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding, trie: QueryTrie | None = None
 ) -> list[list[tuple[str, bool]]]:
     """One batch: per prompt, ``num_return_sequences`` pairs ``(decoded continuation, reached
-    eos)`` (beams best first), from one KV-cached ``generate`` call."""
+    eos)`` (beams best first), from one KV-cached ``generate`` call; with ``trie`` every query
+    is a known one (``TrieConstraint``)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     ids, mask = left_pad(prompt_ids, pad)
     device = next(model.parameters()).device
     if decoding.seed is not None:
         torch.manual_seed(decoding.seed)
-    extra = {}
+    processors = []
     if decoding.no_repeat_query:
         q_id = tokenizer.convert_tokens_to_ids(Q_MARK)
         if q_id is not None and q_id != tokenizer.unk_token_id:
-            extra["logits_processor"] = LogitsProcessorList(
-                [NoRepeatQueryProcessor(q_id, sorted({q_id, eos}), ids.shape[1])]
-            )
+            processors.append(NoRepeatQueryProcessor(q_id, sorted({q_id, eos}), ids.shape[1]))
+    if trie is not None:
+        processors.append(TrieConstraint(trie, tokenizer, ids.shape[1]))
+    extra = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
     with torch.no_grad():
         out = model.generate(
             input_ids=ids.to(device),
@@ -113,24 +115,28 @@ def token_id(tokenizer, token: str) -> int | None:
 
 
 def next_queries(
-    model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding
+    model, tokenizer, prefixes: Sequence[Sequence[int]], decoding: Decoding, trie: QueryTrie | None = None
 ) -> list[list[tuple[str, float]]]:
     """For each prefix (token ids ending in ``<q>``), the ``num_beams`` most probable next queries
     with their joint log-probabilities (no length normalisation), best first: one beam search per
     prefix over a single query, ended by ``<q>``, ``<think>`` or eos. Queries cut at
-    ``query_max_tokens`` or holding a marker are dropped."""
+    ``query_max_tokens`` or holding a marker are dropped. With ``trie`` the beams only walk known
+    queries (the ``num_beams`` most probable of them)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     stops = sorted({t for t in (eos, token_id(tokenizer, Q_MARK), token_id(tokenizer, THINK_OPEN)) if t is not None})
     n = decoding.num_beams
     ids, mask = left_pad(prefixes, pad)
     device = next(model.parameters()).device
+    extra = {}
+    if trie is not None:
+        extra["logits_processor"] = LogitsProcessorList([TrieConstraint(trie, tokenizer, ids.shape[1], in_query=True)])
     with torch.no_grad():
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=decoding.query_max_tokens,
             eos_token_id=stops, pad_token_id=pad, use_cache=True, num_beams=n, num_return_sequences=n,
             do_sample=False, length_penalty=0.0, early_stopping=True, temperature=None, top_k=None, top_p=None,
-            return_dict_in_generate=True, output_scores=True,
+            return_dict_in_generate=True, output_scores=True, **extra,
         )  # sequences (len(prefixes) * n, width + new), beams of a prefix adjacent, best first
     seqs, scores = out.sequences, out.sequences_scores.tolist()
     lists = []
@@ -145,44 +151,3 @@ def next_queries(
                 queries.append((text, float(score)))
         lists.append(queries)
     return lists
-
-
-def trigger_masses(
-    model, tokenizer, prompts: Sequence[Sequence[int]], interests: Sequence[Sequence], batch_rows: int = 64
-) -> list[dict]:
-    """For each prompt, ``{interest: mass}``: the policy's probability that its Think output opens
-    with an interest point whose trigger list starts at a behaviour of that interest, i.e. the sum
-    over the window's behaviour indices i of P(``<think>[i,``) + P(``<think>[i]``) (teacher-forced,
-    exact; the point's later triggers and the ``[]`` new-interest point are not counted).
-    ``interests[b][i - 1]`` is behaviour i's interest (``behaviour_interests``); ``None`` skips it.
-    Rows are scored ``batch_rows`` at a time, left-padded, with explicit position ids."""
-    if len(interests) != len(prompts):
-        raise ValueError(f"{len(interests)} interest lists for {len(prompts)} prompts")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows: list[tuple[int, object, list[int]]] = []  # (prompt index, interest, continuation ids)
-    for b, keys in enumerate(interests):
-        for i, key in enumerate(keys, start=1):
-            if key is None:
-                continue
-            for end in (",", "]"):
-                cont = tokenizer(f"{THINK_OPEN}[{i}{end}", add_special_tokens=False)["input_ids"]
-                rows.append((b, key, list(cont)))
-    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-    device = next(model.parameters()).device
-    out: list[dict] = [{} for _ in prompts]
-    for start in range(0, len(rows), batch_rows):
-        chunk = rows[start : start + batch_rows]
-        ids, mask = left_pad([[*prompts[b], *c] for b, _k, c in chunk], pad)
-        keep = max(len(c) for *_, c in chunk) + 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            kw = {"logits_to_keep": keep} if keep_arg else {}
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), use_cache=False, **kw).logits
-        logp = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()  # (rows, keep, vocab)
-        for r, (b, key, cont) in enumerate(chunk):
-            # the continuation fills the row's last len(cont) positions; logits at t predict t + 1
-            first = keep - 1 - len(cont)
-            lp = sum(float(logp[r, first + j, t]) for j, t in enumerate(cont))
-            out[b][key] = out[b].get(key, 0.0) + math.exp(lp)
-    return out

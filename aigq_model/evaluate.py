@@ -19,7 +19,16 @@ Definitions (one record = one sample/user: its generated list, best first, and i
   both lists non-empty.
 - **Unique categories@K**: distinct known categories among the first K generated queries.
 - **Malformed rate**: share of records whose generation the parser flagged as malformed.
-- Groups: ``all``, ``active`` (non-empty history), ``cold_start`` (empty history).
+- **Serendipity@K** (``novel_share@K``): of the truth queries hit by the first K generated
+  queries, summed over the group's records, the share that are not among the user's own
+  searches in the history; ``novel_hr@K`` is Query HR@K counting only such hits.
+- **Intervals**: every Query HR@K has a 95 % percentile bootstrap interval
+  (``query_hr@K_lo`` / ``_hi``): :data:`BOOTSTRAP` resamples of the group's *users* with
+  replacement (all samples of a drawn user come along), seed :data:`BOOTSTRAP_SEED`. The draws
+  depend only on the users, so two methods scored on the same records get the same draws and
+  :func:`paired_difference` gives the interval of their difference.
+- Groups: ``all``; ``active`` (the history holds at least one search: the user's query before
+  and after the sample); ``cold_start`` (no search in the history, whatever else it holds).
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (10, 30)
 GROUPS = ("all", "active", "cold_start")
+BOOTSTRAP = 1000
+BOOTSTRAP_SEED = 0
 
 CategoryOf = Mapping[str, str] | Callable[[str], str | None]
 Encoder = Callable[[Sequence[str]], np.ndarray]
@@ -53,7 +64,7 @@ Encoder = Callable[[Sequence[str]], np.ndarray]
 class EvalRecord:
     generated: list[str]
     truth: list[str]
-    history_len: int = 0
+    own_queries: list[str] = field(default_factory=list)  # the user's searches in the history
     malformed: bool = False
     user_id: str | None = None
     extra: dict = field(default_factory=dict)
@@ -131,7 +142,7 @@ def _category_map(df, items) -> dict[str, str]:
 
 def build_query_vocabulary(events, items):
     """The log's ``interests.QueryVocabulary``: ``build_query_category_map`` plus how often each
-    (normalised) query was searched, for ``aigq.generate.wording: log``."""
+    (normalised) query was searched (the interest-ceiling driver of ``scripts/experiments``)."""
     df = events_frame(events)
     searched = Counter(df.loc[(df["event_type"] == "search") & (df["query"] != ""), "query"])
     return QueryVocabulary(_category_map(df, items), searched)
@@ -200,9 +211,148 @@ def semantic_similarity(generated, truth, k: int, encoder: Encoder | None = None
     return out
 
 
+def novel_hits(generated, truth, own, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: ``(hits, novel)``: how many distinct truth queries the first k generated
+    queries hit, and how many of those are not in ``own`` (the user's own earlier searches).
+
+    >>> novel_hits([["a", "b", "c"]], [["a", "c", "d"]], [["a"]], k=3)
+    (array([2.]), array([1.]))
+    """
+    hits, novel = np.zeros(len(generated)), np.zeros(len(generated))
+    for i, (gen, tru, mine) in enumerate(zip(generated, truth, own, strict=True)):
+        matched = set(_norm(gen[:k])) & (set(_norm(tru)) - {""})
+        hits[i], novel[i] = len(matched), len(matched - set(_norm(mine)))
+    return hits, novel
+
+
+def caching_encoder(encoder: Encoder | None = None) -> Encoder:
+    """``encoder`` (MiniLM by default) remembering every string's vector, so that scoring several
+    methods' lists on the same samples encodes each distinct query once.
+
+    >>> calls = []
+    >>> enc = caching_encoder(lambda xs: (calls.append(list(xs)), np.ones((len(xs), 2)))[1])
+    >>> enc(["a", "b"]).shape, enc(["b", "c"]).shape, calls
+    ((2, 2), (2, 2), [['a', 'b'], ['c']])
+    """
+    base = encoder or encode_texts
+    cache: dict[str, np.ndarray] = {}
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            for t, v in zip(missing, np.asarray(base(missing), dtype=np.float32), strict=True):
+                cache[t] = v
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+
+    return encode
+
+
 def _mean(x: np.ndarray) -> float:
     x = x[~np.isnan(x)]
     return float(x.mean()) if x.size else float("nan")
+
+
+def _user_index(users: Sequence) -> np.ndarray:
+    """Per record, the number of its user (records without a user id are users of their own)."""
+    ids = [("user", u) if u is not None else ("record", i) for i, u in enumerate(users)]
+    return np.unique(np.array([f"{a}\x00{b}" for a, b in ids], dtype=object), return_inverse=True)[1]
+
+
+def bootstrap_draws(users: Sequence, n: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """``(n, n_users)`` multiplicities of a user bootstrap of ``users`` (one entry per record).
+    The same user list and seed give the same draws, so methods scored on the same records pair."""
+    n_users = int(_user_index(users).max()) + 1 if len(users) else 0
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n) if n_users else np.zeros((n, 0))
+
+
+def bootstrap_interval(values: np.ndarray, users: Sequence, level: float = 0.95, n: int = BOOTSTRAP,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile interval of the mean of ``values`` (nan = not counted) under a user bootstrap.
+
+    >>> bootstrap_interval(np.array([1.0, 1.0, 1.0]), ["a", "b", "c"])
+    (1.0, 1.0)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return float("nan"), float("nan")
+    idx = _user_index(list(users))
+    draws = bootstrap_draws(list(users), n, seed)  # (n, n_users)
+    n_users = draws.shape[1]
+    sums = np.bincount(idx[keep], weights=values[keep], minlength=n_users)
+    counts = np.bincount(idx[keep], minlength=n_users).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (draws @ sums) / (draws @ counts)
+    means = means[~np.isnan(means)]
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, users: Sequence, level: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` (per-record hits of two methods on the same records; records where
+    either is nan left out) with its user-bootstrap interval.
+
+    >>> paired_difference(np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0, 0.0]), list("abcd"))["delta"]
+    0.5
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    lo, hi = bootstrap_interval(d, users, level)
+    return {"delta": _mean(d), "lo": lo, "hi": hi, "n": int((~np.isnan(d)).sum())}
+
+
+def per_record(
+    records: Sequence[EvalRecord],
+    ks: Sequence[int] = DEFAULT_KS,
+    category_of: CategoryOf | None = None,
+    encoder: Encoder | None = None,
+    semantic: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`evaluate_records` per record (nan = not counted), plus the
+    ``hits@K`` / ``novel@K`` counts behind serendipity."""
+    gen = [list(r.generated) for r in records]
+    tru = [list(r.truth) for r in records]
+    own = [list(r.own_queries) for r in records]
+    per: dict[str, np.ndarray] = {}
+    for k in ks:
+        per[f"query_hr@{k}"] = query_hits(gen, tru, k)
+        hits, novel = novel_hits(gen, tru, own, k)
+        per[f"hits@{k}"], per[f"novel@{k}"] = hits, novel
+        per[f"novel_hr@{k}"] = np.where(np.isnan(per[f"query_hr@{k}"]), np.nan, (novel > 0).astype(np.float64))
+        if category_of is not None:
+            per[f"cate_hr@{k}"] = category_hits(gen, tru, k, category_of)
+            per[f"unique_cates@{k}"] = unique_categories(gen, k, category_of)
+        if semantic:
+            per[f"semantic_sim@{k}"] = semantic_similarity(gen, tru, k, encoder)
+    per["malformed_rate"] = np.array([float(r.malformed) for r in records])
+    return per
+
+
+def group_masks(records: Sequence[EvalRecord]) -> dict[str, np.ndarray]:
+    """``all`` / ``active`` (a search in the history) / ``cold_start`` (none) record masks."""
+    active = np.array([bool(r.own_queries) for r in records], dtype=bool)
+    return {"all": np.ones(len(records), dtype=bool), "active": active, "cold_start": ~active}
+
+
+def summarise(per: Mapping[str, np.ndarray], records: Sequence[EvalRecord], ks: Sequence[int],
+              intervals: bool = True) -> dict[str, dict[str, float]]:
+    """``{group: {metric: value}}`` of per-record metrics (:func:`per_record`)."""
+    users = [r.user_id for r in records]
+    results: dict[str, dict[str, float]] = {}
+    for group, mask in group_masks(records).items():
+        res = {"n_users": float(mask.sum())}
+        group_users = [u for u, m in zip(users, mask, strict=True) if m]
+        for name, values in per.items():
+            if name.startswith(("hits@", "novel@")):
+                continue
+            res[name] = _mean(values[mask])
+            if intervals and name.startswith("query_hr@"):
+                res[f"{name}_lo"], res[f"{name}_hi"] = bootstrap_interval(values[mask], group_users)
+        for k in ks:
+            hits = per[f"hits@{k}"][mask].sum()
+            res[f"novel_share@{k}"] = float(per[f"novel@{k}"][mask].sum() / hits) if hits else float("nan")
+        results[group] = res
+    return results
 
 
 def evaluate_records(
@@ -211,55 +361,44 @@ def evaluate_records(
     category_of: CategoryOf | None = None,
     encoder: Encoder | None = None,
     semantic: bool = True,
+    intervals: bool = True,
 ) -> dict[str, dict[str, float]]:
     """``{group: {metric: value}}`` for ``all`` / ``active`` / ``cold_start``; category metrics
-    only with ``category_of``, similarity only with ``semantic`` (``encoder`` defaults to MiniLM).
+    only with ``category_of``, similarity only with ``semantic`` (``encoder`` defaults to MiniLM),
+    bootstrap intervals of Query HR@K with ``intervals``.
     """
-    gen = [list(r.generated) for r in records]
-    tru = [list(r.truth) for r in records]
-    per: dict[str, np.ndarray] = {}
-    for k in ks:
-        per[f"query_hr@{k}"] = query_hits(gen, tru, k)
-        if category_of is not None:
-            per[f"cate_hr@{k}"] = category_hits(gen, tru, k, category_of)
-            per[f"unique_cates@{k}"] = unique_categories(gen, k, category_of)
-        if semantic:
-            per[f"semantic_sim@{k}"] = semantic_similarity(gen, tru, k, encoder)
-    per["malformed_rate"] = np.array([float(r.malformed) for r in records])
-    active = np.array([r.history_len > 0 for r in records], dtype=bool)
-    masks = {"all": np.ones(len(records), dtype=bool), "active": active, "cold_start": ~active}
-    results: dict[str, dict[str, float]] = {}
-    for group, mask in masks.items():
-        res = {"n_users": float(mask.sum())}
-        for name, values in per.items():
-            res[name] = _mean(values[mask])
-        results[group] = res
-    return results
+    return summarise(per_record(records, ks, category_of, encoder, semantic), records, ks, intervals)
+
+
+def _cell(values: Mapping[str, float], m: str) -> str:
+    v = values.get(m)
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if m.startswith("n_"):
+        return str(int(v))
+    lo, hi = values.get(f"{m}_lo"), values.get(f"{m}_hi")
+    if lo is not None and hi is not None and not (np.isnan(lo) or np.isnan(hi)):
+        return f"{float(v):.4f} [{float(lo):.3f}, {float(hi):.3f}]"
+    return f"{float(v):.4f}"
 
 
 def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str] | None = None) -> str:
-    """A Markdown table, one row per (method, group), from ``{method: {group: {metric: v}}}``.
+    """A Markdown table, one row per (method, group), from ``{method: {group: {metric: v}}}``; a
+    metric with ``<metric>_lo`` / ``_hi`` beside it shows its interval.
 
-    >>> print(markdown_table({"pop": {"all": {"n_users": 2.0, "query_hr@10": 0.5}}}))
+    >>> print(markdown_table({"pop": {"all": {"n_users": 2.0, "query_hr@10": 0.5, "query_hr@10_lo": 0.0,
+    ...                                       "query_hr@10_hi": 1.0}}}))
     | method | group | n_users | query_hr@10 |
     |---|---|---|---|
-    | pop | all | 2 | 0.5000 |
+    | pop | all | 2 | 0.5000 [0.000, 1.000] |
     """
     if metrics is None:
         metrics = list(dict.fromkeys(m for groups in results.values() for g in groups.values() for m in g))
+    metrics = [m for m in metrics if not m.endswith(("_lo", "_hi"))]
     lines = ["| method | group | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
     for method, groups in results.items():
         for group, values in groups.items():
-            cells = []
-            for m in metrics:
-                v = values.get(m)
-                if v is None or (isinstance(v, float) and np.isnan(v)):
-                    cells.append("-")
-                elif m.startswith("n_"):
-                    cells.append(str(int(v)))
-                else:
-                    cells.append(f"{float(v):.4f}")
-            lines.append(f"| {method} | {group} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method} | {group} | " + " | ".join(_cell(values, m) for m in metrics) + " |")
     return "\n".join(lines)
 
 

@@ -8,28 +8,21 @@ sequence reached eos), cleaned (``postprocess``: normalisation, dedupe, length l
 block-list) and topped up to ``k`` with the fallback (popularity) list. Cold-start users (no
 history) get the fallback list without a model call unless ``cold_start="model"``.
 
-The model calls are in :mod:`aigq_model.decode` (``generate_texts``, and ``next_queries`` /
-``trigger_masses`` of ``query_beam`` decoding); the interest grouping and log wording of the lists
-in :mod:`aigq_model.interests`.
+One decoder with one switch of its own: ``Decoding.known_queries`` constrains every generated
+query to the window's known queries (a prefix trie, :mod:`aigq_model.trie`), under any strategy;
+off, the policy may write queries nobody searched yet. The model calls are in
+:mod:`aigq_model.decode` (``generate_texts``, and ``next_queries`` of ``query_beam`` decoding).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aigq_model.decode import generate_texts, next_queries, token_id, trigger_masses
-from aigq_model.interests import (
-    CategoryOf,
-    QueryVocabulary,
-    behaviour_interests,
-    group_by_category,
-    interest_worded,
-    log_worded,
-    merge_lists,
-)
+from aigq_model.decode import generate_texts, next_queries, token_id
+from aigq_model.interests import merge_lists
 from aigq_model.parsing import (
     Q_MARK,
     THINK_CLOSE,
@@ -41,12 +34,11 @@ from aigq_model.parsing import (
 )
 from aigq_model.prompts import DEFAULT_MAX_HISTORY, build_prompt, sample_field
 from aigq_model.targets import encode_prompt
+from aigq_model.trie import QueryTrie
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("greedy", "sample", "beam", "query_beam")
-WORDINGS = ("model", "log")
-THINK_INTERESTS = ("points", "triggers")
 #: A fallback: a fixed list, or ``sample -> list`` (e.g. popularity before the sample's time).
 Fallback = Sequence[str] | Callable[[Mapping], Sequence[str]] | None
 
@@ -75,26 +67,11 @@ class Decoding:
     #: Forbid closing a query (``<q>`` or eos) that repeats an earlier query of the same sequence:
     #: small policies otherwise loop on their first query (``<q> a<q> a<q> a``).
     no_repeat_query: bool = False
-    #: ``query_beam`` list assembly (ours). 0: Direct / plain lists rank candidates by probability
-    #: alone and Think interleaves its interest points one query at a time. N > 0: interest-grouped
-    #: lists: candidates are grouped by interest (Think: its interest point; Direct / plain: the
-    #: query's category from the click log, ``category_of`` of ``generate_lists``), groups ordered
-    #: by their best candidate, and each round takes up to N queries of every group in turn, so a
-    #: strong interest keeps several slots instead of sharing them with weak ones.
-    group_queries: int = 0
-    #: ``query_beam`` wording (ours). ``model``: the lists hold the model's own candidate queries.
-    #: ``log``: interest-marginal lists (``log_worded``): the model's probability of each
-    #: interest (summed over its candidates of that category) times each query's share of the
-    #: category's searches in the click log before the samples, so the model picks the
-    #: interests and the log the words (needs a ``QueryVocabulary`` as ``category_of``).
-    wording: str = "model"
-    #: Think ``query_beam`` interests under log wording (ours). ``points``: the greedy pass's
-    #: interest points, each expanded by ``next_queries``, log-worded and interleaved.
-    #: ``triggers``: the policy's exact distribution of where its first interest point's trigger
-    #: list starts (``trigger_masses``: P(``<think>[i,`` or ``<think>[i]``) for every behaviour
-    #: index i of the prompt), collected by the behaviours' interests (``behaviour_interests``)
-    #: and worded by the log (``interest_worded``), the way Direct's first-query distribution is.
-    think_interests: str = "points"
+    #: Constrained decoding (GENRE / TIGER style): every generated query is one of the window's
+    #: known queries (a prefix trie of the log's searches before the samples, ``known_queries`` of
+    #: ``generate_lists``); ``query_beam`` then ranks known queries by the policy's probability.
+    #: False: the policy may also write queries nobody has searched (new wording, cold start).
+    known_queries: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -107,14 +84,6 @@ class Decoding:
             raise ValueError("num_return_sequences must be >= 1")
         if min(self.query_max_tokens, self.think_points) < 1:
             raise ValueError("query_max_tokens and think_points must be >= 1")
-        if self.group_queries < 0:
-            raise ValueError("group_queries must be >= 0")
-        if self.wording not in WORDINGS:
-            raise ValueError(f"wording must be one of {WORDINGS}, got {self.wording!r}")
-        if self.think_interests not in THINK_INTERESTS:
-            raise ValueError(f"think_interests must be one of {THINK_INTERESTS}, got {self.think_interests!r}")
-        if self.think_interests == "triggers" and self.wording != "log":
-            raise ValueError("think_interests 'triggers' needs wording 'log' (the log words the interests)")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence; use beam or sample for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -186,14 +155,14 @@ def generate_lists(
     style: str = "compressed",
     max_history: int = DEFAULT_MAX_HISTORY,
     cold_start: str = "fallback",
-    category_of: CategoryOf | None = None,
+    known_queries: Iterable[str] | QueryTrie | None = None,
 ) -> list[GenResult]:
     """Ranked lists of at most ``k`` queries for ``samples`` (rows of ``aigq_*_sft`` as dicts).
 
     Model queries come first (cleaned by ``postprocess``), then the fallback tops the list up
     to ``k``. Generation errors of a batch are logged and the batch falls back, never raising.
-    ``category_of`` (normalised query -> category, built from data before the samples) serves
-    ``decoding.group_queries`` of Direct / plain ``query_beam`` lists.
+    ``known_queries`` (queries searched before the samples, or their ``QueryTrie``) is required
+    by ``decoding.known_queries`` and ignored otherwise.
     """
     decoding = decoding or Decoding()
     if kind not in ("direct", "plain", "think"):
@@ -202,9 +171,13 @@ def generate_lists(
         decoding = dataclasses.replace(decoding, max_new_tokens=decoding.max_new_tokens_think)
     if cold_start not in ("fallback", "model"):
         raise ValueError("cold_start must be 'fallback' or 'model'")
-    if decoding.strategy == "query_beam" and decoding.wording == "log" and not isinstance(category_of, QueryVocabulary):
-        raise ValueError("wording 'log' needs the click log's QueryVocabulary as category_of "
-                         "(evaluate.build_query_vocabulary)")
+    trie = None
+    if decoding.known_queries:
+        if known_queries is None:
+            raise ValueError("aigq.generate.known_queries needs the known queries (the log's searches before the samples)")
+        trie = known_queries if isinstance(known_queries, QueryTrie) else QueryTrie.build(tokenizer, known_queries)
+        if not len(trie):
+            raise ValueError("aigq.generate.known_queries: the log before the samples holds no query")
     was_training = model.training
     model.eval()
     results: list[GenResult | None] = [None] * len(samples)
@@ -224,13 +197,9 @@ def generate_lists(
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         if decoding.strategy == "query_beam":
-            interests = None
-            if kind == "think" and decoding.think_interests == "triggers":
-                interests = [behaviour_interests(samples[i], category_of, max_history) for i in chunk]
             try:
                 done = query_beam_results(model, tokenizer, [encoded[i] for i in chunk], kind, k, decoding,
-                                          [_fallback_for(fallback, samples[i]) for i in chunk], blocklist,
-                                          category_of, interests)
+                                          [_fallback_for(fallback, samples[i]) for i in chunk], blocklist, trie)
             except Exception:
                 logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
                 done = [_to_result([("", False)], kind, k, _fallback_for(fallback, samples[i]), blocklist)
@@ -239,7 +208,7 @@ def generate_lists(
                 results[i] = r
             continue
         try:
-            texts = generate_texts(model, tokenizer, [encoded[i] for i in chunk], decoding)
+            texts = generate_texts(model, tokenizer, [encoded[i] for i in chunk], decoding, trie)
         except Exception:
             logger.exception("generation failed for a batch of %d; using the fallback", len(chunk))
             texts = [[("", False)]] * len(chunk)
@@ -272,50 +241,33 @@ def _to_result(
 # --- query-level beam search --------------------------------------------------------------------
 def query_beam_results(
     model, tokenizer, prompts: Sequence[Sequence[int]], kind: str, k: int, decoding: Decoding,
-    fallbacks: Sequence[Sequence[str]], blocklist, category_of: CategoryOf | None = None,
-    interests: Sequence[Sequence] | None = None,
+    fallbacks: Sequence[Sequence[str]], blocklist, trie: QueryTrie | None = None,
 ) -> list[GenResult]:
     """``query_beam`` decoding of one batch. Direct / plain: the ``num_beams`` most probable first
     queries of the list (``next_queries`` after ``prompt <q>``), which is the model's ranking of
     the user's interests: IL-SFT puts the strongest first. Think: a greedy pass writes the interest
     points (triggers, rationale); each of the first ``think_points`` complete points is then
     expanded with its most probable queries (``next_queries`` after ``... </think><q>``) and the
-    points' lists are interleaved, strongest point first. ``decoding.group_queries`` N > 0 takes N
-    queries per point (Think) or per category (Direct / plain, ``group_by_category``) per round.
-    ``decoding.wording`` ``log`` words every candidate list with ``log_worded`` (Direct / plain:
-    the one list, not regrouped; Think: each point's list) from ``category_of``, a
-    ``QueryVocabulary``. Think with ``decoding.think_interests`` ``triggers`` skips the
-    expansions: its list is ``interest_worded`` of ``trigger_masses`` over ``interests`` (per
-    prompt, ``behaviour_interests`` of its sample); the greedy pass still writes the points."""
+    points' lists are interleaved, strongest point first. ``trie`` keeps every query known."""
     q_id = token_id(tokenizer, Q_MARK)
     if q_id is None:
         raise ValueError(f"the tokenizer has no {Q_MARK} token; query_beam needs a trained AIGQ policy")
-    log_words = decoding.wording == "log"
-    if log_words and not isinstance(category_of, QueryVocabulary):
-        raise ValueError("wording 'log' needs the click log's QueryVocabulary as category_of")
-
-    def ranked(cands: Sequence[tuple[str, float]], limit: int) -> list[str]:
-        if log_words:
-            return postprocess(log_worded(cands, category_of), blocklist, max_queries=limit)
-        return postprocess([q for q, _ in cands], blocklist, max_queries=max(len(cands), 1))
-
     if kind != "think":
-        lists = next_queries(model, tokenizer, [[*p, q_id] for p in prompts], decoding)
+        lists = next_queries(model, tokenizer, [[*p, q_id] for p in prompts], decoding, trie)
         out = []
         for cands, popular in zip(lists, fallbacks, strict=True):
-            own = ranked(cands, k)
-            if not log_words:
-                own = group_by_category(own, category_of, decoding.group_queries)
-            out.append(_finish(own[:k], "", False, None, k, popular, blocklist, {"n_sequences": len(cands)}))
+            own = postprocess([q for q, _ in cands], blocklist, max_queries=k)
+            out.append(_finish(own, "", False, None, k, popular, blocklist, {"n_sequences": len(cands)}))
         return out
-    greedy = generate_texts(model, tokenizer, prompts, dataclasses.replace(decoding, strategy="greedy", num_return_sequences=1))
+    greedy = generate_texts(model, tokenizer, prompts,
+                            dataclasses.replace(decoding, strategy="greedy", num_return_sequences=1), trie)
     prefixes, owner = [], []
     parsed_all = []
     for b, (prompt, ((text, done),)) in enumerate(zip(prompts, greedy, strict=True)):
         parsed = parse_think(text, complete=done)
         parsed_all.append(parsed)
         cut = 0
-        for _ in range(decoding.think_points if decoding.think_interests == "points" else 0):
+        for _ in range(decoding.think_points):
             at = text.find(THINK_CLOSE, cut)
             if at < 0:
                 break
@@ -324,20 +276,13 @@ def query_beam_results(
             prefixes.append([*prompt, *head, q_id])
             owner.append(b)
     per_sample: list[list[list[str]]] = [[] for _ in prompts]
-    if decoding.think_interests == "triggers":
-        if interests is None:
-            raise ValueError("think_interests 'triggers' needs the behaviours' interests (behaviour_interests)")
-        for b, mass in enumerate(trigger_masses(model, tokenizer, prompts, interests)):
-            if mass:
-                per_sample[b].append(postprocess(interest_worded(mass, category_of), blocklist, max_queries=k))
-    else:
-        expanded = next_queries(model, tokenizer, prefixes, decoding) if prefixes else []
-        for b, cands in zip(owner, expanded, strict=True):
-            per_sample[b].append(ranked(cands, k) if log_words else [q for q, _ in cands])
+    expanded = next_queries(model, tokenizer, prefixes, decoding, trie) if prefixes else []
+    for b, cands in zip(owner, expanded, strict=True):
+        per_sample[b].append([q for q, _ in cands])
     out = []
     for b, parsed in enumerate(parsed_all):
         lists = per_sample[b] or [parsed.queries]
-        own = postprocess(merge_lists(lists, max(decoding.group_queries, 1)), blocklist, max_queries=k)
+        own = postprocess(merge_lists(lists), blocklist, max_queries=k)
         triggers = [p.triggers for p in parsed.points]
         out.append(_finish(own, greedy[b][0][0], parsed.malformed, triggers, k, fallbacks[b], blocklist,
                            {"n_sequences": len(lists)}))

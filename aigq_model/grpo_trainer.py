@@ -44,10 +44,12 @@ from aigq_model.grpo import (
     trigger_advantages,
 )
 from aigq_model.load import save_aigq
+from aigq_model.parsing import normalize_query
 from aigq_model.prompts import sample_field
 from aigq_model.rewards import RewardConfig, query_rewards, sequence_reward, trigger_rouge
-from aigq_model.targets import clean_target_query, think_points
+from aigq_model.targets import think_points
 from common.ddp import setup_distributed
+from common.text_encoder import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -312,29 +314,49 @@ def _update(model, ref_model, optimizer, ids, mask, adv, n_prompt, keep_rows, co
 
 
 # --- rewards from aigq_model.rewards ----------------------------------------------------------
-def make_reward_fn(reward_cfg=None, ctr_scorer=None, kind: str = "direct", max_history: int = 20) -> RewardFn:
-    """The IL-GRPO reward over ``aigq_model.rewards``: query rewards position-wise against the
-    sample's reference list (Direct: ``target_queries``; Think: the queries of the Think target,
-    ``targets.think_points``, in target order), CTR term from ``ctr_scorer.predict`` (none
-    without a scorer), sequence reward from the list and ``malformed``. Think trigger reward of
-    generated point k: ``trigger_rouge`` against the triggers (prompt display indices) of the
-    reference point holding the point's first matching query, else reference point k, else ``[]``."""
+#: The sample field holding the user's later searches of the training day (``train_grpo.with_later_searches``).
+LATER = "later_queries"
+
+
+def make_reward_fn(
+    reward_cfg=None, ctr_scorer=None, kind: str = "direct", max_history: int = 20, encoder=None
+) -> RewardFn:
+    """The IL-GRPO reward over ``aigq_model.rewards``: query rewards in hindsight against the
+    sample's later searches (``sample["later_queries"]``, attached by ``train_grpo``), CTR term
+    from ``ctr_scorer.predict`` (none without a scorer), sequence reward from the list and
+    ``malformed``; with ``w_sem`` the cosines come from ``encoder(texts) -> unit vectors``
+    (MiniLM by default, each text encoded once). Think trigger reward of generated point k:
+    ``trigger_rouge`` against the triggers (prompt display indices) of the Think target's point
+    holding the point's first matching query, else target point k, else ``[]``."""
     cfg = reward_cfg if isinstance(reward_cfg, RewardConfig) else RewardConfig.from_dict(reward_cfg)
+    cache: dict[str, object] = {}
+
+    def embed(texts):
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
+        if new:
+            for t, v in zip(new, (encoder or encode_texts)(new), strict=True):
+                cache[t] = v
+        return [cache[t] for t in texts]
 
     def reward_fn(sample, parsed):
-        if kind == "think":
-            points = think_points(sample, max_history)
-            reference = [q for p in points for q in p.queries]
-        else:
-            points, reference = [], [clean_target_query(q) for q in sample_field(sample, "target_queries") or []]
+        if LATER not in sample:
+            raise KeyError(f"sample {sample_field(sample, 'sample_id')} has no {LATER!r} (train_grpo attaches them)")
+        issued = [normalize_query(q) for q in sample[LATER] or []]
+        points = think_points(sample, max_history) if kind == "think" else []
         flat = [q for p in parsed for q in p.queries]
         probs = None
         if ctr_scorer is not None and flat:
             probs = [float(x) for x in ctr_scorer.predict([context_from_sample(sample)] * len(flat), flat)]
+        cosines = None
+        if cfg.w_sem and issued and flat:
+            vq, vt = embed([normalize_query(q) for q in flat]), embed(issued)
+            cosines = [[float(a @ b) for b in vt] for a in vq]
         qr, sr, tr, n = [], [], [], 0
         for p in parsed:
-            qr.append(query_rewards(p.queries, reference, None if probs is None else probs[n : n + len(p.queries)], cfg))
-            n += len(p.queries)
+            m = len(p.queries)
+            qr.append(query_rewards(p.queries, issued, None if probs is None else probs[n : n + m], cfg,
+                                    None if cosines is None else cosines[n : n + m]))
+            n += m
             sr.append(sequence_reward(p.queries, p.malformed, cfg))
             if kind == "think":
                 row = []

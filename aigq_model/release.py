@@ -4,12 +4,18 @@ Nothing here imports torch: these run inside Airflow tasks, around the subproces
 and evaluate. Two gates, both reading the ``metrics.json`` that :mod:`aigq_model.run_eval`
 writes into a version folder:
 
-- :func:`sft_gate` (an IL-SFT policy ``aigq_<kind>``): the candidate's gate metric (Query HR@30
-  by default) must be >= the popularity baseline's minus a tolerance and >= the registered
-  version's minus a tolerance.
-- :func:`policy_gate` (a policy update ``aigq_<kind>_grpo``): the candidate's metric must be >=
-  the policy it started from, scored on the same samples (``sft_reference_metrics.json``), minus
-  a tolerance.
+- :func:`sft_gate` (an IL-SFT policy ``aigq_<kind>``): the gate metric (Query HR@10 by default:
+  u2q exports 10 queries) of the list the export would serve (``hybrid``: the policy's queries
+  merged with the user's own searches, :mod:`aigq_model.hybrid`) must be >= the *best* heuristic
+  list's (popularity, co-occurrence, EBR, own history + popularity, and ``heuristic_merge``, the
+  same merge without the policy: whichever scored highest on the same samples) plus a margin,
+  and >= the registered version's minus a tolerance.
+- :func:`policy_gate` (a policy update ``aigq_<kind>_grpo``): the same heuristic check, and the
+  candidate's metric must be >= the policy it started from, scored on the same samples
+  (``sft_reference_metrics.json``), minus a tolerance.
+
+A refused policy is not served: with no registered policy, ``export.u2q`` serves the best
+heuristic list and says so in its manifest (``mode: heuristic``).
 
 :func:`register_policy` and :func:`register_update` apply them with the tolerances of the
 config (``aigq.gate``) unless a run overrides them, and move ``CURRENT`` through
@@ -29,8 +35,9 @@ from common.registry import model_dir, register
 
 METRICS_FILE = "metrics.json"
 REFERENCE_METRICS_FILE = "sft_reference_metrics.json"
-DEFAULT_GATE = {"metric": "query_hr@30", "popularity_tolerance": 0.02, "regression_tolerance": 0.02,
+DEFAULT_GATE = {"metric": "query_hr@10", "heuristic_margin": 0.01, "regression_tolerance": 0.02,
                 "grpo_tolerance": 0.02}
+EXPORTED = "hybrid"  # the method of metrics.json that scores the exported list (aigq_model.run_eval)
 
 
 def model_name(kind: str, mode: str) -> str:
@@ -50,29 +57,67 @@ def _metric(metrics: Mapping, method: str | None, metric: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def exported_metric(metrics: Mapping, metric: str) -> float | None:
+    """The exported (hybrid) list's ``metric``; the policy's own for metrics written before the
+    hybrid list existed."""
+    value = _metric(metrics, EXPORTED, metric)
+    return value if value is not None else _metric(metrics, None, metric)
+
+
+def best_heuristic(metrics: Mapping, metric: str) -> tuple[str, float] | None:
+    """``(name, value)`` of the heuristic with the highest ``metric`` in ``metrics`` (None when
+    none was scored); on a tie a single baseline before ``heuristic_merge``, then by name.
+
+    >>> best_heuristic({"model": "m", "results": {"m": {"all": {"q": 0.5}}, "hybrid": {"all": {"q": 0.6}},
+    ...     "popularity": {"all": {"q": 0.3}}, "cooccurrence": {"all": {"q": 0.4}}}}, "q")
+    ('cooccurrence', 0.4)
+    """
+    skip = {metrics.get("model"), EXPORTED}
+    scored = [(name, _metric(metrics, name, metric)) for name in metrics.get("results", {}) if name not in skip]
+    scored = [(n, v) for n, v in scored if v is not None]
+    return max(scored, key=lambda nv: (nv[1], nv[0] != "heuristic_merge", nv[0])) if scored else None
+
+
+def heuristic_check(metrics: Mapping, metric: str, margin: float) -> list[str]:
+    """The exported list's ``metric`` must be >= the best heuristic's + ``margin``; failures.
+
+    >>> m = {"model": "m", "results": {"hybrid": {"all": {"q": 0.40}}, "popularity": {"all": {"q": 0.30}},
+    ...      "own_history+popularity": {"all": {"q": 0.395}}}}
+    >>> heuristic_check(m, "q", 0.01)
+    ['exported list q 0.4000 < best heuristic own_history+popularity 0.3950 + margin 0.01']
+    >>> heuristic_check(m, "q", 0.0)
+    []
+    """
+    value = exported_metric(metrics, metric)
+    if value is None:
+        return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
+    best = best_heuristic(metrics, metric)
+    if best is None:
+        return [f"candidate was scored without heuristic baselines (aigq.eval.baselines): nothing to beat on {metric}"]
+    if value < best[1] + margin:
+        return [f"exported list {metric} {value:.4f} < best heuristic {best[0]} {best[1]:.4f} + margin {margin}"]
+    return []
+
+
 def sft_gate(
     root: str | Path,
-    metric: str = "query_hr@30",
-    popularity_tolerance: float = 0.02,
+    metric: str = "query_hr@10",
+    heuristic_margin: float = 0.01,
     regression_tolerance: float = 0.02,
     area: str = "models",
 ) -> Callable[[dict, dict | None], list[str]]:
-    """A ``common.registry.register`` gate: the candidate's ``metric`` (from its ``metrics.json``)
-    must be >= the popularity baseline's minus ``popularity_tolerance`` and >= the current
+    """A ``common.registry.register`` gate: the exported list's ``metric`` (from the candidate's
+    ``metrics.json``) must be >= the best heuristic's + ``heuristic_margin`` and >= the current
     version's minus ``regression_tolerance``. Returns the list of failures."""
 
     def gate(candidate: dict, current: dict | None) -> list[str]:
         cand = read_metrics(model_dir(root, candidate["name"], candidate["version"], area))
-        value, pop = _metric(cand, None, metric), _metric(cand, "popularity", metric)
+        value = exported_metric(cand, metric)
         if value is None:
             return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
-        failures = []
-        if pop is not None and value < pop - popularity_tolerance:
-            failures.append(f"{metric} {value:.4f} < popularity {pop:.4f} - {popularity_tolerance}")
+        failures = heuristic_check(cand, metric, heuristic_margin)
         if current is not None:
-            old = _metric(
-                read_metrics(model_dir(root, current["name"], current["version"], area)), None, metric
-            )
+            old = exported_metric(read_metrics(model_dir(root, current["name"], current["version"], area)), metric)
             if old is not None and value < old - regression_tolerance:
                 failures.append(
                     f"{metric} {value:.4f} < current {current['version']} {old:.4f} - {regression_tolerance}"
@@ -83,11 +128,13 @@ def sft_gate(
 
 
 def policy_gate(
-    reference_metrics: str | Path, metric: str = "query_hr@30", tolerance: float = 0.02, area: str = "models"
+    reference_metrics: str | Path, metric: str = "query_hr@10", tolerance: float = 0.02, area: str = "models",
+    heuristic_margin: float = 0.01,
 ) -> Callable[[dict, dict | None], list[str]]:
     """A ``register`` gate for a policy update (IL-GRPO): the candidate's ``metric`` must be >=
     the reference policy's (the SFT policy scored on the same samples, ``reference_metrics``)
-    minus ``tolerance``. Returns the list of failures."""
+    minus ``tolerance``, and its exported list must pass :func:`heuristic_check`. Returns the
+    list of failures."""
 
     def gate(candidate: dict, current: dict | None) -> list[str]:
         root = Path(reference_metrics).resolve().parents[3]  # <root>/models/<name>/<version>/<file>
@@ -99,25 +146,27 @@ def policy_gate(
             return [f"candidate has no {metric} (run aigq_model.run_eval first)"]
         if base is None:
             return [f"reference policy metrics {ref_file} have no {metric}"]
+        failures = heuristic_check(cand, metric, heuristic_margin)
         if value < base - tolerance:
-            return [f"{metric} {value:.4f} < SFT policy {base:.4f} - {tolerance}"]
-        return []
+            failures.append(f"{metric} {value:.4f} < SFT policy {base:.4f} - {tolerance}")
+        return failures
 
     return gate
 
 
 def gate_settings(cfg: Mapping, **overrides: float | None) -> dict:
-    """``aigq.gate`` of the config over :data:`DEFAULT_GATE`; an override that is not None (or
-    negative, the DAG Params' "use the config" value) replaces the configured figure.
+    """``aigq.gate`` of the config over :data:`DEFAULT_GATE`; an override that is not None replaces
+    the configured figure, except a negative tolerance (the DAG Params' "use the config" value; a
+    negative ``heuristic_margin`` is a figure).
 
-    >>> gate_settings({"aigq": {"gate": {"popularity_tolerance": 0.05}}}, regression_tolerance=-1.0)["popularity_tolerance"]
+    >>> gate_settings({"aigq": {"gate": {"heuristic_margin": 0.05}}}, regression_tolerance=-1.0)["heuristic_margin"]
     0.05
     >>> gate_settings({}, grpo_tolerance=0.1)["grpo_tolerance"]
     0.1
     """
     settings = {**DEFAULT_GATE, **dict((cfg.get("aigq") or {}).get("gate") or {})}
     for key, value in overrides.items():
-        if value is not None and value >= 0:
+        if value is not None and (value >= 0 or key == "heuristic_margin"):
             settings[key] = float(value)
     return settings
 
@@ -128,25 +177,25 @@ def _version_of(metrics_path: str | Path) -> tuple[Path, str, str]:
     return version_dir.parents[2], version_dir.parent.name, version_dir.name
 
 
-def register_policy(metrics_path: str | Path, cfg: Mapping, popularity_tolerance: float | None = None,
+def register_policy(metrics_path: str | Path, cfg: Mapping, heuristic_margin: float | None = None,
                     regression_tolerance: float | None = None) -> Path:
     """Register the IL-SFT version whose metrics are ``metrics_path`` through :func:`sft_gate`;
     returns its folder. Raises ``GateRejected`` when refused."""
     root, name, version = _version_of(metrics_path)
-    settings = gate_settings(cfg, popularity_tolerance=popularity_tolerance,
-                             regression_tolerance=regression_tolerance)
-    gate = sft_gate(root, metric=settings["metric"], popularity_tolerance=settings["popularity_tolerance"],
+    settings = gate_settings(cfg, heuristic_margin=heuristic_margin, regression_tolerance=regression_tolerance)
+    gate = sft_gate(root, metric=settings["metric"], heuristic_margin=settings["heuristic_margin"],
                     regression_tolerance=settings["regression_tolerance"])
     register(root, name, version, gate=gate)
     return model_dir(root, name, version)
 
 
-def register_update(metrics_path: str | Path, cfg: Mapping, tolerance: float | None = None) -> Path:
+def register_update(metrics_path: str | Path, cfg: Mapping, tolerance: float | None = None,
+                    heuristic_margin: float | None = None) -> Path:
     """Register the policy update whose metrics are ``metrics_path`` through :func:`policy_gate`
     against the reference scored beside it; returns its folder. Raises ``GateRejected`` when refused."""
     root, name, version = _version_of(metrics_path)
-    settings = gate_settings(cfg, grpo_tolerance=tolerance)
+    settings = gate_settings(cfg, grpo_tolerance=tolerance, heuristic_margin=heuristic_margin)
     gate = policy_gate(model_dir(root, name, version) / REFERENCE_METRICS_FILE, metric=settings["metric"],
-                       tolerance=settings["grpo_tolerance"])
+                       tolerance=settings["grpo_tolerance"], heuristic_margin=settings["heuristic_margin"])
     register(root, name, version, gate=gate)
     return model_dir(root, name, version)

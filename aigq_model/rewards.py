@@ -1,9 +1,16 @@
 """IL-GRPO rewards for generated AIGQ query lists (pure functions, no model calls).
 
-Query level, per generated slot ``j`` (position-wise against the reference list)::
+Query level, per generated slot ``j``, in hindsight: against the queries ``T`` the user actually
+searched after the prompt's time (in the training day, before its held-out part; never the
+evaluation day's)::
 
-    R_query(q_j) = w_ctr * clip(gamma * p_ctr(q_j | u), 0, beta)
-                 + w_rouge * ROUGE-L(q_j, ref_j) + w_len * r_len(q_j)
+    R_query(q_j) = max_{t in T} (w_exact * [q_j == t] + w_rouge * ROUGE-L(q_j, t) + w_sem * cos(q_j, t))
+                 + w_ctr * clip(gamma * p_ctr(q_j | u), 0, beta) + w_len * r_len(q_j)
+
+(the max is 0 when the user searched nothing later). The paper's query term is ROUGE-L against
+the slot's reference query (the training target, i.e. the hints the ranker showed), which
+rewards copying the shown list; the hindsight term rewards what the goal measures, a query the
+user searches.
 
 Sequence level: ``R_seq = w_fmt * r_fmt + w_rep * r_rep`` (well-formed list, duplicate /
 near-duplicate penalty). Both are clipped to ``±reward_clip``. The Think variant's trigger
@@ -144,7 +151,9 @@ class RewardConfig:
     """IL-GRPO reward weights (``aigq.grpo.reward`` style section)."""
 
     w_ctr: float = 1.0
-    w_rouge: float = 1.0
+    w_exact: float = 1.0
+    w_rouge: float = 0.0
+    w_sem: float = 0.0
     w_len: float = 1.0
     w_fmt: float = 1.0
     w_rep: float = 1.0
@@ -172,19 +181,51 @@ def _clip(x: float, bound: float) -> float:
     return float(min(bound, max(-bound, x)))
 
 
+def hindsight_match(
+    query: str, issued: Sequence[str], cfg: RewardConfig, cosines: Sequence[float] | None = None
+) -> float:
+    """The hindsight term of one slot: the best over the later searches ``issued`` of
+    ``w_exact * exact + w_rouge * ROUGE-L + w_sem * cosine`` (normalised strings; ``cosines[t]``
+    = the embedding cosine of ``query`` and ``issued[t]``, needed when ``w_sem`` is not 0);
+    0.0 without later searches.
+
+    >>> cfg = RewardConfig(w_exact=1.0, w_rouge=0.5)
+    >>> hindsight_match("Red Shoe", ["hat", "red shoe"], cfg), hindsight_match("red boot", ["red shoe"], cfg)
+    (1.5, 0.25)
+    >>> hindsight_match("red shoe", [], cfg), hindsight_match("a", ["b"], RewardConfig(w_sem=1.0), [0.4])
+    (0.0, 0.4)
+    """
+    if not issued:
+        return 0.0
+    if cfg.w_sem and (cosines is None or len(cosines) != len(issued)):
+        raise ValueError(f"w_sem {cfg.w_sem} needs one cosine per later search ({len(issued)})")
+    q = normalize_query(query)
+    best = 0.0
+    for t, truth in enumerate(issued):
+        truth = normalize_query(truth)
+        score = cfg.w_exact * float(bool(q) and q == truth) + cfg.w_rouge * rouge_l(q, truth)
+        if cfg.w_sem:
+            score += cfg.w_sem * float(cosines[t])
+        best = max(best, score)
+    return best
+
+
 def query_rewards(
     queries: Sequence[str],
-    reference: Sequence[str],
+    issued: Sequence[str],
     ctr_probs: Sequence[float] | None,
     cfg: RewardConfig,
+    cosines: Sequence[Sequence[float]] | None = None,
 ) -> list[float]:
-    """Per-slot ``R_query``: ``w_ctr * ctr_reward(p_j) + w_rouge * rouge_l(q_j, reference[j])
-    + w_len * length_reward(q_j)`` (reference ``""`` past its end), clipped to ``±reward_clip``.
-    ``ctr_probs=None`` drops the CTR term.
+    """Per-slot ``R_query``: ``hindsight_match(q_j, issued) + w_ctr * ctr_reward(p_j) + w_len *
+    length_reward(q_j)``, clipped to ``±reward_clip``. ``ctr_probs=None`` drops the CTR term;
+    ``cosines[j]`` are slot j's cosines to ``issued`` (the semantic term).
 
     >>> query_rewards(["red shoe", "hat"], ["red shoe"], [0.3, 0.1], RewardConfig())
     [1.3, 0.1]
-    >>> query_rewards(["red shoe"], ["red shoe"], None, RewardConfig(w_rouge=20.0))
+    >>> query_rewards(["red boots"], ["red shoe"], None, RewardConfig(w_rouge=0.5))  # partial credit
+    [0.25]
+    >>> query_rewards(["red shoe"], ["red shoe"], None, RewardConfig(w_exact=20.0))
     [10.0]
     """
     if ctr_probs is not None and len(ctr_probs) != len(queries):
@@ -192,7 +233,7 @@ def query_rewards(
     ctr = ctr_reward(ctr_probs, cfg.gamma, cfg.beta) if ctr_probs is not None else None
     out = []
     for j, q in enumerate(queries):
-        r = cfg.w_rouge * rouge_l(q, reference[j] if j < len(reference) else "")
+        r = hindsight_match(q, issued, cfg, None if cosines is None else cosines[j])
         r += cfg.w_len * length_reward(q)
         if ctr is not None:
             r += cfg.w_ctr * float(ctr[j])

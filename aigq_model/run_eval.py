@@ -5,9 +5,19 @@ models, ``aigq_think_sft`` for think), the model generates a list of ``max(ks)``
 (``generate.generate_lists``, topped up with popularity before the sample's time; cold-start
 users get the popularity list). The baselines (popularity, co-occurrence, EBR, own history) index
 the clean behaviour log of the ``eval.days`` days ending at ``ds`` and use only events strictly
-before each sample's time. Truth = the sample's target queries; metrics as in
-``aigq_model.evaluate`` (Query/Category HR@K, semantic similarity, unique categories, malformed
-share), per group ``all`` / ``active`` / ``cold_start``.
+before each sample's time. Truth = the queries the user searched from the sample's time to the
+end of its day (``--truth``); metrics as in ``aigq_model.evaluate`` (Query/Category HR@K with
+95 % user-bootstrap intervals, semantic similarity, unique categories, serendipity, malformed
+share), per group ``all`` / ``active`` (a search in the history) / ``cold_start`` (none).
+
+The exported list (method ``hybrid``, what u2q serves): the model's list merged with the user's
+own searches and the best heuristic by the merge policy (``aigq_model.hybrid``) fitted on valid
+rows the scoring does not see and training did not use (the window's valid rows with ``--split
+test``, else the valid and test rows of the ``--sample-days`` days before the window). ``heuristic_merge`` is the same merge fitted without
+the policy (own searches and heuristic lists only): a heuristic, so the policy must add to what
+the merge alone gives. ``info.exported`` holds both merges, the best heuristic per Query HR@K
+(of the baselines and ``heuristic_merge``) and the model's and the hybrid's paired difference to
+it (the gate's input).
 
 Writes ``metrics.json`` into the model folder and ``<root>/reports/aigq/<ds>/<name>.md`` with a
 hit-rate plot beside it; prints one JSON line.
@@ -24,26 +34,31 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aigq_model.baselines import BASELINES, PopularityBaseline
+from aigq_model.baselines import BASELINES, PopularityBaseline, own_queries
 from aigq_model.evaluate import (
     EvalRecord,
     build_query_category_map,
-    build_query_vocabulary,
-    evaluate_records,
+    caching_encoder,
     markdown_table,
+    paired_difference,
+    per_record,
     plot_hit_rates,
+    summarise,
     truth_queries,
     window_truth,
 )
 from aigq_model.generate import Decoding, blocklist_from_config, generate_lists
+from aigq_model.hybrid import fit_and_merge
 from aigq_model.load import load_aigq
 from aigq_model.train_sft import read_sft_rows
+from aigq_model.trie import searched_queries
 from common.arrow_io import read_partition
 from common.config import load_config
 from common.hf_offline import quiet_offline_hf
@@ -56,6 +71,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 SPLITS = ("test", "valid", "train", "all")
+HYBRID = "hybrid"  # the exported u2q list (aigq_model.hybrid)
+HEURISTIC_MERGE = "heuristic_merge"  # the user's own searches merged with the heuristics, no policy
 DEFAULT_BASELINES = ("popularity", "cooccurrence", "ebr", "own_history+popularity")
 
 
@@ -111,7 +128,7 @@ def _records(
 ):
     malformed = malformed or [False] * len(samples)
     return [
-        EvalRecord(list(g), list(t), len(s.get("history") or []), bool(m), s.get("user_id"))
+        EvalRecord(list(g), list(t), own_queries(s.get("history"), s["event_time"]), bool(m), s.get("user_id"))
         for s, g, t, m in zip(samples, lists, truth, malformed, strict=True)
     ]
 
@@ -145,21 +162,24 @@ def evaluate_model(
     style: str = "compressed",
     max_history: int = 20,
     truth: str = "issued",
+    fit_samples: Sequence[Mapping] = (),
 ) -> tuple[dict, dict]:
-    """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model and each baseline,
-    and generation facts (seconds, malformed share, share of slots filled by the model)."""
+    """``(results, info)``: ``{method: {group: {metric: value}}}`` for the model, each baseline and
+    ``hybrid`` (the list u2q exports: the model's merged with the user's own searches and a
+    heuristic by the merge policy fitted on ``fit_samples``, the valid split), and facts
+    (generation seconds, malformed share, share of slots filled by the model, the merge policy,
+    the best heuristic and the exported list's paired difference to it)."""
     gen_config = dict(gen_config or {})
     k = max(ks)
+    n_scored = len(samples)
+    samples = [*samples, *fit_samples]  # one generation pass; the fit samples only fit the merge
     popularity = PopularityBaseline().fit(events)
     category_of = build_query_category_map(events, items) if items is not None else None
     decoding = Decoding.from_dict(gen_config)
-    decode_categories = None
-    if decoding.wording == "log" and items is None:
-        raise ValueError("aigq.generate.wording 'log' needs the items table (the query vocabulary's categories)")
-    if (decoding.group_queries or decoding.wording == "log") and items is not None and samples:
-        # decoding may only use the log before the samples: the map of the scored day's clicks is
-        # for the Category HR metric alone
-        decode_categories = build_query_vocabulary(events_before(events, min(s["event_time"] for s in samples)), items)
+    known = None
+    if decoding.known_queries and samples:
+        # decoding may only use the log before the samples (the scored day's searches are the truth)
+        known = searched_queries(events_before(events, min(s["event_time"] for s in samples)))
     t0 = time.perf_counter()
     gens = generate_lists(
         model,
@@ -173,7 +193,7 @@ def evaluate_model(
         blocklist=blocklist_from_config(gen_config),
         style=style,
         max_history=max_history,
-        category_of=decode_categories,
+        known_queries=known,
     )
     gen_seconds = time.perf_counter() - t0
     lists = {name: [g.queries for g in gens]}
@@ -183,28 +203,65 @@ def evaluate_model(
         if rec is not popularity:
             rec.fit(events)
         lists[b] = rec.recommend_many(samples, k=k)
+    own = [own_queries(s.get("history"), s["event_time"]) for s in samples]
+    heuristic_lists, fit_truth = {b: lists[b] for b in baselines}, sample_truth(samples[n_scored:], events, truth)
+    merge_policy, fit, lists[HYBRID], sources = fit_and_merge(lists[name], own, heuristic_lists, fit_truth,
+                                                              n_scored, k, min(ks))
+    heuristics = list(baselines)
+    if baselines:  # the same merge without the policy: a heuristic too, which the policy must beat
+        h_plan, h_fit, lists[HEURISTIC_MERGE], _ = fit_and_merge([[] for _ in samples], own, heuristic_lists,
+                                                                 fit_truth, n_scored, k, min(ks))
+        heuristics.append(HEURISTIC_MERGE)
+    samples, gens = samples[:n_scored], gens[:n_scored]
+    lists = {m: ls[:n_scored] for m, ls in lists.items()}
     truths = sample_truth(samples, events, truth)
-    results = {
-        method: evaluate_records(
-            _records(samples, ls, truths, malformed.get(method)), ks, category_of, encoder=encoder, semantic=semantic
-        )
-        for method, ls in lists.items()
-    }
+    encoder = caching_encoder(encoder) if semantic else encoder  # each distinct query encoded once
+    per = {m: per_record(_records(samples, ls, truths, malformed.get(m, [])[:n_scored] or None), ks, category_of,
+                         encoder, semantic) for m, ls in lists.items()}
+    records = _records(samples, lists[name], truths)
+    results = {m: summarise(p, records, ks) for m, p in per.items()}
     modelled = [g for g in gens if g.model_called]
     info = {
         "n_samples": len(samples),
+        "exported": {"method": HYBRID, "merge": merge_policy.to_dict(), "fit": fit,
+                     "slot_sources": dict(Counter(
+                         "fallback" if s == "model" and q in g.queries[g.n_model:] else s
+                         for g, qs, src in zip(gens, lists[HYBRID], sources, strict=True)
+                         for q, s in zip(qs[:min(ks)], src[:min(ks)], strict=True))),
+                     "heuristic_merge": h_plan.to_dict() if baselines else None,
+                     "heuristic_merge_fit": h_fit if baselines else None,
+                     # the same against the best single baseline (heuristic_merge left out)
+                     "vs_best_baseline": versus_best_heuristic(per, results, [name, HYBRID, *heuristics[len(baselines):]],
+                                                               baselines, records, ks) if baselines else None,
+                     **versus_best_heuristic(per, results, [name, HYBRID], heuristics, records, ks)},
         "generation_seconds": round(gen_seconds, 2),
-        "group_queries": decoding.group_queries,
-        "wording": decoding.wording,
-        "think_interests": decoding.think_interests if kind == "think" else None,
-        "decode_category_map_size": None if decode_categories is None else len(decode_categories),
+        "known_queries": decoding.known_queries,
+        "known_query_count": None if known is None else len(known),
         "malformed_share": sum(g.malformed for g in modelled) / len(modelled) if modelled else None,
         "model_queries_mean": sum(g.n_model for g in modelled) / len(modelled) if modelled else None,
-        "cold_start_share": sum(not s.get("history") for s in samples) / len(samples) if samples else None,
+        "cold_start_share": sum(not r.own_queries for r in records) / len(records) if records else None,
         "truth": truth,
         "samples_with_truth": sum(bool(t) for t in truths),
     }
     return results, info
+
+
+def versus_best_heuristic(per: Mapping[str, Mapping], results: Mapping, methods: Sequence[str],
+                          baselines: Sequence[str], records: Sequence[EvalRecord], ks: Sequence[int]) -> dict:
+    """``best_heuristic``: per Query HR@K, the baseline with the highest figure on these samples
+    (group ``all``); ``vs_best_heuristic``: each of ``methods`` minus it, paired, with its user
+    bootstrap interval (``evaluate.paired_difference``)."""
+    users = [r.user_id for r in records]
+    best, diffs = {}, {m: {} for m in methods}
+    for k in ks:
+        metric = f"query_hr@{k}"
+        scored = [b for b in baselines if not math.isnan(results[b]["all"].get(metric, math.nan))]
+        if not scored:
+            continue
+        best[metric] = max(scored, key=lambda b: (results[b]["all"][metric], b != HEURISTIC_MERGE, b))
+        for m in methods:
+            diffs[m][metric] = paired_difference(per[m][metric], per[best[metric]][metric], users)
+    return {"best_heuristic": best, "vs_best_heuristic": diffs}
 
 
 def events_before(events, t):
@@ -244,6 +301,7 @@ def write_report(
         f"{info.get('model_queries_mean')} (the rest: popularity before the sample's time).",
         "",
     ]
+    lines += exported_lines(info)
     for group in ("all", "active", "cold_start"):
         sub = {m: {group: r[group]} for m, r in results.items() if group in r}
         lines += [f"## {group}", "", markdown_table(sub, ["n_users", *metrics]), ""]
@@ -253,7 +311,28 @@ def write_report(
     return path
 
 
-# --- registration gate -------------------------------------------------------------------------
+def exported_lines(info: Mapping) -> list[str]:
+    """The report's lines on the exported (hybrid) list: its merge policy and its paired
+    difference to the best heuristic, with intervals."""
+    ex = info.get("exported") or {}
+    if not ex:
+        return []
+    fits = []
+    for group, fit in (ex.get("fit") or {}).items():
+        fits.append(f"{group}: fitted on {fit.get('n')} valid samples (Query HR@{fit.get('k')} "
+                    f"{fit.get('query_hr'):.4f}, policy alone {fit.get('policy_only'):.4f})" if fit.get("fitted")
+                    else f"{group}: not fitted (no valid samples), default merge")
+    lines = [f"Exported list `{ex['method']}`: merge {ex.get('merge')}; " + "; ".join(fits)
+             + f"; slot sources {ex.get('slot_sources')}.", ""]
+    for metric, best in (ex.get("best_heuristic") or {}).items():
+        for method, diffs in (ex.get("vs_best_heuristic") or {}).items():
+            d = diffs.get(metric)
+            if d:
+                lines.append(f"- {method} - {best} (best heuristic), {metric}: {d['delta']:+.4f} "
+                             f"[{d['lo']:+.4f}, {d['hi']:+.4f}] (95 % user bootstrap, {d['n']} samples)")
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     quiet_offline_hf()
@@ -281,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", choices=TRUTHS, default=None,
                         help="issued: queries searched from the sample's time to the end of its day "
                         "(default: aigq.eval.truth); target: the training target list")
+    parser.add_argument("--no-fit-merge", dest="fit_merge", action="store_false",
+                        help="skip fitting the exported list's merge on the valid rows (default merge policy)")
     parser.add_argument("--report-name", default=None, help="report file name (default: the model's name)")
     parser.add_argument("--metrics-out", default=None,
                         help="write metrics.json here instead of into the model folder (to score a "
@@ -315,7 +396,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not samples:
         raise FileNotFoundError(f"no {args.split} {sample_kind} samples of {ds} under {data_root}")
-    events = read_events(data_root, [*previous_ds(ds, int(ev.get("days", 7)) - 1), ds])
+    # the exported list's merge is fitted on rows the scoring does not see and training did not use:
+    # the window's valid rows with --split test / train, else the valid and test rows of the
+    # --sample-days days before the window
+    in_window = args.split in ("test", "train")
+    fit_ds = ds if in_window else previous_ds(ds, args.sample_days)[0]
+    fit_splits = ("valid",) if in_window else ("valid", "test")
+    fit_samples = [r for split in fit_splits for r in eval_samples(
+        data_root, fit_ds, sample_kind, split, args.max_samples, args.min_history_queries, args.sample_days)
+    ] if args.fit_merge else []
+    log_days = max(int(ev.get("days", 7)), 2 * args.sample_days + 1)
+    events = read_events(data_root, [*previous_ds(ds, log_days - 1), ds])
     model, tokenizer = load_aigq(model_dir)
     mcfg = manifest.get("config", {})
     results, info = evaluate_model(
@@ -333,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         style=manifest.get("style", "compressed"),
         max_history=int(mcfg.get("max_history", 20)),
         truth=args.truth or str(ev.get("truth", "issued")),
+        fit_samples=fit_samples,
     )
     payload = {
         "model": name,
@@ -342,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": sample_kind,
         "min_history_queries": args.min_history_queries,
         "sample_days": args.sample_days,
+        "merge_fit": {"ds": fit_ds, "splits": list(fit_splits), "days": args.sample_days, "samples": len(fit_samples)},
         "max_samples": args.max_samples,
         "ks": list(ks),
         "decoding": gen,

@@ -1,8 +1,9 @@
 """IL-GRPO step time split into generation, reward and update; rollouts per second. Prints JSON.
 
 Runs ``--steps`` policy-optimisation steps (``aigq_model.grpo_trainer.train_grpo``) of a trained policy on
-day ``--ds``'s Direct train prompts with the pipeline's reward (``make_reward_fn``: ROUGE-L against
-the reference list, length, format, repetition, and the CTR term when ``--ctr`` is given), in both
+day ``--ds``'s Direct train prompts whose user searched again (``train_grpo.with_later_searches``)
+with the pipeline's reward (``make_reward_fn``: hindsight match against the user's later searches,
+length, format, repetition, and the CTR term when ``--ctr`` is given), in both
 modes (IL-GRPO and plain sequence-level GRPO) side by side in one run, and reports per mode the
 median seconds per step of each phase, their shares, and rollouts (sampled lists) per second.
 Nothing is written to the data root (the updated weights are dropped).
@@ -30,6 +31,8 @@ sys.path.insert(0, str(REPO))
 from aigq_model.ctr_model import load_ctr  # noqa: E402
 from aigq_model.grpo_trainer import GRPOConfig, make_reward_fn, train_grpo  # noqa: E402
 from aigq_model.load import load_aigq  # noqa: E402
+from aigq_model.run_eval import read_events  # noqa: E402
+from aigq_model.train_grpo import with_later_searches  # noqa: E402
 from aigq_model.train_sft import read_sft_rows  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.hf_offline import quiet_offline_hf  # noqa: E402
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     aigq = dict(cfg.get("aigq") or {})
     manifest = read_manifest(args.policy)
     kind = manifest.get("kind", "direct")
-    samples = read_sft_rows(args.data_root, [args.ds], "direct" if kind == "plain" else kind, "train")
+    rows = read_sft_rows(args.data_root, [args.ds], "direct" if kind == "plain" else kind, "train")
+    samples = with_later_searches(rows, read_events(args.data_root, [args.ds]), cfg.get("samples"))
     ctr = None
     if args.ctr:
         ctr = load_ctr(args.ctr)

@@ -10,13 +10,15 @@ none, under the lock `karma_training` shares) → `train_sft` (IL-SFT of each po
 `aigq.train_policies` — or of the `kind` Param — on the train split of the configured days; with
 `sft=if_missing` only for kinds with no registered version) → `evaluate` (generation next to the
 popularity / co-occurrence / EBR / own-history baselines on the `aigq.eval.split` samples) →
-`register` (`models/aigq_<kind>/CURRENT` moves only through the gate of `aigq_model/release.py`).
+`register` (`models/aigq_<kind>/CURRENT` moves only through the gate of `aigq_model/release.py`:
+the exported hybrid list must beat the best heuristic by `aigq.gate.heuristic_margin`; with no
+policy registered, u2q serves that heuristic and says so).
 
 Daily cycle (`grpo=true`, for the first policy only — the one u2q serves): `train_ctr` (`aigq_ctr/<ds>`)
 → `grpo_update` (IL-GRPO on day T's prompts, starting from the newest registered update before T,
 else from the SFT policy) → `evaluate_grpo` (candidate and the policy it started from on the same
-samples) → `register_grpo` (`aigq_<kind>_grpo` moves only if its Query HR@30 >= the reference's
-minus `aigq.gate.grpo_tolerance`) → `publish_policy` (emits `models.aigq_policy` with
+samples) → `register_grpo` (`aigq_<kind>_grpo` moves only if its gate metric >= the reference's
+minus `aigq.gate.grpo_tolerance` and its exported list beats the best heuristic) → `publish_policy` (emits `models.aigq_policy` with
 `{"ds", "path", "version", "registered", "reason", "policies"}`: the policy u2q serves from now on)
 → `announce` (emits `models.ready` when `karma_training` has finished the same day: the export's trigger).
 
@@ -67,7 +69,9 @@ PARAMS = {
                         description="samples a candidate is scored on; empty = aigq.eval.split"),
     "eval_baselines": Param("", type="string", description="comma-separated; empty = aigq.eval.baselines"),
     "semantic": Param(True, type="boolean", description="compute the MiniLM similarity metric"),
-    "gate_popularity_tolerance": Param(-1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"),
+    "gate_heuristic_margin": Param(None, type=["null", "number"], minimum=-1.0, maximum=1.0,
+                                   description="null = aigq.gate.heuristic_margin; the exported list must beat "
+                                   "the best heuristic by this (negative: may lose by that much, tests only)"),
     "gate_regression_tolerance": Param(-1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"),
     "sft": Param("if_missing", type="string", enum=["if_missing", "always"],
                  description="train an SFT policy only when none is registered, or every day"),
@@ -160,7 +164,7 @@ def aigq_training():
         for kind in _policies(params)[0]:
             if kind in metrics:
                 try:
-                    register_policy(metrics[kind], cfg, params.get("gate_popularity_tolerance"),
+                    register_policy(metrics[kind], cfg, params.get("gate_heuristic_margin"),
                                     params.get("gate_regression_tolerance"))
                 except GateRejected as exc:
                     ops.record_gate_refusal(params, "aigq_training", "register", run_id, day, str(exc))
@@ -220,7 +224,7 @@ def aigq_training():
             return ""
         cfg, _root = runner.settings(params)
         try:
-            register_update(metrics_path, cfg, params.get("gate_grpo_tolerance"))
+            register_update(metrics_path, cfg, params.get("gate_grpo_tolerance"), params.get("gate_heuristic_margin"))
         except GateRejected as exc:
             ops.record_gate_refusal(params, "aigq_training", "register_grpo", run_id, day, str(exc))
         return metrics_path

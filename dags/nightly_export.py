@@ -12,9 +12,11 @@ that day with the versions registered before; every published manifest carries `
 and the report shows it. Each publishing task emits its `exports.<table>` Asset with
 `{"ds", "path"}`; `report` emits `reports.report`.
 
-- `u2q`: AIGQ-Direct query lists of every user active in the window (registered
-  `aigq_direct_grpo`, else `aigq_direct`; cold-start users get the popularity list); the table
-  keeps each user's most recent `export.u2q_keep_runs` runs.
+- `u2q`: the query list of every user active in the window: the registered AIGQ-Direct policy's
+  (`aigq_direct_grpo`, else `aigq_direct`; cold-start users get the popularity list) merged with
+  the user's own searches, or, when no policy is registered (none beat the best heuristic), the
+  best heuristic list (manifest `lists.mode`); the table keeps each user's most recent
+  `export.u2q_keep_runs` runs.
 - `x2q`: AIGQ-Think trigger → ranked queries (`S = α·S_rel + (1−α)·S_eff`); **skipped** when no
   Think policy is registered (`aigq_think_grpo` / `aigq_think`).
 - `u2i`: KARMA top-K items per active user from the registered model's faiss index (history

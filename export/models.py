@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from aigq_model.baselines import PopularityBaseline
-from aigq_model.evaluate import build_query_vocabulary
 from aigq_model.generate import Decoding
 from aigq_model.load import load_aigq
 from aigq_model.parsing import Blocklist, postprocess
+from aigq_model.trie import searched_queries
 from common.device import resolve, use_bf16
 from common.registry import RegistryError, model_dir, read_manifest, serving_version
 from export.data import ExportInputError, anchor_time
@@ -98,18 +98,15 @@ def decoding(cfg: Mapping, export_section: Mapping | None, max_new_tokens: int |
     return Decoding.from_dict(section), int(section.get("batch_size", 16))
 
 
-def query_vocabulary(decoding, inputs, ds: str, root):
-    """The window's query vocabulary (``evaluate.build_query_vocabulary`` of the loaded events and
-    items) when ``decoding`` needs one (``group_queries`` or ``wording: log``), else ``None``;
-    ``wording: log`` without the items snapshot is refused instead of serving the fallback."""
-    if not (decoding.group_queries or decoding.wording == "log"):
+def known_queries(decoding, inputs, ds: str, root) -> list[str] | None:
+    """The window's searched queries (``trie.searched_queries`` of the loaded events) when
+    ``decoding.known_queries`` constrains generation to them, else ``None``; a constrained run
+    without the window's events is refused instead of serving unconstrained lists."""
+    if not decoding.known_queries:
         return None
-    if inputs.items is not None and inputs.events is not None:
-        return build_query_vocabulary(inputs.events, inputs.items)
-    if decoding.wording == "log":
-        raise ValueError("aigq.generate.wording 'log' needs the window's events and the items table "
-                         f"(items of {ds} not found under {root})")
-    return None
+    if inputs.events is None or inputs.events.num_rows == 0:
+        raise ValueError(f"aigq.generate.known_queries needs the window's behaviour events (none of {ds} under {root})")
+    return searched_queries(inputs.events)
 
 
 def blocklist(cfg: Mapping, extra: Sequence[str] = ()):

@@ -12,9 +12,11 @@ JavaScript, no external asset), with:
   version's ``report_dir`` (``attention_sinks.png``);
 - **KARMA in ranking**: the daily item-CTR model with and without KARMA features
   (``reports/karma_ranking/ds=*/metrics.json``, :mod:`export.report_ranking`);
-- **AIGQ**: every version of the policies (``aigq_direct``, ``aigq_direct_grpo``,
-  ``aigq_think*`` ...; ``metrics.json`` of ``aigq_model.run_eval``) next to the popularity
-  baseline, and the CTR model ``aigq_ctr`` (AUC / log-loss next to the query-CTR baseline);
+- **AIGQ**: which list u2q served on ``ds`` (``hybrid`` or the best ``heuristic``, and why), every
+  version of the policies (``aigq_direct``, ``aigq_direct_grpo``, ``aigq_think*`` ...;
+  ``metrics.json`` of ``aigq_model.run_eval``): policy, exported list and best heuristic with
+  bootstrap intervals, cold start and serendipity (:mod:`export.report_aigq`), and the CTR model
+  ``aigq_ctr`` (AUC / log-loss next to the query-CTR baseline);
 - **Ablations**: the newest ``reports/karma_ablation/ds=*/ablation.md`` and
   ``reports/aigq_ablation/ds=*/ablation.md`` at or before ``ds`` (else the newest) plus any
   ``--ablation PATH`` (a file or its folder), Markdown tables rendered as HTML, their PNGs
@@ -50,6 +52,7 @@ from common.config import load_config
 from common.logging_setup import setup_logging
 from common.paths import MANIFEST, SUCCESS, check_ds, partition_path, previous_ds
 from common.steps import emit_result
+from export.report_aigq import policies_html, u2q_serving_html
 from export.report_html import (
     CSS,
     esc,
@@ -86,7 +89,6 @@ ETL_TABLES: dict[str, tuple[str, ...]] = {
 KARMA_COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "index_hr@200", "popularity_hr@200",
                  "cooccurrence_hr@200", "text_hr@200", "fused_hr@200", "fused_without_hr@200", "sink_ratio",
                  "information_abundance")
-AIGQ_COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@30", "semantic_sim@10", "malformed_rate")
 AIGQ_POLICY_PREFIXES = ("aigq_direct", "aigq_think", "aigq_plain")
 ABLATIONS = ("karma_ablation", "aigq_ablation")
 MAX_HEATMAPS = 3
@@ -262,34 +264,10 @@ def section_aigq(ctx: Context) -> Section:
     if not names and not ctr_versions:
         return Section("aigq", "AIGQ", missing(f"no AIGQ model versions under {ctx.root / 'models'}"), "missing")
     parts = []
+    parts.append("<h3>u2q: what is served</h3>")
+    parts.append(u2q_serving_html(ctx.root, ctx.ds))  # export/report_aigq.py
     if names:
-        rows, plot = [], {}
-        for name in names:
-            cur = current(ctx.root, name)
-            for folder in versions(ctx.root, name):
-                metrics = read_json(folder / "metrics.json")
-                if metrics is None:
-                    rows.append([name, folder.name, folder.name == cur, "no metrics.json", None, None,
-                                 *([None] * len(AIGQ_COLUMNS)), None])
-                    continue
-                results = metrics.get("results") or {}
-                model = results.get(metrics.get("model")) or {}
-                overall = model.get("all") or {}
-                pop = (results.get("popularity") or {}).get("all") or {}
-                n = overall.get("n_users")
-                rows.append([name, folder.name, folder.name == cur, metrics.get("ds"), metrics.get("split"),
-                             int(n) if isinstance(n, float) and n.is_integer() else n,
-                             *(overall.get(c) for c in AIGQ_COLUMNS), pop.get("query_hr@30")])
-                plot.setdefault(name, []).append((folder.name, overall.get("query_hr@30")))
-                plot.setdefault("popularity baseline", []).append((folder.name, pop.get("query_hr@30")))
-        parts += ["<h3>Policies</h3>",
-                  '<p class="meta">Offline metrics of <code>aigq_model.run_eval</code> (group <code>all</code>) '
-                  "per model version; the popularity baseline scored on the same samples.</p>",
-                  html_table(["model", "version", "current", "eval ds", "split", "samples", *AIGQ_COLUMNS,
-                              "popularity query_hr@30"], rows)]
-        if any(y is not None for pts in plot.values() for _, y in pts):
-            parts.append(img_tag(line_plot_png(plot, "AIGQ Query HR@30 per model version", "Query HR@30",
-                                            dashed=["popularity baseline"]), "AIGQ Query HR@30 per version"))
+        parts += ["<h3>Policies</h3>", policies_html(ctx.root, names)]
     else:
         parts.append(missing("no AIGQ policy versions (aigq_direct*, aigq_think*, aigq_plain*)"))
     parts.append("<h3>CTR reward model (aigq_ctr)</h3>")

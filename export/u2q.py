@@ -1,14 +1,23 @@
 """u2q (AIGQ-Direct): every active user's ranked query list, published behind the gates.
 
-For the users with clean behaviour in the ``export.window_days`` days ending at ``ds``, the
-AIGQ-Direct prompt (profile from the clean ``users`` snapshot, history = the user's last
-``export.max_history`` behaviours before the end of ``ds``, see :mod:`export.data`) goes
-through the registered policy (``aigq_direct_grpo``, else ``aigq_direct``: the manifest records
-which) in batches of ``export.batch_users`` users, greedy by default, so a rerun repeats.
-Lists are cleaned and block-listed (``aigq_model.generate.generate_lists``) and topped up to
-``export.u2q_k`` with the block-list-filtered popularity list; cold-start users (no
-behaviour before the cut-off in the history window) get that list without a model call. Rows:
-one per (user, rank), ``source`` = ``model`` or ``fallback``.
+For the users with clean behaviour in the ``export.window_days`` days ending at ``ds``, u2q serves
+one of two lists (:mod:`export.u2q_serving`; the manifest's ``lists`` says which and why):
+
+- ``hybrid`` (a policy is registered: ``aigq_direct_grpo``, else ``aigq_direct``, the manifest
+  records which): the AIGQ-Direct prompt (profile from the clean ``users`` snapshot, history =
+  the user's last ``export.max_history`` behaviours before the end of ``ds``, see
+  :mod:`export.data`) goes through the policy in batches of ``export.batch_users`` users, greedy by
+  default, so a rerun repeats; lists are cleaned and block-listed
+  (``aigq_model.generate.generate_lists``), topped up to ``export.u2q_k`` with the
+  block-list-filtered popularity list (cold-start users get that list without a model call), then
+  merged with the user's own recent searches (and a heuristic list) by the merge policy fitted
+  on valid (:mod:`aigq_model.hybrid`).
+- ``heuristic`` (no policy registered: the gate found none whose exported list beat the best
+  heuristic): every user gets the best heuristic list of the newest evaluation, no model call.
+
+Rows: one per (user, rank), ``source`` = ``model``, ``history`` (the user's own search),
+``heuristic`` or ``fallback`` (popularity top-up); ``model_name`` = the policy, or
+``heuristic:<name>`` in heuristic mode.
 
 Retention (the "most recent M runs" of each user): partition ``ds`` is a merged snapshot of
 this run's lists plus every user's earlier runs carried from the newest published partition
@@ -83,6 +92,7 @@ from export.staging import (
     staged_part,
     sum_counts,
 )
+from export.u2q_serving import HeuristicLists, heuristic_lists, hybrid_lists, needed_heuristics, plan_serving
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +101,15 @@ POLICIES = ("aigq_direct_grpo", "aigq_direct")
 KEYS = list(UNIQUE_KEYS[TABLE])  # user_id, run_ds, rank
 
 
-def u2q_rows(user_ids, gens, ds: str, run_id: str, model_name: str, model_version: str, generated_at) -> list[dict]:
-    """One row per (user, rank) of the generated lists; ``source`` says who filled the slot."""
+def u2q_rows(user_ids, lists, sources, ds: str, run_id: str, model_name: str, model_version: str,
+             generated_at) -> list[dict]:
+    """One row per (user, rank) of the lists; ``source`` says who filled the slot."""
     rows = []
-    for uid, g in zip(user_ids, gens, strict=True):
-        for r, q in enumerate(g.queries):
+    for uid, queries, srcs in zip(user_ids, lists, sources, strict=True):
+        for r, (q, src) in enumerate(zip(queries, srcs, strict=True)):
             rows.append({"user_id": uid, "run_ds": ds, "run_id": run_id, "rank": r + 1, "query": q,
-                         "source": "model" if r < g.n_model else "fallback", "model_name": model_name,
-                         "model_version": model_version, "generated_at": generated_at})
+                         "source": src, "model_name": model_name, "model_version": model_version,
+                         "generated_at": generated_at})
     return rows
 
 
@@ -173,26 +184,34 @@ class U2QGeneration:
     def __init__(self, cfg: dict, root: str, ds: str, run_id: str, ex, max_new_tokens: int | None = None,
                  shard: tuple[int, int] | None = None):
         self.ds, self.run_id, self.ex = ds, run_id, ex
-        self.reg = reg = models.require_registered(root, POLICIES, "AIGQ-Direct policy", ds)
-        if reg.fallback_used:
-            logger.warning("no registered %s: using %s/%s", reg.preferred, reg.name, reg.version)
-        self.style, self.max_history = models.policy_settings(reg)
-        self.model, self.tok = models.load_policy(reg)
+        self.reg = reg = models.resolve_registered(root, POLICIES, ds)
+        self.plan = plan_serving(cfg, root, reg, POLICIES, ds)
+        logger.info("u2q serves %s: %s", self.plan.mode, self.plan.reason)
+        if reg is not None:
+            if reg.fallback_used:
+                logger.warning("no registered %s: using %s/%s", reg.preferred, reg.name, reg.version)
+            self.style, self.max_history = models.policy_settings(reg)
+            self.model, self.tok = models.load_policy(reg)
         self.decoding, self.gen_batch = models.decoding(cfg, ex.generate, max_new_tokens)
         self.blocked = models.blocklist(cfg, ex.blocklist)
         self.inputs = inputs = load_inputs(root, ds, ex, shard=shard)
         self.popular = models.popular_queries(inputs.events, ds, ex.u2q_k, self.blocked)
-        # the window's query vocabulary, for query_beam interest-grouped or log-worded lists
-        # (aigq.generate.group_queries / wording)
-        self.category_of = models.query_vocabulary(self.decoding, inputs, ds, root)
+        # the window's searched queries, when aigq.generate.known_queries constrains decoding
+        self.known = models.known_queries(self.decoding, inputs, ds, root) if reg is not None else None
+        self.heuristics = {name: HeuristicLists(name, inputs.events, ex.u2q_k, self.popular, self.blocked)
+                           for name in needed_heuristics(self.plan)}
         self.generated_at = anchor_time(ds)
-        self.manifest = {"run_id": run_id, "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
-                                                     "preferred": reg.preferred, "fallback_used": reg.fallback_used},
+        self.model_name, self.model_version = (reg.name, reg.version) if reg is not None else \
+            (f"heuristic:{self.plan.heuristic}", ds)
+        self.manifest = {"run_id": run_id, "lists": self.plan.to_dict(),
+                         "model": {"name": reg.name, "version": reg.version, "path": str(reg.path),
+                                   "preferred": reg.preferred, "fallback_used": reg.fallback_used} if reg else
+                         {"name": None, "version": None, "path": None, "preferred": POLICIES[0], "fallback_used": False},
                          "decoding": dataclasses.asdict(self.decoding), "window_days": ex.window_days,
                          "event_days": inputs.event_days, "users_ds": inputs.users_ds, "items_ds": inputs.items_ds,
                          "keep_runs": ex.u2q_keep_runs}
-        self.counts = {"active_users": len(inputs.active), "model_rows": 0, "fallback_rows": 0,
-                       "cold_start_users": 0, "malformed": 0}
+        self.counts = {"active_users": len(inputs.active), "model_rows": 0, "history_rows": 0, "heuristic_rows": 0,
+                       "fallback_rows": 0, "cold_start_users": 0, "malformed": 0}
 
     def run(self, write, after_batch=None) -> dict:
         """Generate every active user's list, ``write(rows)`` per batch; returns the counts."""
@@ -201,23 +220,39 @@ class U2QGeneration:
         t0 = time.perf_counter()
         for i, users in enumerate(chunks(inputs.active, ex.batch_users)):
             samples = build_samples(inputs.log, users, inputs.profile, self.ds, ex.max_history)
+            heuristic = {name: h.lists(samples) for name, h in self.heuristics.items()}
+            if self.reg is None:  # mode heuristic: the best heuristic list, no model call
+                served = heuristic_lists(self.plan, samples, heuristic, ex.u2q_k, self.popular, self.blocked)
+                rows = u2q_rows(users, served, [["heuristic"] * len(h) for h in served], self.ds, self.run_id,
+                                self.model_name, self.model_version, self.generated_at)
+                self._write(rows, write, [])
+                self._progress(i, n_batches, users, t0, after_batch)
+                continue
             gens = generate_lists(self.model, self.tok, samples, kind="direct", k=ex.u2q_k,
                                   batch_size=self.gen_batch, decoding=self.decoding, fallback=self.popular,
                                   blocklist=self.blocked, style=self.style, max_history=self.max_history,
-                                  category_of=self.category_of)
-            rows = u2q_rows(users, gens, self.ds, self.run_id, self.reg.name, self.reg.version, self.generated_at)
-            write(rows)
-            counts["model_rows"] += sum(r["source"] == "model" for r in rows)
-            counts["fallback_rows"] += sum(r["source"] == "fallback" for r in rows)
-            counts["cold_start_users"] += sum(not g.model_called for g in gens)
-            counts["malformed"] += sum(g.malformed for g in gens if g.model_called)
-            done = min((i + 1) * ex.batch_users, len(inputs.active))
-            logger.info("u2q batch %d/%d: %d users (%d/%d, %.1f users/s)", i + 1, n_batches, len(users), done,
-                        len(inputs.active), done / max(time.perf_counter() - t0, 1e-9))
-            fault_hook(i)
-            if after_batch is not None:
-                after_batch(i)
+                                  known_queries=self.known)
+            lists, sources = hybrid_lists(gens, samples, heuristic, ex.u2q_k, self.plan.merge, self.blocked)
+            rows = u2q_rows(users, lists, sources, self.ds, self.run_id, self.model_name, self.model_version,
+                            self.generated_at)
+            self._write(rows, write, gens)
+            self._progress(i, n_batches, users, t0, after_batch)
         return counts
+
+    def _write(self, rows: list[dict], write, gens) -> None:
+        write(rows)
+        for source in ("model", "history", "heuristic", "fallback"):
+            self.counts[f"{source}_rows"] += sum(r["source"] == source for r in rows)
+        self.counts["cold_start_users"] += sum(not g.model_called for g in gens)
+        self.counts["malformed"] += sum(g.malformed for g in gens if g.model_called)
+
+    def _progress(self, i: int, n_batches: int, users, t0: float, after_batch) -> None:
+        done = min((i + 1) * self.ex.batch_users, len(self.inputs.active))
+        logger.info("u2q batch %d/%d: %d users (%d/%d, %.1f users/s)", i + 1, n_batches, len(users), done,
+                    len(self.inputs.active), done / max(time.perf_counter() - t0, 1e-9))
+        fault_hook(i)
+        if after_batch is not None:
+            after_batch(i)
 
 
 def _carry_gate_publish(staged, root: str, ds: str, today: pa.Table, active, ex, blocked, manifest: dict,
@@ -238,9 +273,10 @@ def _carry_gate_publish(staged, root: str, ds: str, today: pa.Table, active, ex,
 
 
 def _result(staged, table: pa.Table, today: pa.Table, manifest: dict, deleted, **extra) -> dict:
-    model = manifest["model"]
+    model, serving = manifest["model"], manifest["lists"]
     return {"table": TABLE, "path": str(staged.final), "rows": table.num_rows, "rows_today": today.num_rows,
-            "model": f"{model['name']}/{model['version']}", "fallback_policy": model["fallback_used"],
+            "model": f"{model['name']}/{model['version']}" if model["name"] else f"heuristic:{serving['heuristic']}",
+            "mode": serving["mode"], "fallback_policy": model["fallback_used"],
             "counts": manifest["counts"], "retention_deleted": deleted, "content_hash": manifest["content_hash"],
             **extra}
 
@@ -279,11 +315,11 @@ def stage_u2q_shard(cfg: dict, root: str, ds: str, run_id: str, shard: int, num_
         manifest.update(counts=counts, generation_seconds=round(time.perf_counter() - t0, 2))
     return {"table": TABLE, "part": str(part.final), "shard": shard, "num_shards": num_shards,
             "users": manifest["users"], "rows": part.rows.get(TABLE, 0), "counts": counts,
-            "model": f"{gen.reg.name}/{gen.reg.version}"}
+            "model": f"{gen.model_name}/{gen.model_version}", "mode": gen.plan.mode}
 
 
 #: Part manifest keys every part of a run must share (same policy, decoding and inputs).
-PART_SAME = ("model", "decoding", "window_days", "event_days", "users_ds", "items_ds", "active_total")
+PART_SAME = ("model", "lists", "decoding", "window_days", "event_days", "users_ds", "items_ds", "active_total")
 
 
 def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: int,
@@ -294,7 +330,7 @@ def publish_u2q_parts(cfg: dict, root: str, ds: str, run_id: str, num_shards: in
     t0 = time.perf_counter()
     ex, parts, active, first = merged_parts(cfg, root, TABLE, ds, run_id, num_shards, PART_SAME, min_coverage)
     blocked = models.blocklist(cfg, ex.blocklist)
-    manifest = {"run_id": run_id, **{k: first.get(k) for k in ("model", "decoding", "window_days", "event_days",
+    manifest = {"run_id": run_id, **{k: first.get(k) for k in ("model", "lists", "decoding", "window_days", "event_days",
                                                                 "users_ds", "items_ds")},
                 "keep_runs": ex.u2q_keep_runs, "shards": shard_summary(parts)}
     counts = sum_counts(parts)

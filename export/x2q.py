@@ -240,7 +240,7 @@ def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
     decoding, gen_batch = models.decoding(cfg, ex.generate, max_new_tokens)
     blocked = models.blocklist(cfg, ex.blocklist)
     inputs = load_inputs(root, ds, ex)
-    category_of = models.query_vocabulary(decoding, inputs, ds, root)  # query_beam grouping / log wording
+    known = models.known_queries(decoding, inputs, ds, root)  # constrained decoding's vocabulary
     popular = models.popular_queries(inputs.events, ds, ex.u2q_k, blocked)
     acc = X2QAccumulator()
     counts = {"active_users": len(inputs.active), "users_with_links": 0, "model_links": 0, "overlap_links": 0,
@@ -251,7 +251,7 @@ def export_x2q(cfg: dict, root: str, ds: str, run_id: str, batch_users: int | No
         samples = build_samples(inputs.log, users, inputs.profile, ds, ex.max_history)
         gens = generate_lists(model, tok, samples, kind="think", k=ex.u2q_k, batch_size=gen_batch,
                               decoding=decoding, fallback=popular, blocklist=blocked, style=style,
-                              max_history=max_history, category_of=category_of)
+                              max_history=max_history, known_queries=known)
         for sample, gen in zip(samples, gens, strict=True):
             user_links = links(gen, sample, max_history, ex.x2q_overlap_weight)
             acc.add(user_links)

@@ -5,9 +5,14 @@ on the days ending at ``--train-ds`` (train split), then ``python -m aigq_model.
 the model on the samples of ``--eval-ds`` (a later day, all splits by default). Every model is
 scored on the *same* samples (``--samples``, default the Direct table) against the same truth (the
 queries the user searched from the sample's time to the end of its day), so the rows compare.
-The baselines (popularity, co-occurrence, EBR, own history + popularity) are computed once, with
-the first run. The table gives Query HR@10/30, Category HR@10/30, semantic similarity@10, unique
-categories@10 and the malformed share, mean ± sample std over seeds.
+The baselines (popularity, co-occurrence, EBR, own history + popularity) are scored with every
+run (the table shows the first run's; each run's exported hybrid list is compared with the best of
+them on the same samples, paired, with a bootstrap interval). The tables give, per group (all,
+active = a search in the history, cold start = none), Query HR@10 with each seed's 95 % user
+bootstrap interval, Query HR@30, Category HR@10/30, semantic similarity@10, unique
+categories@10, serendipity@10 (share of hits not among the user's own searches) and the
+malformed share, mean ± sample std over seeds; each run's exported (hybrid) list is a row of its
+own, and a first table gives every run's paired difference to the best heuristic.
 
 Output (``--out``, default ``<root>/reports/aigq_ablation/ds=<eval-ds>/``): ``ablation.md``,
 ``ablation.json``, ``hit_rates.png``, the per-run reports. Models go to
@@ -45,24 +50,55 @@ KINDS = ("direct", "think", "plain")
 LABELS = {"direct": "AIGQ-Direct IL-SFT", "think": "AIGQ-Think IL-SFT", "plain": "plain SFT"}
 GRPO_LABELS = {"sequence": "IL-SFT + GRPO", "il": "IL-SFT + IL-GRPO"}
 COLUMNS = ("query_hr@10", "query_hr@30", "cate_hr@10", "cate_hr@30", "semantic_sim@10", "unique_cates@10",
-           "malformed_rate")
-HEADERS = ("Query HR@10", "Query HR@30", "Cate HR@10", "Cate HR@30", "sem. sim@10", "unique cates@10",
-           "malformed")
+           "novel_share@10", "malformed_rate")
+HEADERS = ("Query HR@10 [95 % CI per seed]", "Query HR@30", "Cate HR@10", "Cate HR@30", "sem. sim@10",
+           "unique cates@10", "serendipity@10", "malformed")
+EXPORTED = "hybrid"  # run_eval's method name of the exported (merged) list
+
+
+def interval(res: dict, metric: str) -> str:
+    """``[lo, hi]`` of a metric's bootstrap interval, or "" when it has none."""
+    lo, hi = res.get(f"{metric}_lo"), res.get(f"{metric}_hi")
+    return f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+
+
+def _cell(results: list[dict], group: str, c: str) -> str:
+    cell = fmt(*mean_std([r[group].get(c) for r in results]))
+    if c == "query_hr@10":
+        cell += " " + " / ".join(interval(r[group], c).strip() for r in results if interval(r[group], c))
+    return cell
 
 
 def render_table(runs: dict[str, list[dict]], baselines: dict[str, dict], meta: dict, group: str) -> list[str]:
     lines = [f"## {group} users", "", "| method | " + " | ".join(HEADERS) + " | seeds |",
              "|---" * (len(HEADERS) + 2) + "|"]
     for label, results in runs.items():
-        cells = [fmt(*mean_std([r[group].get(c) for r in results])) for c in COLUMNS]
+        cells = [_cell(results, group, c) for c in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(results)} |")
     for name, res in baselines.items():
-        cells = [fmt(res[group][c]) if res[group].get(c) is not None else "–" for c in COLUMNS]
+        cells = [fmt(res[group][c]) + (interval(res[group], c) if c == "query_hr@10" else "")
+                 if res[group].get(c) is not None else "–" for c in COLUMNS]
         lines.append(f"| {name} (baseline) | " + " | ".join(cells) + " | – |")
     first = next(iter(baselines.values()), None) or next(iter(runs.values()), [{}])[0]
     users = first.get(group, {}).get("n_users")
     lines += ["", f"{int(users) if users is not None else '?'} samples in this group.", ""]
     return lines
+
+
+def render_versus(versus: dict[str, list[dict]]) -> list[str]:
+    """Each run minus the best heuristic on the same samples (paired, 95 % user bootstrap), per seed."""
+    if not versus:
+        return []
+    lines = ["## Against the best heuristic (all users)", "",
+             "'best heuristic': the best of the baselines and heuristic_merge (own searches merged with the "
+             "baselines, no policy); 'best single baseline': the best of the baselines alone. Paired differences "
+             "on the same samples, 95 % user-bootstrap intervals.", "",
+             "| comparison | Query HR@10 difference [95 % CI], per seed | best |", "|---|---|---|"]
+    for label, diffs in versus.items():
+        cells = " / ".join(f"{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" for d in diffs if d)
+        best = ", ".join(sorted({d.get("best", "?") for d in diffs if d}))
+        lines.append(f"| {label} | {cells} | {best} |")
+    return [*lines, ""]
 
 
 def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], path: Path) -> None:
@@ -91,7 +127,7 @@ def plot(runs: dict[str, list[dict]], baselines: dict[str, dict], path: Path) ->
     plt.close(fig)
 
 
-def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> None:
+def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args, versus: dict | None = None) -> None:
     """The table, plot and JSON so far (rewritten after every run, so a cut-short ablation keeps
     what it measured)."""
     text = (
@@ -105,12 +141,14 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
         + "; truth = the queries the user searched from the sample's time to the end of its day"
         + f". Decoding: {args.strategy or 'config'}"
         + (f" (width {args.num_beams})" if args.num_beams else "")
-        + (f", interest-grouped lists (group_queries {args.group_queries})" if args.group_queries else "")
-        + (", log wording (the model's interest mass x the log's query shares)" if args.wording == "log" else "")
-        + (f", Think interests: {args.think_interests}" if args.think_interests else "")
+        + (", constrained to the log's known queries" if args.known_queries == "true" else "")
         + f", {args.num_return_sequences or 1} list(s) per prompt merged; "
         f"max_steps {args.max_steps or 'config'}, SFT lr {args.sft_lr or 'config'}; seeds {args.seeds}. Mean ± sample std over seeds; "
-        "baselines are deterministic."
+        "baselines are deterministic. Query HR intervals: 95 % percentile bootstrap over users "
+        "(1,000 draws, seed 0). Groups: active = a search in the history, cold_start = none. "
+        f"'{EXPORTED} (exported)': the policy's list merged with the user's own searches (and a heuristic) by "
+        "the merge policy fitted on the valid rows (aigq_model.hybrid). Serendipity@10: share of the hits "
+        "that are not among the user's own earlier searches."
     )
     if args.grpo_modes:
         ctr = meta.get("ctr", {})
@@ -119,12 +157,14 @@ def write_outputs(out: Path, runs: dict, baselines: dict, meta: dict, args) -> N
                  f"{ctr.get('model', {}).get('auc')}, query-CTR baseline "
                  f"{ctr.get('baseline_query_ctr', {}).get('auc')}).")
     lines = [f"# AIGQ ablation on {meta['data_root']}", "", text, ""]
+    lines += render_versus(versus or {})
     for group in ("all", "active", "cold_start"):
         lines += render_table(runs, baselines, meta, group)
     lines += ["![hit rates](hit_rates.png)", ""]
     (out / "ablation.md").write_text("\n".join(lines))
     plot(runs, baselines, out / "hit_rates.png")
-    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines}, indent=2,
+    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": runs, "baselines": baselines,
+                                                   "versus_best_heuristic": versus or {}}, indent=2,
                                                   sort_keys=True, default=str))
 
 
@@ -142,12 +182,11 @@ def _scored_alike(path: Path, args, baselines_needed: bool, kind: str = "direct"
         and (args.strategy is None or dec.get("strategy") == args.strategy)
         and (args.num_return_sequences is None or dec.get("num_return_sequences") == args.num_return_sequences)
         and (args.num_beams is None or dec.get("num_beams") == args.num_beams)
-        and (args.group_queries is None or dec.get("group_queries", 0) == args.group_queries)
-        and (args.wording is None or dec.get("wording", "model") == args.wording)
-        and (kind != "think" or args.think_interests is None
-             or dec.get("think_interests", "points") == args.think_interests)
+        and (args.known_queries is None or bool(dec.get("known_queries", False)) == (args.known_queries == "true"))
     )
-    return same and (not baselines_needed or len(m.get("results") or {}) > 1)
+    results = m.get("results") or {}
+    exported = EXPORTED in results and (not baselines_needed or "heuristic_merge" in results)
+    return same and exported and (not baselines_needed or len(results) > 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,12 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default=None, help="greedy | sample | beam (default: config)")
     parser.add_argument("--num-return-sequences", type=int, default=None)
     parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: aigq.generate.num_beams)")
-    parser.add_argument("--group-queries", type=int, default=None,
-                        help="query_beam interest-grouped lists (aigq.generate.group_queries; default: config)")
-    parser.add_argument("--wording", choices=("model", "log"), default=None,
-                        help="query_beam wording (aigq.generate.wording; default: config)")
-    parser.add_argument("--think-interests", choices=("points", "triggers"), default=None,
-                        help="Think query_beam interests (aigq.generate.think_interests; default: config)")
+    parser.add_argument("--known-queries", choices=("true", "false"), default=None,
+                        help="constrain decoding to the log's known queries (aigq.generate.known_queries; "
+                        "default: config)")
     parser.add_argument("--max-samples", type=int, default=None, help="score the first N samples only")
     parser.add_argument("--sft-lr", type=float, default=None, help="IL-SFT learning rate (default: aigq.sft)")
     parser.add_argument("--grpo-modes", nargs="*", choices=("il", "sequence"), default=[],
@@ -193,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "reports" / "aigq_ablation" / f"ds={args.eval_ds}"
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
+    versus: dict[str, list[dict]] = {}
     baselines: dict[str, dict] = {}
     meta = {"data_root": str(root), "train_ds": args.train_ds, "eval_ds": args.eval_ds, "seeds": args.seeds,
             "max_steps": args.max_steps, "samples": args.samples, "split": args.split,
@@ -232,12 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sft_lr:
         env_extra["PIPELINE__AIGQ__SFT__LEARNING_RATE"] = f"{args.sft_lr:.10f}"
     eval_env = {"PIPELINE__AIGQ__GENERATE__NUM_BEAMS": str(args.num_beams)} if args.num_beams else {}
-    if args.group_queries is not None:
-        eval_env["PIPELINE__AIGQ__GENERATE__GROUP_QUERIES"] = str(args.group_queries)
-    if args.wording is not None:
-        eval_env["PIPELINE__AIGQ__GENERATE__WORDING"] = args.wording
-    if args.think_interests is not None:
-        eval_env["PIPELINE__AIGQ__GENERATE__THINK_INTERESTS"] = args.think_interests
+    if args.known_queries is not None:
+        eval_env["PIPELINE__AIGQ__GENERATE__KNOWN_QUERIES"] = args.known_queries
     for label, slug, _seed, model_dir, (module, train_args) in jobs:
         t0 = time.perf_counter()
         if not (args.reuse and (model_dir / "_SUCCESS").is_file()):
@@ -253,22 +286,33 @@ def main(argv: list[str] | None = None) -> int:
             eval_args += ["--num-return-sequences", str(args.num_return_sequences)]
         if args.max_samples:
             eval_args += ["--max-samples", str(args.max_samples)]
-        if not first:
-            eval_args += ["--baselines", ""]
-        if not (args.reuse and _scored_alike(model_dir / "metrics.json", args, baselines_needed=first,
+        # every run is scored with the baselines: its exported list is merged with the best of them
+        # and compared with it on the same samples
+        if not (args.reuse and _scored_alike(model_dir / "metrics.json", args, baselines_needed=True,
                                                  kind=slug.split("-")[0])):
             run_module("aigq_model.run_eval", eval_args, args.omp_threads, eval_env)
         metrics = json.loads((model_dir / "metrics.json").read_text())
         results = metrics["results"]
         model_name = metrics["model"]
         if first:
-            baselines = {k: v for k, v in results.items() if k != model_name}
+            baselines = {k: v for k, v in results.items() if k not in (model_name, EXPORTED)}
             meta["info"] = metrics["info"]
             first = False
         runs.setdefault(label, []).append(results[model_name])
+        exported = metrics["info"].get("exported") or {}
+        if EXPORTED in results:
+            runs.setdefault(f"{label} {EXPORTED} (exported)", []).append(results[EXPORTED])
+        for against, block in (("best heuristic", exported), ("best single baseline", exported.get("vs_best_baseline"))):
+            block = block or {}
+            best = (block.get("best_heuristic") or {}).get("query_hr@10")
+            for method, diffs in (block.get("vs_best_heuristic") or {}).items():
+                row = label if method == model_name else f"{label} {method}" if method == EXPORTED else method
+                diff = (diffs or {}).get("query_hr@10")
+                if diff:
+                    versus.setdefault(f"{row} − {against}", []).append({**diff, "best": best})
         meta["timing"][slug] = {"train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1)}
         logger.info("%s: query_hr@10 %.4f", slug, results[model_name]["all"]["query_hr@10"])
-        write_outputs(out, runs, baselines, meta, args)
+        write_outputs(out, runs, baselines, meta, args, versus)
     print(json.dumps({"table": str(out / "ablation.md"), "runs": sum(len(v) for v in runs.values())}))
     return 0
 

@@ -5,10 +5,8 @@
 #   scripts/aigq_synthetic_ablation.sh DATA_ROOT OUT_DIR
 #   env: USERS (12000), DAYS (6), STEPS (2500), LR (0.002), BASE_STEPS (1500), BEAMS (32),
 #        MAX_SAMPLES (1000), KINDS ("direct think plain"), SEEDS ("0 1"), PARALLEL (2),
-#        SESSION_ANCHORS (false), GROUP (0: aigq.generate.group_queries of the scoring; 10 = the
-#        interest-grouped model-worded lists of stop 13), THINK_INTERESTS (triggers with log wording,
-#        else points: aigq.generate.think_interests of the Think scoring), WORDING (log: aigq.generate.wording of the
-#        scoring; model = the model's own queries), PYTHON
+#        SESSION_ANCHORS (false), KNOWN (false: aigq.generate.known_queries of the scoring, true =
+#        constrained decoding over the log's known queries), PYTHON
 #
 # 1. Synthetic logs for USERS users over DAYS days from 2026-11-01 (skipped when DATA_ROOT already
 #    holds samples of the last day), validated, sessionised and turned into samples by the Spark jobs;
@@ -17,8 +15,7 @@
 # 2. The base LM on the days ending the day before the last, with the behaviour-sequence corpus
 #    (base_lm.behaviour_sequences), BASE_STEPS steps.
 # 3. IL-SFT of every kind x seed on those days (STEPS steps, lr LR), each scored on the first
-#    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams, interest-grouped
-#    lists with GROUP, WORDING), PARALLEL
+#    MAX_SAMPLES Direct samples of the last day with query_beam decoding (BEAMS beams, KNOWN), PARALLEL
 #    runs at a time (one thread each); scripts/aigq_ablation.py then writes the one table.
 # About 90 min on 2 CPU cores with the defaults (the Think scoring takes 7-12 min a seed).
 set -euo pipefail
@@ -26,8 +23,7 @@ ROOT=$(mkdir -p "$1" && cd "$1" && pwd); OUT=$2
 PY=${PYTHON:-.venv/bin/python}
 USERS=${USERS:-12000}; DAYS=${DAYS:-6}; STEPS=${STEPS:-2500}; LR=${LR:-0.002}; BASE_STEPS=${BASE_STEPS:-1500}
 BEAMS=${BEAMS:-32}; MAX_SAMPLES=${MAX_SAMPLES:-1000}; KINDS=${KINDS:-direct think plain}; SEEDS=${SEEDS:-0 1}
-PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; GROUP=${GROUP:-0}; WORDING=${WORDING:-log}
-THINK_INTERESTS=${THINK_INTERESTS:-$([ "$WORDING" = log ] && echo triggers || echo points)}
+PARALLEL=${PARALLEL:-2}; SESSION_ANCHORS=${SESSION_ANCHORS:-false}; KNOWN=${KNOWN:-false}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATES=()
 for ((d = 0; d < DAYS; d++)); do DATES+=("$(date -u -d "2026-11-01 + $d day" +%F)"); done
@@ -62,10 +58,11 @@ run_one() {
     PIPELINE__AIGQ__SFT__LEARNING_RATE=$LR "$PY" -m aigq_model.train_sft --ds "$TRAIN_DS" --data-root "$ROOT" \
       --kind "$kind" --seed "$seed" --max-steps "$STEPS" --base-model "$BASE" --out "$dir" >"$dir.log" 2>&1
   fi
-  local extra=(--baselines "")
-  [ "$baselines" = yes ] && extra=()
-  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__GROUP_QUERIES=$GROUP \
-    PIPELINE__AIGQ__GENERATE__WORDING=$WORDING PIPELINE__AIGQ__GENERATE__THINK_INTERESTS=$THINK_INTERESTS "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
+  # every run is scored with the baselines: its exported (hybrid) list is compared with the best of them
+  local extra=()
+  [ "$baselines" = yes ] || echo "scoring $kind seed $seed with the baselines too" >>"$dir.log"
+  PIPELINE__AIGQ__GENERATE__NUM_BEAMS=$BEAMS PIPELINE__AIGQ__GENERATE__KNOWN_QUERIES=$KNOWN \
+    "$PY" -m aigq_model.run_eval --model-dir "$dir" "${EVAL_ARGS[@]}" \
     --report-name "ablation_$kind-seed$seed" "${extra[@]}" >>"$dir.log" 2>&1
   echo "$kind seed $seed trained and scored"
 }
@@ -83,6 +80,5 @@ wait
 # shellcheck disable=SC2086
 "$PY" scripts/aigq_ablation.py --data-root "$ROOT" --train-ds "$TRAIN_DS" --eval-ds "$EVAL_DS" \
   --kinds $KINDS --seeds $SEEDS --max-steps "$STEPS" --sft-lr "$LR" --base-model "$BASE" \
-  --strategy query_beam --num-beams "$BEAMS" --group-queries "$GROUP" --wording "$WORDING" \
-  --think-interests "$THINK_INTERESTS" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
+  --strategy query_beam --num-beams "$BEAMS" --known-queries "$KNOWN" --max-samples "$MAX_SAMPLES" --out "$OUT" --reuse \
   --samples-note "training days built with samples.session_anchors=$SESSION_ANCHORS"

@@ -17,11 +17,13 @@ from aigq_model.baselines import (
 )
 from aigq_model.evaluate import (
     EvalRecord,
+    bootstrap_interval,
     build_query_category_map,
     build_query_vocabulary,
     evaluate_records,
     issued_queries,
     markdown_table,
+    paired_difference,
     plot_hit_rates,
     truth_queries,
 )
@@ -135,9 +137,9 @@ def test_to_micros():
 
 # --- metrics ------------------------------------------------------------------------------
 RECORDS = [
-    EvalRecord(generated=["a", "b", "c"], truth=["c"], history_len=3),
-    EvalRecord(generated=["X"], truth=["x "], history_len=0),
-    EvalRecord(generated=[], truth=["d"], history_len=5, malformed=True),
+    EvalRecord(generated=["a", "b", "c"], truth=["c"], own_queries=["c"], user_id="u1"),
+    EvalRecord(generated=["X"], truth=["x "], own_queries=[], user_id="u2"),
+    EvalRecord(generated=[], truth=["d"], own_queries=["b"], malformed=True, user_id="u3"),
 ]
 CATS = {"a": "A", "b": "B", "c": "C", "x": "C", "d": "D"}
 VECS = {"a": [1, 0], "b": [0, 1], "c": [1, 1], "x": [3, 4], "d": [1, 0]}
@@ -166,8 +168,14 @@ def test_metrics_exact():
     # Record 1 @2: a and b each have cosine 1/sqrt(2) to c; record 2: 1; record 3 has nothing.
     assert res["all"]["semantic_sim@2"] == pytest.approx((1 / math.sqrt(2) + 1) / 2, abs=1e-6)
     assert res["active"]["semantic_sim@3"] == pytest.approx((2 / math.sqrt(2) + 1) / 3, abs=1e-6)
-    no_cat = evaluate_records(RECORDS, ks=(2,), semantic=False)
-    assert set(no_cat["all"]) == {"n_users", "query_hr@2", "malformed_rate"}
+    # serendipity: record 1's hit (c) is its own earlier search, record 2's (x) is new
+    assert res["all"]["novel_share@3"] == 0.5
+    assert res["all"]["novel_hr@3"] == pytest.approx(1 / 3)
+    assert res["active"]["novel_share@3"] == 0
+    assert np.isnan(res["active"]["novel_share@2"])  # no hit at all
+    assert res["cold_start"]["novel_share@2"] == 1
+    no_cat = evaluate_records(RECORDS, ks=(2,), semantic=False, intervals=False)
+    assert set(no_cat["all"]) == {"n_users", "query_hr@2", "novel_hr@2", "novel_share@2", "malformed_rate"}
 
 
 def test_truth_and_category_map():
@@ -233,7 +241,7 @@ def test_issued_truth_is_the_rest_of_the_day_from_the_sample_time():
 
 
 def test_the_decoding_category_map_reads_only_the_log_before_the_samples():
-    """``group_queries`` decoding maps queries to categories from the log strictly before the
+    """The decoding's query-category map reads the log strictly before the
     earliest scored sample: a click at or after it (here the only one for "umbrella") is unseen."""
     import pyarrow as pa
 
@@ -246,3 +254,38 @@ def test_the_decoding_category_map_reads_only_the_log_before_the_samples():
     early = events_before(table, T + dt.timedelta(minutes=1441))
     assert early.num_rows == sum(e["event_time"] < T + dt.timedelta(minutes=1441) for e in log)
     assert build_query_category_map(early, items) == {"trainers": "Running", "sandals": "Running"}
+
+
+def test_bootstrap_interval_and_groups():
+    rng = np.random.default_rng(1)
+    hits = (rng.random(400) < 0.3).astype(np.float64)
+    users = [f"u{i}" for i in range(400)]
+    lo, hi = bootstrap_interval(hits, users)
+    assert lo < hits.mean() < hi
+    # the normal-approximation half-width of a proportion over 400 draws, within 25 %
+    half = 1.96 * math.sqrt(hits.mean() * (1 - hits.mean()) / 400)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.25)
+    assert bootstrap_interval(hits, users) == (lo, hi)  # fixed seed: the same interval
+    # 100 users with 4 identical samples each: the users, not the samples, are resampled
+    clustered = np.repeat(hits[:100], 4)
+    c_lo, c_hi = bootstrap_interval(clustered, [f"u{i // 4}" for i in range(400)])
+    s_lo, s_hi = bootstrap_interval(clustered, users)
+    assert c_hi - c_lo > 1.5 * (s_hi - s_lo)
+    # nan (no truth) is not counted
+    assert bootstrap_interval(np.array([1.0, np.nan, 1.0]), ["a", "b", "c"]) == (1.0, 1.0)
+    # paired: a method that adds one hit on 40 of 400 records is +0.1, interval excluding 0
+    better = hits.copy()
+    better[np.flatnonzero(hits == 0)[:40]] = 1.0
+    diff = paired_difference(better, hits, users)
+    assert diff["delta"] == pytest.approx(0.1)
+    assert 0 < diff["lo"] < 0.1 < diff["hi"]
+    # groups by searches in the history; every Query HR carries its interval in the results
+    records = [EvalRecord(["q"], ["q"], own_queries=["old"], user_id="a"),
+               EvalRecord(["q"], ["r"], own_queries=[], user_id="b"),
+               EvalRecord(["r"], ["r"], own_queries=[], user_id="c")]
+    res = evaluate_records(records, ks=(1,), semantic=False)
+    assert [res[g]["n_users"] for g in ("all", "active", "cold_start")] == [3, 1, 2]
+    assert res["cold_start"]["query_hr@1"] == 0.5
+    assert res["cold_start"]["query_hr@1_lo"] == 0.0
+    assert res["cold_start"]["query_hr@1_hi"] == 1.0
+    assert res["active"]["query_hr@1_lo"] == res["active"]["query_hr@1_hi"] == 1.0

@@ -76,7 +76,7 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, 
         "eval_split": "all",
         "eval_baselines": "popularity,cooccurrence",
         "semantic": False,
-        "gate_popularity_tolerance": 1.0,
+        "gate_heuristic_margin": -1.0,
         "gate_regression_tolerance": 1.0,
         "gate_grpo_tolerance": 1.0,
     }
@@ -86,7 +86,7 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, 
     sft = root / "models" / "aigq_direct" / d1
     assert current_version(root, "aigq_direct") == d1
     metrics = json.loads((sft / "metrics.json").read_text())
-    assert set(metrics["results"]) == {"aigq_direct", "popularity", "cooccurrence"}
+    assert set(metrics["results"]) == {"aigq_direct", "hybrid", "heuristic_merge", "popularity", "cooccurrence"}
     assert metrics["results"]["aigq_direct"]["all"]["n_users"] > 0
     assert (root / "reports" / "aigq" / d1 / "aigq_direct.md").is_file()
     assert (root / "reports" / "aigq" / d1 / "aigq_direct_hit_rates.png").is_file()

@@ -5,6 +5,7 @@ verifiable reward, and the entry point publishing a reloadable version."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 
 import pytest
@@ -210,6 +211,7 @@ def think_rows(n: int, seed: int = 0) -> list[dict]:
         q = r["target_queries"]
         r["targets"] = [{"query": q[0], "triggers": [last]}, {"query": q[1], "triggers": [last]},
                         {"query": q[2], "triggers": []}]
+        r["later_queries"] = list(q)  # the hindsight truth train_grpo attaches
     return rows
 
 
@@ -291,14 +293,19 @@ def test_sequence_mode_with_kl_minibatches_and_the_difficulty_filter(policy):
     assert all(torch.equal(p, q) for p, q in zip(before, pol.parameters(), strict=True))
 
 
-def test_make_reward_fn_scores_lists_against_the_reference():
-    pytest.importorskip("aigq_model.rewards")
+def test_make_reward_fn_scores_lists_against_the_users_later_searches():
+    """The query term is the user's later searches, not the training target (the hints shown):
+    copying the shown list earns nothing the user did not search."""
     fn = make_reward_fn({}, None, "direct")
-    sample = {"target_queries": ["Red shoe", "hat"]}
-    qr, sr, tr = fn(sample, [parse_direct("<q> red shoe<q> hat"), parse_direct("<q> cap<q><q> cap")])
+    sample = {"sample_id": "s", "target_queries": ["shown hint", "other hint"], "later_queries": ["Red shoe", "hat"]}
+    qr, sr, tr = fn(sample, [parse_direct("<q> red shoe<q> hat"), parse_direct("<q> cap<q><q> cap"),
+                             parse_direct("<q> shown hint<q> other hint")])
     assert tr is None
-    assert qr[0][0] > qr[1][0]
+    assert qr[0][0] > qr[1][0] and qr[0][1] > qr[1][1]
+    assert qr[2] == [0.0, 0.0]  # the shown list, never searched
     assert sr[0] > sr[1]
+    with pytest.raises(KeyError, match="later_queries"):
+        fn({"sample_id": "s9"}, [parse_direct("<q> hat")])
 
     class FakeCTR:
         def predict(self, contexts, queries):
@@ -310,6 +317,20 @@ def test_make_reward_fn_scores_lists_against_the_reference():
     qr_no, _, _ = fn(sample, [parse_direct("<q> cap<q> hat")])
     assert qr_ctr[0][0] == pytest.approx(qr_no[0][0] + 0.5)
     assert qr_ctr[0][1] == pytest.approx(qr_no[0][1])
+    # the semantic term: the encoder's cosine to the closest later search, each text encoded once
+    import numpy as np
+
+    seen = []
+
+    def encoder(texts):
+        seen.extend(texts)
+        return np.array([[1.0, 0.0] if "shoe" in t or "sneaker" in t else [0.0, 1.0] for t in texts])
+
+    sem = make_reward_fn({"w_sem": 1.0, "w_exact": 0.0, "w_rouge": 0.0}, None, "direct", encoder=encoder)
+    qr_sem, _, _ = sem(sample, [parse_direct("<q> sneakers<q> tent")])
+    qr_sem2, _, _ = sem(sample, [parse_direct("<q> sneakers")])
+    assert qr_sem == [[1.0, 1.0]] and qr_sem2 == [[1.0]]  # "tent" is near "hat" in this toy space
+    assert sorted(seen) == sorted({"sneakers", "tent", "red shoe", "hat"})
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -317,13 +338,25 @@ def test_entry_point_publishes_a_reloadable_version(tmp_path, policy, monkeypatc
     pytest.importorskip("aigq_model.rewards")
     import json
 
-    from aigq_model.train_grpo import main
+    from aigq_model.run_eval import read_events
+    from aigq_model.train_grpo import main, with_later_searches
     from common.arrow_io import write_partition
     from common.registry import commit_version, current_version, read_manifest, stage_version
 
     model, tok = policy
     root = tmp_path / "data"
     write_partition(root, "samples", "aigq_direct_sft", "2026-11-01", make_rows(12) + make_rows(4, 1, "valid"))
+    # the hindsight truth: u0..u4 search after their samples (08:00-08:11); u0 also at 20:00, in the
+    # day's held-out part (after 80% of the day, 19:12), which the reward must not see; u5, u6 never
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    events = [{"user_id": f"u{u}", "event_type": "search", "query": f"later {u}", "event_time": at + dt.timedelta(hours=10)}
+              for u in range(5)]
+    events.append({"user_id": "u0", "event_type": "search", "query": "held out", "event_time": at + dt.timedelta(hours=20)})
+    write_partition(root, "clean", "behavior_events", "2026-11-01", events)
+    kept = with_later_searches(make_rows(12), read_events(root, ["2026-11-01"]))
+    assert [(r["user_id"], r["later_queries"]) for r in kept if r["user_id"] == "u0"] == [("u0", ["later 0"])] * 2
+    assert len(kept) == 10 and {r["user_id"] for r in kept} == {f"u{u}" for u in range(5)}
+    assert with_later_searches([{**make_rows(1)[0], "history": []}], read_events(root, ["2026-11-01"])) == []  # cold start
     staged = stage_version(root, "aigq_direct", "2026-11-01")
     save_aigq(model, tok, staged)
     sft_dir = commit_version(staged, root, "aigq_direct", "2026-11-01",
@@ -342,13 +375,20 @@ def test_entry_point_publishes_a_reloadable_version(tmp_path, policy, monkeypatc
     assert manifest["ctr_model"] is None
     assert manifest["history"]["steps"] == 2
     assert manifest["base_policy"]["path"] == str(sft_dir.resolve())
-    assert manifest["n_samples"] == 12
+    assert manifest["n_samples"] == 10 and manifest["n_train_rows"] == 12
     assert manifest["config"]["max_history"] == 20
     assert current_version(root, "aigq_direct_seqgrpo") is None  # committed, not registered
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())
     reloaded, rtok = load_aigq(out)
     assert "<q>" in rtok.get_vocab()
     assert len(rtok) == len(tok)
+    # the next day's update starts from this one; its KL reference is still the SFT policy
+    assert manifest["sft_policy"] == str(sft_dir.resolve())
+    monkeypatch.setenv("PIPELINE__AIGQ__GRPO__KL_COEF", "0.1")
+    nxt = root / "next"
+    assert main([*args, "--mode", "il", "--policy", str(out), "--out", str(nxt)]) == 0
+    assert read_manifest(nxt)["sft_policy"] == str(sft_dir.resolve())
+    assert read_manifest(nxt)["base_policy"]["path"] == str(out.resolve())
 
 
 def test_think_rewards_and_grpo_steps(base_dir, tmp_path):

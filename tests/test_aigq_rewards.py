@@ -7,6 +7,7 @@ import pytest
 from aigq_model.rewards import (
     RewardConfig,
     format_reward,
+    hindsight_match,
     length_reward,
     query_rewards,
     repetition_penalty,
@@ -68,18 +69,31 @@ def test_trigger_rouge():
     assert trigger_rouge([2], []) == 0.0
 
 
-def test_query_rewards_and_clipping():
-    cfg = RewardConfig(w_ctr=2.0, w_rouge=1.0, w_len=0.5, gamma=1.0, beta=0.5)
-    queries = ["red running shoe", "hat", "x"]
-    rewards = query_rewards(queries, ["red shoe", "cap"], [0.3, 0.9, 0.1], cfg)
-    # slot 0: 2 * 0.3 + 0.8 + 0; slot 1: 2 * min(0.9, 0.5) + 0 + 0; slot 2 (no ref): 2 * 0.1 + 0 + 0.5 * -0.5
-    assert rewards == pytest.approx([1.4, 1.0, -0.05])
-    assert query_rewards(queries, ["red shoe"], None, cfg) == pytest.approx([0.8, 0.0, -0.25])
-    big = RewardConfig(w_rouge=50.0, w_len=50.0, reward_clip=10.0)
+def test_query_rewards_score_each_slot_against_the_later_searches_and_clip():
+    cfg = RewardConfig(w_ctr=2.0, w_exact=1.0, w_rouge=1.0, w_len=0.5, gamma=1.0, beta=0.5)
+    queries = ["red running shoe", "Hat", "x"]
+    later = ["red shoe", "cap", "hat"]
+    rewards = query_rewards(queries, later, [0.3, 0.9, 0.1], cfg)
+    # slot 0: best ROUGE-L 0.8 (red shoe) + 2 * 0.3; slot 1: exact "hat" 1 + ROUGE-L 1 + 2 * min(0.9, 0.5);
+    # slot 2: no match, 2 * 0.1 + 0.5 * -0.5 (one character)
+    assert rewards == pytest.approx([1.4, 3.0, -0.05])
+    assert query_rewards(queries, later, None, cfg) == pytest.approx([0.8, 2.0, -0.25])
+    # the slot's position does not matter, only whether the user searched it later
+    assert query_rewards(["x", "Hat"], later, None, cfg)[1] == pytest.approx(2.0)
+    assert query_rewards(queries, [], None, cfg) == pytest.approx([0.0, 0.0, -0.25])  # searched nothing later
+    big = RewardConfig(w_exact=50.0, w_len=50.0, reward_clip=10.0)
     assert query_rewards(["red shoe", ""], ["red shoe"], None, big) == [10.0, -10.0]
     assert query_rewards([], [], None, cfg) == []
     with pytest.raises(ValueError, match="CTR"):
         query_rewards(["a", "b"], [], [0.1], cfg)
+
+
+def test_the_semantic_term_takes_the_best_cosine_and_needs_one_per_later_search():
+    cfg = RewardConfig(w_exact=0.0, w_rouge=0.0, w_sem=2.0, w_len=0.0)
+    assert hindsight_match("sneakers", ["running shoe", "hat"], cfg, [0.7, 0.1]) == pytest.approx(1.4)
+    assert query_rewards(["a", "b"], ["c"], None, cfg, [[0.2], [0.5]]) == pytest.approx([0.4, 1.0])
+    with pytest.raises(ValueError, match="cosine"):
+        hindsight_match("a", ["b", "c"], cfg, [0.1])
 
 
 def test_sequence_reward_and_config():

@@ -3,7 +3,6 @@ the entry point publishes a reloadable version, and the registration gate."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import random
@@ -246,31 +245,35 @@ def test_entry_point_publishes_a_version_through_the_registry(tmp_path, base_dir
     assert model.get_input_embeddings().weight.shape[0] >= len(tok)
 
 
-def test_gate_compares_with_popularity_and_the_current_version(tmp_path):
+def test_gate_compares_with_the_best_heuristic_and_the_current_version(tmp_path):
     from aigq_model.release import sft_gate
     from common.registry import GateRejected, commit_version, current_version, register, stage_version
 
     root = tmp_path / "data"
 
-    def version(v: str, hr: float, pop: float) -> None:
+    def version(v: str, hr: float, pop: float, own: float = 0.0) -> None:
         path = commit_version(
             stage_version(root, "aigq_direct", v), root, "aigq_direct", v, {"kind": "direct"}
         )
-        results = {"aigq_direct": {"all": {"query_hr@30": hr}}, "popularity": {"all": {"query_hr@30": pop}}}
+        results = {"aigq_direct": {"all": {"query_hr@10": 0.0}}, "hybrid": {"all": {"query_hr@10": hr}},
+                   "popularity": {"all": {"query_hr@10": pop}}, "own_history+popularity": {"all": {"query_hr@10": own}}}
         (path / "metrics.json").write_text(json.dumps({"model": "aigq_direct", "results": results}))
 
-    gate = sft_gate(root, popularity_tolerance=0.02, regression_tolerance=0.02)
-    version("2026-11-01", 0.30, 0.31)
+    gate = sft_gate(root, heuristic_margin=0.01, regression_tolerance=0.02)
+    version("2026-11-01", 0.30, 0.28)
     register(root, "aigq_direct", "2026-11-01", gate=gate)
-    version("2026-11-02", 0.20, 0.25)  # below popularity - tol and below current - tol
-    with pytest.raises(GateRejected, match="popularity.*current"):
+    version("2026-11-02", 0.20, 0.25)  # below popularity + margin and below current - tol
+    with pytest.raises(GateRejected, match="best heuristic popularity.*current"):
         register(root, "aigq_direct", "2026-11-02", gate=gate)
-    version("2026-11-03", 0.29, 0.29)
-    register(root, "aigq_direct", "2026-11-03", gate=gate)
-    assert current_version(root, "aigq_direct") == "2026-11-03"
-    commit_version(stage_version(root, "aigq_direct", "2026-11-04"), root, "aigq_direct", "2026-11-04", {})
-    with pytest.raises(GateRejected, match="no query_hr@30"):
-        register(root, "aigq_direct", "2026-11-04", gate=gate)
+    version("2026-11-03", 0.35, 0.20, own=0.345)  # beats popularity, not the best heuristic + margin
+    with pytest.raises(GateRejected, match=r"best heuristic own_history\+popularity 0.3450 \+ margin 0.01"):
+        register(root, "aigq_direct", "2026-11-03", gate=gate)
+    version("2026-11-04", 0.36, 0.20, own=0.345)
+    register(root, "aigq_direct", "2026-11-04", gate=gate)
+    assert current_version(root, "aigq_direct") == "2026-11-04"
+    commit_version(stage_version(root, "aigq_direct", "2026-11-05"), root, "aigq_direct", "2026-11-05", {})
+    with pytest.raises(GateRejected, match="no query_hr@10"):
+        register(root, "aigq_direct", "2026-11-05", gate=gate)
 
 
 def test_think_generation_gets_its_own_token_budget(trained):
@@ -308,42 +311,6 @@ def test_query_beam_ranks_the_next_queries_and_batches_like_one_at_a_time(traine
     assert sum(r.queries[0] == g.queries[0] for r, g in zip(batched, greedy, strict=True)) >= 6
 
 
-def test_query_beam_groups_queries_by_category(trained):
-    """``group_queries``: the same model queries, regrouped so a category's queries sit together,
-    categories in the order of their best query, best first within each; queries of unknown
-    category keep their own place; without a map the list is unchanged."""
-    from aigq_model.interests import group_by_category, merge_lists
-
-    model, tok, _ = trained
-    rows = make_rows(8, seed=11)
-    plain = generate_lists(model, tok, rows, k=10, decoding=Decoding(strategy="query_beam", num_beams=6),
-                           cold_start="model")
-    queries = sorted({q for r in plain for q in r.queries[: r.n_model]})
-    assert len(queries) >= 4
-    category = {q: f"c{i % 2}" for i, q in enumerate(queries[:-1])}  # the last one stays unknown
-    dec = Decoding(strategy="query_beam", num_beams=6, group_queries=10)
-    grouped = generate_lists(model, tok, rows, k=10, decoding=dec, cold_start="model", category_of=category)
-    changed = 0
-    for p, g in zip(plain, grouped, strict=True):
-        own, mine = p.queries[: p.n_model], g.queries[: g.n_model]
-        assert sorted(own) == sorted(mine)
-        assert mine[0] == own[0]
-        cats = [category.get(q, q) for q in mine]
-        firsts = list(dict.fromkeys(cats))
-        assert cats == sorted(cats, key=firsts.index)  # every category contiguous
-        assert firsts == list(dict.fromkeys(category.get(q, q) for q in own))  # ordered by the best query
-        assert all([q for q in mine if category.get(q, q) == c] == [q for q in own if category.get(q, q) == c]
-                   for c in firsts)  # best first inside a group
-        changed += mine != own
-    assert changed > 0
-    none = generate_lists(model, tok, rows, k=10, decoding=dec, cold_start="model")
-    assert [r.queries for r in none] == [r.queries for r in plain]
-    assert group_by_category(["a", "b", "c", "d"], {"a": "x", "c": "x", "b": "y", "d": "y"}, 1) == ["a", "b", "c", "d"]
-    assert merge_lists([["a", "b", "c"], ["d"]], per_round=3) == ["a", "b", "c", "d"]
-    with pytest.raises(ValueError, match="group_queries"):
-        Decoding(group_queries=-1)
-
-
 def test_query_beam_scores_are_the_joint_log_probabilities_of_the_queries(trained):
     """``next_queries`` returns each candidate with the log-probability the model gives its tokens
     and the closing marker after ``prompt <q>`` (teacher-forced forward pass), best first."""
@@ -373,48 +340,6 @@ def test_query_beam_scores_are_the_joint_log_probabilities_of_the_queries(traine
         assert best == pytest.approx(score, abs=1e-3)
 
 
-def test_query_beam_log_wording_ranks_interest_mass_times_the_logs_share(trained):
-    """``wording: log``: the model's candidate mass per category, spread over the category's log
-    queries by their share of its searches; queries the log does not know keep their own mass;
-    without a vocabulary the call is refused instead of silently falling back."""
-    import math
-
-    from aigq_model.decode import next_queries
-    from aigq_model.generate import encode_sample_prompt
-    from aigq_model.interests import QueryVocabulary
-    from aigq_model.parsing import normalize_query
-
-    model, tok, _ = trained
-    rows = make_rows(6, seed=11)
-    dec = Decoding(strategy="query_beam", num_beams=6)
-    q_id = tok.convert_tokens_to_ids("<q>")
-    cands = next_queries(model, tok, [[*encode_sample_prompt(tok, r, "compressed", 20, 384), q_id] for r in rows], dec)
-    cands = [[(normalize_query(q), s) for q, s in c if normalize_query(q)] for c in cands]
-    seen = sorted({q for c in cands for q, _ in c})
-    assert len(seen) >= 3
-    # every candidate but the last in one category "c", with a log-only query "z" searched most
-    category = {q: "c" for q in seen[:-1]} | {"zz top": "c"}
-    counts = {"zz top": 97, seen[0]: 1}
-    vocab = QueryVocabulary(category, counts)
-    worded = generate_lists(model, tok, rows, k=10, decoding=dataclasses.replace(dec, wording="log"),
-                            cold_start="model", category_of=vocab)
-    total = sum(counts.values()) + len(category)
-    for c, r in zip(cands, worded, strict=True):
-        mass_c = sum(math.exp(s) for q, s in c if q in category)
-        own = {q: math.exp(s) for q, s in c if q not in category}
-        want = {q: mass_c * (counts.get(q, 0) + 1) / total for q in category} if mass_c else {}
-        want |= own
-        expected = sorted(want, key=lambda q: (-want[q], q))[:10]
-        assert r.queries[: r.n_model] == expected
-        if mass_c:
-            assert r.queries[0] == "zz top"  # the log's most searched query of the model's interest
-    with pytest.raises(ValueError, match="QueryVocabulary"):
-        generate_lists(model, tok, rows, k=10, decoding=dataclasses.replace(dec, wording="log"),
-                       category_of=category)
-    with pytest.raises(ValueError, match="wording"):
-        Decoding(wording="mine")
-
-
 def think_rows(n: int, seed: int) -> list[dict]:
     """Think rows: one interest point triggered by the last search, its queries the Direct target."""
     rows = make_rows(n, seed=seed)
@@ -438,86 +363,3 @@ def test_query_beam_expands_each_think_point(base_dir, tmp_path):
         assert e.n_model >= g.n_model
     assert sum(e.n_model for e in expanded) > sum(g.n_model for g in greedy)
     assert any(e.triggers for e in expanded)
-
-
-def two_interest_rows(n: int, seed: int) -> list[dict]:
-    """Think rows with two interests: 1-4 older behaviours about a distractor noun, then a search
-    (and sometimes a click) about the target noun; the one interest point is triggered by the
-    target noun's behaviours, so its trigger list starts at a varying index."""
-    rng = random.Random(seed)
-    rows = []
-    for i, r in enumerate(make_rows(n, seed=seed)):
-        noun, other = rng.sample(NOUNS, 2)
-        hist = []
-        for j in range(rng.randint(1, 4)):
-            search = j % 2 == 0
-            hist.append({"event_time": T0 - dt.timedelta(hours=9 - j), "event_type": "search" if search else "click",
-                         "time_bucket": rng.choice(BUCKETS), "item_id": None if search else f"o{j}",
-                         "text": f"{rng.choice(ADJ)} {other}" if search else f"{rng.choice(BRANDS)} {other}",
-                         "category": None if search else other})
-        first = len(hist) + 1
-        hist.append({"event_time": T0 - dt.timedelta(hours=2), "event_type": "search", "time_bucket": "lt_1d",
-                     "item_id": None, "text": f"{rng.choice(ADJ)} {noun}", "category": None})
-        if i % 2:
-            hist.append({"event_time": T0 - dt.timedelta(hours=1), "event_type": "click", "time_bucket": "lt_1h",
-                         "item_id": "t", "text": f"{rng.choice(BRANDS)} {noun}", "category": noun})
-        triggers = list(range(first - 1, len(hist)))  # schema indices are 0-based
-        r["history"] = hist
-        r["targets"] = [{"query": q, "source": "search", "triggers": triggers}
-                        for q in (noun, f"{rng.choice(ADJ)} {noun}")]
-        r["noun"] = noun
-        r.pop("target_queries")
-        rows.append(r)
-    return rows
-
-
-def test_think_trigger_interests_are_the_first_trigger_distribution(base_dir, tmp_path):
-    """``think_interests: triggers``: each interest's mass is the policy's teacher-forced
-    probability of opening its first point with ``[i,`` or ``[i]`` for a behaviour i of that
-    interest (checked against unbatched forward passes); a trained policy puts most of it on the
-    interest its targets were about; the list is that mass worded by the log; the greedy pass
-    still writes the points."""
-    import math
-
-    from aigq_model.decode import trigger_masses
-    from aigq_model.generate import encode_sample_prompt
-    from aigq_model.interests import QueryVocabulary, behaviour_interests, interest_worded
-    from aigq_model.parsing import postprocess
-
-    config = SFTConfig(kind="think", max_steps=400, **TINY_SFT)
-    model, tok, _state, _m = train_sft(config, base_dir, two_interest_rows(64, 0), tmp_path / "ckpt")
-    model.eval()
-    rows = two_interest_rows(8, 31)
-    vocab = QueryVocabulary({f"{a} {n}": n for a in ADJ for n in NOUNS} | {n: n for n in NOUNS},
-                            {f"{ADJ[0]} {n}": 5 for n in NOUNS})
-    prompts = [encode_sample_prompt(tok, r, "compressed", 20, 384) for r in rows]
-    interests = [behaviour_interests(r, vocab) for r in rows]
-    masses = trigger_masses(model, tok, prompts, interests, batch_rows=7)  # chunks cut across prompts
-    right = 0
-    for prompt, keys, mass, row in zip(prompts, interests, masses, rows, strict=True):
-        want: dict = {}
-        for i, key in enumerate(keys, start=1):
-            for end in (",", "]"):
-                cont = tok(f"<think>[{i}{end}", add_special_tokens=False)["input_ids"]
-                with torch.no_grad():
-                    logp = torch.log_softmax(model(torch.tensor([prompt + cont])).logits[0].float(), -1)
-                lp = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(cont))
-                want[key] = want.get(key, 0.0) + math.exp(lp)
-        assert set(mass) == set(want)
-        assert all(abs(mass[key] - want[key]) < 1e-4 for key in want)
-        assert sum(mass.values()) <= 1 + 1e-6
-        right += max(mass, key=mass.get) == row["noun"]
-    assert right >= 6, f"the target interest has the largest mass in only {right} of 8 rows"
-    dec = Decoding(strategy="query_beam", num_beams=4, max_new_tokens_think=64, wording="log",
-                   think_interests="triggers")
-    got = generate_lists(model, tok, rows, kind="think", k=10, decoding=dec, cold_start="model", category_of=vocab)
-    greedy = generate_lists(model, tok, rows, kind="think", decoding=Decoding(max_new_tokens_think=64),
-                            cold_start="model")
-    for r, mass, g in zip(got, masses, greedy, strict=True):
-        assert r.queries[: r.n_model] == postprocess(interest_worded(mass, vocab), max_queries=10)
-        assert r.raw_text == g.raw_text
-        assert r.triggers == g.triggers
-    with pytest.raises(ValueError, match="wording 'log'"):
-        Decoding(think_interests="triggers")
-    with pytest.raises(ValueError, match="think_interests"):
-        Decoding(wording="log", think_interests="mine")

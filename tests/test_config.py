@@ -115,7 +115,7 @@ def test_schema_carries_the_comments_for_a_reference():
     schema = config_schema()
     assert schema["data_root"].doc.startswith("relative paths resolve against the repository root")
     # a comment continued on the lines below the key
-    assert "N of each group per round" in schema["aigq.generate.group_queries"].doc
+    assert "the first is the one u2q serves" in schema["aigq.train_policies"].doc
     assert schema["aigq.generate.seed"].type_name == "an integer or null"
     assert schema["spark.conf"].kind == "open"
     assert not schema["export.lookback_days"].required
@@ -217,7 +217,7 @@ def test_repository_overrides_used_by_tests_and_scripts_are_accepted():
         "PIPELINE__KARMA__EVAL_BATCHES": "1", "PIPELINE__KARMA__WARMUP_STEPS": "0",
         "PIPELINE__AIGQ__SFT__EVAL_BATCHES": "1", "PIPELINE__AIGQ__SFT__LEARNING_RATE": "0.0010000000",
         "PIPELINE__AIGQ__EVAL__BASELINES": "[popularity, cooccurrence, own_history+popularity]",
-        "PIPELINE__AIGQ__EVAL__SEMANTIC": "false", "PIPELINE__AIGQ__GENERATE__WORDING": "log",
+        "PIPELINE__AIGQ__EVAL__SEMANTIC": "false", "PIPELINE__AIGQ__GENERATE__KNOWN_QUERIES": "true",
         "PIPELINE__EXPORT__GENERATE__MAX_NEW_TOKENS": "8", "PIPELINE__RUNTIME__EXPORT_SHARDS": "4",
         "PIPELINE__RUNTIME__TRAINING_POOL": "gpu", "PIPELINE__RUNTIME__DEVICE": "cpu",
         "PIPELINE__SAMPLES__SESSION_ANCHORS": "true", "PIPELINE__DATA_ROOT": "/mnt/lake",

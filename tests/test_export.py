@@ -188,7 +188,9 @@ def test_all_tables_publish_with_manifests_and_rerun_identically(root):
                             "preferred": "aigq_direct_grpo", "fallback_used": True}
     active = man["counts"]["active_users"]
     assert u2q.num_rows == 10 * active
-    assert set(u2q["source"].to_pylist()) <= {"model", "fallback"}
+    assert set(u2q["source"].to_pylist()) <= {"model", "history", "fallback"}
+    assert "history" in set(u2q["source"].to_pylist())  # the default merge puts own searches in
+    assert man["lists"]["mode"] == "hybrid"
     assert set(u2q["generated_at"].to_pylist()) == {anchor_time(D3)}
     u2i = _table(root, "u2i", D3)
     emb = _table(root, "user_interest_embedding", D3)
@@ -237,6 +239,71 @@ def test_u2q_keeps_each_users_most_recent_m_runs(root):
     assert (snap.groupby("user_id")["run_ds"].nunique() == 1).all()
 
 
+def test_a_policy_that_loses_to_the_best_heuristic_is_refused_and_u2q_serves_that_heuristic(root):
+    """Real evaluation of the tiny untrained policy next to the heuristics (scored on D3's searches
+    from the start of D3, merge fitted on D2's), the real gate, the real export."""
+    from aigq_model.baselines import BASELINES, own_queries
+    from aigq_model.hybrid import MergePlan, merge
+    from aigq_model.load import load_aigq
+    from aigq_model.release import register_policy
+    from aigq_model.run_eval import evaluate_model
+    from common.registry import GateRejected, read_decision
+    from export.data import build_samples, profiles, read_days, read_snapshot
+    from export.u2q import export_u2q
+
+    cfg = _cfg(root)
+    version = root / "models" / "aigq_direct" / D1
+    (root / "models" / "aigq_direct" / "CURRENT").unlink()  # the first day: nothing registered yet
+    events = read_days(root, "clean", "behavior_events", [D1, "2026-11-02", D3])
+    items = read_snapshot(root, "items", D3)[0]
+    log, users = BehaviourLog(events, items), profiles(read_snapshot(root, "users", D3)[0])
+    active = sorted(set(events["user_id"].to_pylist()))
+    samples = build_samples(log, active, users, "2026-11-02", 20)  # truth: D3's searches
+    fit = build_samples(log, active, users, D1, 20)  # truth: D2's searches
+    model, tok = load_aigq(version)
+    results, info = evaluate_model(model, tok, samples, events, items, name="aigq_direct", ks=(10, 30),
+                                   baselines=("popularity", "cooccurrence", "own_history+popularity"), semantic=False,
+                                   gen_config={"max_new_tokens": 16}, fit_samples=fit)
+    metric = "query_hr@10"
+    heuristics = ("popularity", "cooccurrence", "own_history+popularity", "heuristic_merge")
+    best = info["exported"]["best_heuristic"][metric]
+    assert results[best]["all"][metric] == max(results[b]["all"][metric] for b in heuristics)
+    assert results["hybrid"]["all"][metric] < results[best]["all"][metric] + 0.01  # the untrained policy loses
+    assert results[best]["all"][metric] > 0  # the truth is reachable: the heuristic hits
+    (version / "metrics.json").write_text(json.dumps({"model": "aigq_direct", "results": results, "info": info}))
+    with pytest.raises(GateRejected, match=f"best heuristic {best.replace('+', '[+]')} "):
+        register_policy(version / "metrics.json", cfg)
+    assert read_decision(root, "aigq_direct", D1)["registered"] is False
+
+    out = export_u2q(cfg, str(root), D3, "run-h")
+    man = read_manifest(partition_path(root, "exports", "u2q", D3))
+    assert out["mode"] == man["lists"]["mode"] == "heuristic"
+    assert man["lists"]["heuristic"] == best
+    assert best in man["lists"]["reason"]
+    assert man["model"]["name"] is None
+    u2q = _table(root, "u2q", D3).to_pandas()
+    assert set(u2q["source"]) == {"heuristic"}
+    assert set(u2q["model_name"]) == {f"heuristic:{best}"}
+    assert man["counts"]["heuristic_rows"] == len(u2q) == 10 * man["counts"]["active_users"]
+    # every full list is the heuristic's list at the end of D3 (recomputed here from its parts)
+    served = u2q.sort_values("rank").groupby("user_id")["query"].apply(list).to_dict()
+    today = build_samples(log, sorted(served), users, D3, 20)
+    if best in BASELINES:
+        expected = BASELINES[best]().fit(events).recommend_many(today, k=10)
+    else:  # heuristic_merge: own searches fused with a baseline by the plan fitted without the policy
+        plan = MergePlan.from_dict(info["exported"]["heuristic_merge"])
+        assert man["lists"]["merge"] == plan.to_dict()
+        expected = []
+        for s in today:
+            mp = plan.for_user(own_queries(s["history"], s["event_time"]))
+            h = BASELINES[mp.heuristic_name]().fit(events).recommend(s["history"], s["event_time"], 10, s["user_id"]) \
+                if mp.heuristic_name else []
+            expected.append(merge([], own_queries(s["history"], s["event_time"]), h, 10, mp)[0])
+    full = [(s["user_id"], lst) for s, lst in zip(today, expected, strict=True) if len(lst) == 10]
+    assert full
+    assert all(served[u] == lst for u, lst in full)
+
+
 def test_u2q_carries_runs_from_a_partition_written_with_the_old_ds_column(tmp_path):
     """Partitions published before ``run_ds`` was named so hold the run's date as ``ds``: the next
     run still carries their lists, dated by that column."""
@@ -261,60 +328,39 @@ def test_u2q_carries_runs_from_a_partition_written_with_the_old_ds_column(tmp_pa
         ("a", D1), ("b", "2026-10-31"), ("b", D1)]
 
 
-def test_u2q_interest_grouping_reads_categories_from_the_click_log(root):
-    """``group_queries`` > 0: the run maps queries to categories from the window's click log (the
-    map the lists are grouped by); off, no map is built."""
-    from aigq_model.evaluate import build_query_category_map
-    from export.data import ExportConfig
-    from export.u2q import U2QGeneration
-
-    cfg = _cfg(root)
-    cfg["export"]["generate"] = {**cfg["export"]["generate"], "group_queries": 10}
-    gen = U2QGeneration(cfg, str(root), D3, "run-g", ExportConfig.from_config(cfg))
-    assert gen.decoding.group_queries == 10
-    assert gen.category_of
-    assert gen.category_of.category == build_query_category_map(gen.inputs.events, gen.inputs.items)
-    assert U2QGeneration(_cfg(root), str(root), D3, "run-0", ExportConfig.from_config(_cfg(root))).category_of is None
-
-
-def test_u2q_log_wording_reads_the_window_vocabulary_and_needs_the_items(root):
-    """``wording: log``: the run's query vocabulary is the window's click-log categories with each
-    query's search count in the window (the ranking itself is tested on a trained policy in
-    test_aigq_sft); the published manifest records the wording; without the items snapshot the
-    run refuses to start instead of serving the fallback."""
-    from collections import Counter
-
-    from aigq_model.evaluate import build_query_category_map
+def test_constrained_decoding_serves_only_the_windows_searched_queries(root):
+    """``known_queries: true``: the run's vocabulary is every query searched in the window (the
+    decoder itself is tested on a trained policy in test_aigq_trie); every query the run's policy
+    writes with the run's settings is one of them, and the u2q / x2q manifests record the setting;
+    off, no vocabulary is built."""
+    from aigq_model.generate import generate_lists
     from aigq_model.parsing import normalize_query
-    from export.data import ExportConfig
+    from export.data import ExportConfig, build_samples
     from export.u2q import U2QGeneration, export_u2q
     from export.x2q import export_x2q
 
+    assert U2QGeneration(_cfg(root), str(root), D3, "run-0", ExportConfig.from_config(_cfg(root))).known is None
     cfg = _cfg(root)
-    cfg["export"]["generate"] = {**cfg["export"]["generate"], "strategy": "query_beam", "num_beams": 4,
-                                 "wording": "log"}
-    gen = U2QGeneration(cfg, str(root), D3, "run-v", ExportConfig.from_config(cfg))
-    vocab, events = gen.category_of, gen.inputs.events.to_pylist()
-    assert vocab.category == build_query_category_map(gen.inputs.events, gen.inputs.items)
-    assert len(vocab) > 0
-    searched = Counter(normalize_query(e["query"]) for e in events if e["event_type"] == "search")
-    assert vocab.counts == {q: searched[q] for q in vocab.category}
-    assert sum(vocab.counts.values()) > 0
-    export_u2q(cfg, str(root), D3, "run-log")
+    # query_beam: the fixture's barely trained policy never writes a <q> greedily
+    cfg["export"]["generate"] = {**cfg["export"]["generate"], "known_queries": True, "strategy": "query_beam",
+                                 "num_beams": 4}
+    gen = U2QGeneration(cfg, str(root), D3, "run-k", ExportConfig.from_config(cfg))
+    searched = {normalize_query(e["query"]) for e in gen.inputs.events.to_pylist() if e["event_type"] == "search"}
+    assert set(gen.known) == searched - {""}
+    export_u2q(cfg, str(root), D3, "run-known")
     manifest = json.loads((root / "exports" / "u2q" / f"ds={D3}" / "_manifest.json").read_text())
-    assert manifest["decoding"]["wording"] == "log"
-    # x2q reads the same vocabulary: Think under log wording with trigger interests publishes
-    cfg["export"]["generate"]["think_interests"] = "triggers"
-    x2q = export_x2q(cfg, str(root), D3, "run-log")
-    assert not x2q.get("skipped")
-    assert _table(root, "x2q", D3).num_rows > 0
+    assert manifest["decoding"]["known_queries"] is True
+    # the run's policy with the run's settings writes known queries only (the served list may be
+    # the heuristic's when the policy loses its gate, so the generation is checked directly)
+    users = sorted(gen.inputs.active)[:16]
+    samples = build_samples(gen.inputs.log, users, gen.inputs.profile, D3, gen.ex.max_history)
+    gens = generate_lists(gen.model, gen.tok, samples, k=10, decoding=gen.decoding, fallback=gen.popular,
+                          style=gen.style, max_history=gen.max_history, known_queries=gen.known)
+    written = [q for g in gens for q in g.queries[: g.n_model]]
+    assert written and all(q in searched for q in written)
+    assert not export_x2q(cfg, str(root), D3, "run-known").get("skipped")
     manifest = json.loads((root / "exports" / "x2q" / f"ds={D3}" / "_manifest.json").read_text())
-    assert manifest["decoding"]["think_interests"] == "triggers"
-    shutil.rmtree(root / "clean" / "items")
-    with pytest.raises(ValueError, match="wording 'log'"):
-        U2QGeneration(cfg, str(root), D3, "run-x", ExportConfig.from_config(cfg))
-    with pytest.raises(ValueError, match="wording 'log'"):
-        export_x2q(cfg, str(root), D3, "run-x")
+    assert manifest["decoding"]["known_queries"] is True
 
 
 def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_partition(root):

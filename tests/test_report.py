@@ -80,10 +80,15 @@ def make_report_root(root: Path) -> Path:
     set_current(root, "karma", DS)
     record_decision(root, "karma", DS, registered=True, failures=[], serving=DS)  # models/karma/decisions/
 
-    def aigq_metrics(name, q30):
+    def aigq_metrics(name, q10):
         return json.dumps({"model": name, "ds": DS, "split": "test", "results": {
-            name: {"all": {"query_hr@10": 0.0531, "query_hr@30": q30, "cate_hr@30": 0.3, "n_users": 75.0}},
-            "popularity": {"all": {"query_hr@30": 0.0999}}}})
+            name: {"all": {"query_hr@10": q10, "query_hr@10_lo": 0.0531, "query_hr@10_hi": 0.2, "query_hr@30": 0.3,
+                           "cate_hr@30": 0.3, "n_users": 75.0}},
+            "hybrid": {"all": {"query_hr@10": 0.2222, "novel_share@10": 0.4321},
+                       "cold_start": {"query_hr@10": 0.0777, "n_users": 5.0}},
+            "popularity": {"all": {"query_hr@10": 0.0999}, "cold_start": {"query_hr@10": 0.0666}}},
+            "info": {"exported": {"best_heuristic": {"query_hr@10": "popularity"}, "vs_best_heuristic": {
+                "hybrid": {"query_hr@10": {"delta": 0.1223, "lo": 0.0512, "hi": 0.1934, "n": 75}}}}}})
 
     _register(root, "aigq_direct", D2, {"kind": "direct"}, {"metrics.json": aigq_metrics("aigq_direct", 0.1212)})
     _register(root, "aigq_direct", DS, {"kind": "direct"}, {"metrics.json": aigq_metrics("aigq_direct", 0.1333)})
@@ -123,7 +128,10 @@ def make_report_root(root: Path) -> Path:
            for u in ("u1", "u2") for r, q in enumerate(["red shoe", XSS if u == "u1" else "hat"])]
     gates = {"coverage": {"passed": True, "failures": []}, "blocklist": {"passed": True, "failures": []}}
     model = {"name": "aigq_direct", "version": DS}
-    write_partition(root, "exports", "u2q", DS, u2q, {"run_id": "run-7", "model": model, "gates": gates})
+    serving = {"mode": "hybrid", "reason": "aigq_direct/2026-11-03 is registered", "heuristic": None,
+               "merge": {"own": 1.0, "heuristic": 0.0, "c": 1.0, "heuristic_name": None}}
+    write_partition(root, "exports", "u2q", DS, u2q, {"run_id": "run-7", "model": model, "gates": gates,
+                                                      "lists": serving, "counts": {"model_rows": 3, "history_rows": 1}})
     x2q = [dict(trigger_key="query:<img src=x onerror=alert(1)>", trigger_type="query", trigger_value="x", rank=1,
                 query="shoe & sock", score=0.75, s_rel=1.0, s_eff=0.2, popularity=0.2, ctr=None, support=3,
                 attribution="model", run_id="run-7", model_name="aigq_think", model_version=DS,
@@ -195,6 +203,8 @@ def test_report_has_every_section_with_the_numbers(built):
                      "run-7", "aigq_direct/" + DS, "0/1 passed (failed: coverage)", "2/2 passed",  # exports
                      "0.5678", "0.4444", "act+gen+rec",  # KARMA versions
                      "0.1333", "0.1212", "0.1414", "0.0999", "no metrics.json",  # AIGQ policies
+                     "+0.1223 [+0.0512, +0.1934]", "0.0777 / 0.0666", "0.4321", "[0.053, 0.200]",
+                     "serves the hybrid list", "history 1",  # exported vs best heuristic, u2q serving
                      "0.6177", "0.4612",  # CTR
                      "0.6111 ± 0.0012", "+0.0041", "[+0.0001, +0.0081]",  # KARMA in ranking
                      "0.3581 ± 0.0096", "shoe & sock", "red shoe", "i42 (0.5000, cooccurrence)",
