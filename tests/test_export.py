@@ -396,15 +396,6 @@ def test_missing_or_corrupt_models_fail_clearly_and_leave_exports_untouched(root
     export_u2i(cfg, str(root), D3, "good")
     hashes = {t: read_manifest(partition_path(root, "exports", t, D3))["content_hash"] for t in ("u2q", "u2i")}
 
-    # No policy registered at all: the CLI exits 4 naming the registry folders.
-    (root / "models" / "aigq_direct" / "CURRENT").unlink()
-    proc = _cli("export.u2q", root)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 4, err[-2000:]
-    result = json.loads(out.strip().splitlines()[-1])
-    assert result["error"] == "input"
-    assert str(root / "models" / "aigq_direct") in result["message"]
-
     # Registered but corrupt weights: the error names the folder.
     set_current(root, "aigq_direct", D1)
     (root / "models" / "aigq_direct" / D1 / "model.safetensors").write_bytes(b"garbage")
@@ -419,6 +410,17 @@ def test_missing_or_corrupt_models_fail_clearly_and_leave_exports_untouched(root
     for t, h in hashes.items():
         assert read_manifest(partition_path(root, "exports", t, D3))["content_hash"] == h
         assert content_hash(_table(root, t, D3), ["user_id", "rank"] if t == "u2i" else ["user_id", "run_ds", "rank"]) == h
+
+    # No policy registered at all: u2q does not fail, it serves the best heuristic list and says so.
+    (root / "models" / "aigq_direct" / "CURRENT").unlink()
+    proc = _cli("export.u2q", root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    lists = read_manifest(partition_path(root, "exports", "u2q", D3))["lists"]
+    assert lists["mode"] == "heuristic", lists
+    today = _table(root, "u2q", D3).to_pandas().query("run_ds == @D3")
+    assert set(today["source"]) <= {"heuristic", "fallback"} and (today["source"] == "heuristic").any()
+    assert today["model_name"].str.startswith("heuristic:").all()
 
     # No Think policy: x2q is skipped and writes nothing.
     shutil.rmtree(root / "models" / "aigq_think")
