@@ -50,9 +50,11 @@ class ServingPlan:
 
 
 def _read(path: Path) -> dict:
+    """The JSON of ``path``; an unreadable file is logged by name and read as empty (skipped)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("%s: unreadable evaluation, skipped: %s", path, exc)
         return {}
 
 
