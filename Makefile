@@ -77,3 +77,12 @@ spark-cluster-up: venv
 
 spark-cluster-down:
 	$(PY) scripts/spark_cluster.py stop
+
+# One long-lived Spark Connect application on 127.0.0.1:15002 with the profile's settings (state, log:
+# .spark-connect/). Use it with PIPELINE__SPARK__REMOTE=sc://127.0.0.1:15002: the Spark tasks run as its clients.
+.PHONY: spark-connect-up spark-connect-down
+spark-connect-up: venv
+	$(PY) scripts/spark_connect.py start
+
+spark-connect-down:
+	$(PY) scripts/spark_connect.py stop

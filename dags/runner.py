@@ -15,7 +15,10 @@ Spark settings of the profile reach the application as spark-submit options: ``-
 the ``spark_default`` connection (the profile's ``spark.master`` when there is none),
 ``--driver-memory`` from ``spark.driver_memory`` (it must be set before the driver JVM starts, so
 it cannot come from the session builder), and every ``spark.conf`` entry as ``--conf``. A
-missing Java fails the task without retrying, saying so.
+missing Java fails the task without retrying, saying so. With a Spark Connect server
+(the ``spark_connect_default`` connection, else the profile's ``spark.remote``) a job runs as its
+client instead: one long-lived application does every task's work and no JVM starts per task
+(``scripts/spark_connect.py`` runs such a server with the profile's settings).
 
 Also here: the date a run processes (:func:`resolve_ds`) and the run's config (:func:`settings`).
 """
@@ -231,6 +234,17 @@ def spark_master(cfg: Mapping) -> str:
     return f"{host}:{conn.port}" if conn.port else host
 
 
+def spark_remote(cfg: Mapping) -> str | None:
+    """The Spark Connect server the jobs run in, or None (one spark-submit application per task):
+    the ``spark_connect_default`` Airflow connection when defined, else the profile's ``spark.remote``."""
+    try:
+        from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
+
+        return SparkConnectHook(conn_id="spark_connect_default").get_connection_url()
+    except Exception:  # noqa: BLE001 - no connection (or no Airflow context): the profile decides
+        return str((cfg.get("spark") or {}).get("remote") or "") or None
+
+
 def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -> list[str]:
     """``spark-submit --master M --name N --driver-memory X --conf k=v ... common/steps.py jobs.<job> args``."""
     spark = cfg.get("spark") or {}
@@ -247,15 +261,20 @@ def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -
 
 def spark_step(job: str, ds: str, params: Mapping) -> dict:
     """``jobs.<job>`` for ``ds`` (through the ``through`` Param when set) under spark-submit with
-    the run's profile; returns its result (per date, and the Spark settings the running
-    application reports)."""
+    the run's profile, or as a Spark Connect client of :func:`spark_remote` when one is set;
+    returns its result (per date, and the Spark settings the running application reports)."""
     cfg, root = settings(params)
     python = sys.executable
     env = step_env(params, {"SPARK_SUBMITTED": "1", "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
                             "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                             "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
-    check_java(env)
     args = ["--ds", ds, "--data-root", root, *common_args({k: v for k, v in params.items() if k != "data_root"})]
     if params.get("through"):  # a range: the job builds --ds through this date in one pass
         args += ["--through", check_ds(params["through"])]
+    remote = spark_remote(cfg)
+    if remote:  # the server's application does the work: no JVM starts here
+        env = {**env, "SPARK_REMOTE": remote}
+        env.pop("SPARK_SUBMITTED")
+        return run_step([python, str(REPO_ROOT / "common" / "steps.py"), f"jobs.{job}", *args], f"jobs.{job}", env)
+    check_java(env)
     return run_step(spark_submit_command(job, args, cfg, spark_master(cfg)), f"jobs.{job}", env)

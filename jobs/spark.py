@@ -37,11 +37,15 @@ def build_spark(cfg: dict, app_name: str):
     """A SparkSession configured from ``cfg['spark']``.
 
     Under ``spark-submit`` the master and app name come from the command line and
-    ``getOrCreate`` returns that session; the settings below only fill in what is unset.
+    ``getOrCreate`` returns that session; the settings below only fill in what is unset. With
+    ``SPARK_REMOTE`` (or ``spark.remote``) set it is a Spark Connect session (:func:`connect_session`).
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     scfg = cfg.get("spark", {})
+    remote = os.environ.get("SPARK_REMOTE") or scfg.get("remote")
+    if remote:
+        return connect_session(remote, scfg)
     builder = SparkSession.builder.appName(f"{scfg.get('app_name_prefix', 'pipeline')}-{app_name}")
     if not os.environ.get("SPARK_SUBMITTED"):
         builder = builder.master(scfg.get("master", "local[2]"))
@@ -52,6 +56,22 @@ def build_spark(cfg: dict, app_name: str):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+#: Settings a Spark Connect client may set on its session (the server's application owns the rest).
+SESSION_SETTING_PREFIXES = ("spark.sql.", "spark.hadoop.")
+
+
+def connect_session(remote: str, scfg: dict):
+    """A session of the Spark Connect server at ``remote`` (``sc://host:port``), with the profile's
+    session-level settings (``spark.sql.*``, ``spark.hadoop.*``); the server was started with the rest."""
+    builder = SparkSession.builder.remote(remote)
+    conf = {"spark.sql.session.timeZone": "UTC", **{str(k): str(v) for k, v in (scfg.get("conf") or {}).items()},
+            "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false"}
+    for key, value in conf.items():
+        if key.startswith(SESSION_SETTING_PREFIXES):
+            builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def job_arg_parser(description: str) -> argparse.ArgumentParser:
@@ -115,8 +135,9 @@ REPORTED_SPARK_SETTINGS = ("spark.master", "spark.app.name", "spark.driver.memor
 
 def spark_settings(spark) -> dict[str, str]:
     """The :data:`REPORTED_SPARK_SETTINGS` of the running application (those that are set)."""
-    conf = spark.sparkContext.getConf()
-    return {key: conf.get(key) for key in REPORTED_SPARK_SETTINGS if conf.contains(key)}
+    conf = spark.conf
+    values = {key: conf.get(key, None) for key in REPORTED_SPARK_SETTINGS}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def read_partition(spark, root: str | Path, area: str, table: str, ds: str, schema_name: str | None = None):

@@ -1,0 +1,74 @@
+"""One long-lived Spark application for every Spark task: a real Spark Connect server on loopback
+(scripts/spark_connect.py) and the step runner's client path (dags/runner.py ``spark_remote``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.arrow_io import read_partition
+from common.config import load_config
+from common.paths import is_published, partition_path
+from dags import runner
+from jobs import build_samples, sessionize, validate
+from scripts import spark_cluster, spark_connect
+from sources.synthetic import generate
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+DS = "2026-11-01"
+TABLES = {"clean": ("behavior_events", "hintq_exposures", "items", "users"), "quarantine": ("behavior_events",),
+          "sessions": ("behavior_sessions", "day_sessions", "hintq_sessions"),
+          "samples": ("karma_samples", "aigq_direct_sft", "aigq_think_sft", "ctr_samples", "item_corpus")}
+
+
+def _rows(root, area, table):
+    return sorted(repr(sorted(r.items())) for r in read_partition(root, area, table, DS).to_pylist())
+
+
+def test_remote_comes_from_the_profile_when_no_connection_is_defined():
+    assert runner.spark_remote({"spark": {"remote": "sc://10.0.0.5:15002"}}) == "sc://10.0.0.5:15002"
+    assert runner.spark_remote({"spark": {"remote": ""}}) is None
+    assert runner.spark_remote({}) is None
+
+
+def test_the_jobs_run_in_one_connect_application_with_the_same_outputs(spark, tmp_path, monkeypatch):
+    """The three jobs of a day as clients of one server give the rows the in-process jobs give,
+    and the work ran in the server's application (its name), not in a JVM of the task."""
+    generate(tmp_path / "local", DS, 1, n_users=20, n_items=60, events_per_user_day=8.0, seed=3, bad_row_rate=0.03)
+    generate(tmp_path / "remote", DS, 1, n_users=20, n_items=60, events_per_user_day=8.0, seed=3, bad_row_rate=0.03)
+    cfg = load_config(environ={})
+    cfg["data_root"] = str(tmp_path / "local")
+    for job in (validate, sessionize, build_samples):
+        job.run(spark, cfg, DS)
+
+    port = spark_cluster.free_port()
+    state_dir = tmp_path / "connect"
+    state, started = spark_connect.start(load_config(environ={}), state_dir, port)
+    try:
+        assert started and state["url"] == f"sc://127.0.0.1:{port}"
+        assert spark_connect.start(load_config(environ={}), state_dir, port)[1] is False  # idempotent
+        monkeypatch.setenv("PIPELINE__SPARK__REMOTE", state["url"])
+        results = {job: runner.spark_step(job, DS, {"data_root": str(tmp_path / "remote")})
+                   for job in ("validate", "sessionize", "build_samples")}
+    finally:
+        pids = spark_connect.stop(state_dir)
+    assert pids and not any(spark_cluster.group_members(g) for g in pids)
+    assert spark_cluster.port_free(port)
+
+    prefix = load_config(environ={})["spark"]["app_name_prefix"]
+    for job, result in results.items():
+        assert result["spark_conf"]["spark.app.name"] == f"{prefix}-connect", job
+        assert result["dates"] == [DS]
+    assert results["validate"]["results"][DS]["behavior_events"]["rows_quarantined"] > 0
+    for area, tables in TABLES.items():
+        for table in tables:
+            assert is_published(partition_path(tmp_path / "remote", area, table, DS)), (area, table)
+            assert _rows(tmp_path / "remote", area, table) == _rows(tmp_path / "local", area, table), (area, table)
+
+
+def test_a_server_that_cannot_start_names_its_log(tmp_path):
+    cfg = load_config(environ={})
+    cfg["spark"]["driver_memory"] = "not-a-size"
+    with pytest.raises(spark_cluster.ClusterError, match=r"connect\.out"):
+        spark_connect.start(cfg, tmp_path / "connect", spark_cluster.free_port(), timeout=120)
+    assert spark_connect.read_state(tmp_path / "connect") is None
