@@ -12,7 +12,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StringType
 
 from common import schemas
@@ -24,6 +26,9 @@ from common.publish import staged_partitions
 from common.steps import write_result
 
 logger = logging.getLogger(__name__)
+
+#: Parquet key-value metadata in which Spark keeps a file's schema (read back as the same types).
+SPARK_ROW_METADATA = "org.apache.spark.sql.parquet.row.metadata"
 
 #: Exit status of a job that rejects its input data (Airflow fails such a task without retrying).
 CONTRACT_ERROR_EXIT = 2
@@ -219,7 +224,16 @@ def write_staged(df, table: str, path: Path, per_day: bool, days: int) -> None:
 
 def _empty_files(spark, table: str, path: Path) -> Path:
     """A folder with one empty Parquet file carrying the contract schema of ``table``."""
-    spark.createDataFrame([], schemas.spark_schema(table)).coalesce(1).write.mode("overwrite").parquet(str(path))
+    return empty_parquet(path, schemas.spark_schema(table))
+
+
+def empty_parquet(path: Path, schema) -> Path:
+    """A folder with one Parquet file of no rows whose schema is what Spark writes for the
+    ``StructType`` ``schema`` (same Arrow schema and Spark row metadata), written by Arrow: a day
+    without rows costs no Spark job."""
+    arrow = to_arrow_schema(schema, timezone="UTC").with_metadata({SPARK_ROW_METADATA: schema.json()})
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(arrow.empty_table(), path / "part-00000-empty.parquet")
     return path
 
 

@@ -41,7 +41,7 @@ from common import schemas
 from common.arrow_io import data_files, parquet_row_count
 from common.paths import is_published, latest_published_ds, partition_path, table_path
 from common.publish import staged_partitions
-from jobs.spark import InputContractError, run_job
+from jobs.spark import InputContractError, empty_parquet, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -301,21 +301,16 @@ def run_range(spark, cfg: dict, dates: list[str]) -> dict:
                 if snapshot:
                     df = df.drop("ds")
                 annotated = with_quarantine_reason(df, row_rules(table, None, limits), DUPLICATE_KEYS[table])
-                _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary)
+                _publish_table(batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary)
     return summary
 
 
-def _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary) -> None:
+def _publish_table(batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary) -> None:
     """Write the clean and quarantine rows of ``table`` for ``days``, stage every day, and check
     rows in = rows out + rows quarantined per day before anything is published."""
     annotated = annotated.persist()
+    reasons: dict[str, dict] = {ds: {} for ds in days}
     try:
-        by_day = annotated.filter(F.col("reason").isNotNull()).groupBy(
-            *([] if snapshot else ["ds"]), "reason").count().collect()
-        reasons: dict[str, dict] = {ds: {} for ds in days}
-        for r in by_day:
-            for ds in days if snapshot else [r["ds"]]:
-                reasons[ds][r["reason"]] = r["count"]
         outputs = {
             "clean": annotated.filter(F.col("reason").isNull()).drop("reason"),
             "quarantine": annotated.filter(F.col("reason").isNotNull()),
@@ -333,7 +328,9 @@ def _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds,
                     if not snapshot and not src.is_dir():
                         src = stage / "_empty"
                         if not src.is_dir():
-                            spark.createDataFrame([], df.drop("ds").schema).coalesce(1).write.parquet(str(src))
+                            empty_parquet(src, df.drop("ds").schema)
+                    if area == "quarantine":  # the reasons of the day, from the files just written
+                        reasons[ds] = reason_counts(data_files(src))
                     tmp = batch.stage(partition_path(root, area, table, ds), {})
                     for f in data_files(src):
                         (shutil.copyfile if snapshot or src.name == "_empty" else os.rename)(f, tmp / f.name)
@@ -360,6 +357,15 @@ def _publish_table(spark, batch, root, table, days, annotated, snapshot, src_ds,
         }
         logger.info("%s ds=%s: in %d = out %d + quarantined %d %s", table, ds, n_in, out, quarantined,
                     dict(sorted(counts.items())) or "")
+
+
+def reason_counts(files: list[Path]) -> dict[str, int]:
+    """``{reason: rows}`` of quarantine Parquet files (their ``reason`` column only)."""
+    counts: dict[str, int] = {}
+    for f in files:
+        for item in pq.read_table(f, columns=["reason"]).column("reason").value_counts().to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
 
 
 def run(spark, cfg: dict, ds: str) -> dict:
