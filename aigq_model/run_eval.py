@@ -333,6 +333,20 @@ def exported_lines(info: Mapping) -> list[str]:
     return [*lines, ""]
 
 
+def _write_empty(args, ds: str, sample_kind: str, name: str, manifest: Mapping, model_dir: Path) -> int:
+    """``--empty-ok`` with no samples: a metrics.json that says so (``n_samples`` 0, no results)."""
+    payload = {"model": name, "version": manifest.get("version"), "ds": ds, "split": args.split,
+               "samples": sample_kind, "min_history_queries": args.min_history_queries,
+               "sample_days": args.sample_days, "max_samples": args.max_samples, "n_samples": 0, "results": {}}
+    metrics_file = Path(args.metrics_out).resolve() if args.metrics_out else model_dir / METRICS_FILE
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    path = write_json_atomic(metrics_file, payload)
+    logger.warning("no %s %s samples of %s (%d days): wrote %s with no results", args.split, sample_kind, ds,
+                   args.sample_days, path)
+    emit_result({"metrics": str(path), "n_samples": 0})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     quiet_offline_hf()
@@ -363,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fit-merge", dest="fit_merge", action="store_false",
                         help="skip fitting the exported list's merge on the valid rows (default merge policy)")
     parser.add_argument("--report-name", default=None, help="report file name (default: the model's name)")
+    parser.add_argument("--empty-ok", action="store_true",
+                        help="no samples: write metrics.json with n_samples 0 and no results (a gate then "
+                        "refuses) instead of failing")
     parser.add_argument("--metrics-out", default=None,
                         help="write metrics.json here instead of into the model folder (to score a "
                         "registered model again without touching its own metrics)")
@@ -394,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = eval_samples(
         data_root, ds, sample_kind, args.split, args.max_samples, args.min_history_queries, args.sample_days
     )
+    if not samples and args.empty_ok:
+        return _write_empty(args, ds, sample_kind, name, manifest, model_dir)
     if not samples:
         raise FileNotFoundError(f"no {args.split} {sample_kind} samples of {ds} under {data_root}")
     # the exported list's merge is fitted on rows the scoring does not see and training did not use:

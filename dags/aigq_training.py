@@ -15,10 +15,13 @@ the exported hybrid list must beat the best heuristic by `aigq.gate.heuristic_ma
 policy registered, u2q serves that heuristic and says so).
 
 Daily cycle (`grpo=true`, for the first policy only — the one u2q serves): `train_ctr` (`aigq_ctr/<ds>`)
-→ `grpo_update` (IL-GRPO on day T's prompts, starting from the newest registered update before T,
-else from the SFT policy) → `evaluate_grpo` (candidate and the policy it started from on the same
-samples) → `register_grpo` (`aigq_<kind>_grpo` moves only if its gate metric >= the reference's
-minus `aigq.gate.grpo_tolerance` and its exported list beats the best heuristic) → `publish_policy` (emits `models.aigq_policy` with
+→ `grpo_update` (IL-GRPO on day T's train prompts, starting from the newest registered update
+before T, else from the SFT policy) → `evaluate_grpo` (candidate and the policy it started from on
+the same held-out samples: the `aigq.eval.update_split` part, `test` by default, of the
+`aigq.eval.sample_days` days ending at T, which no update trained on) → `register_grpo`
+(`aigq_<kind>_grpo` moves only if its gate metric beats the start policy's by more than
+`aigq.gate.grpo_margin`, so a registered update improved, and its exported list beats the best
+heuristic) → `publish_policy` (emits `models.aigq_policy` with
 `{"ds", "path", "version", "registered", "reason", "policies"}`: the policy u2q serves from now on)
 → `announce` (emits `models.ready` when `karma_training` has finished the same day: the export's trigger).
 
@@ -79,7 +82,11 @@ PARAMS = {
     "grpo_mode": Param("il", type="string", enum=["il", "sequence"], description="IL-GRPO, or plain GRPO (ablation)"),
     "grpo_max_steps": Param(0, type="integer", minimum=0, maximum=1_000_000,
                             description="policy-update steps; 0 = aigq.grpo"),
-    "gate_grpo_tolerance": Param(-1.0, type="number", minimum=-1.0, maximum=1.0, description="-1 = config"),
+    "update_split": Param("", type="string", enum=["", "test", "valid"],
+                          description="held-out samples a policy update is scored on; empty = aigq.eval.update_split"),
+    "gate_grpo_margin": Param(None, type=["null", "number"], minimum=-1.0, maximum=1.0,
+                              description="null = aigq.gate.grpo_margin; the update must beat its start policy by "
+                              "more than this (negative: may lose by that much, tests only)"),
     "nproc_per_node": Param(0, type="integer", minimum=0, maximum=64,
                             description="IL-SFT processes (torchrun DDP when > 1); 0 = runtime.nproc_per_node"),
 }
@@ -98,10 +105,21 @@ def _policies(params: dict) -> tuple[list[str], bool]:
     return kinds, kinds[0] == configured[0]
 
 
-def _eval_args(day: str, params: dict) -> list[str]:
+def _eval_args(day: str, params: dict, update: bool = False) -> list[str]:
+    """run_eval's arguments: the SFT policy on ``eval_split`` (``aigq.eval.split``); a policy
+    update (``update``) on ``update_split`` (``aigq.eval.update_split``), held-out samples only:
+    the update trains on the day's train rows, so ``train`` / ``all`` would score its own prompts."""
     cfg, _root = runner.settings(params)
-    split = params.get("eval_split") or ((cfg.get("aigq") or {}).get("eval") or {}).get("split", "test")
-    args = ["--ds", day, "--split", split, *runner.common_args(params)]
+    ev = (cfg.get("aigq") or {}).get("eval") or {}
+    if update:
+        split = params.get("update_split") or ev.get("update_split", "test")
+        if split not in ("test", "valid"):
+            raise ValueError(f"aigq.eval.update_split {split!r}: a policy update is scored on held-out samples "
+                             "(test or valid), never on the train rows it trained on")
+    else:
+        split = params.get("eval_split") or ev.get("split", "test")
+    args = ["--ds", day, "--split", split, "--sample-days", str(int(ev.get("sample_days", 1))),
+            *runner.common_args(params)]
     if not params.get("semantic", True):
         args.append("--no-semantic")
     return args
@@ -198,21 +216,24 @@ def aigq_training():
                 *runner.common_args(params)]
         if params.get("grpo_max_steps"):
             args += ["--max-steps", str(params["grpo_max_steps"])]
-        return {"candidate": _run("aigq_model.train_grpo", args, params)["model_dir"], "sft_dir": sft_dir}
+        candidate = _run("aigq_model.train_grpo", args, params)["model_dir"]
+        return {"candidate": candidate, "sft_dir": sft_dir, "start": start}
 
     @task
     def evaluate_grpo(day: str, update: dict, params=None) -> str:
-        """The candidate and the SFT policy scored on the same samples (the reference's metrics
-        go beside the candidate as ``sft_reference_metrics.json``)."""
+        """The candidate and the policy it started from scored on the same held-out samples
+        (:func:`_eval_args` with ``update``; the reference's metrics go beside the candidate as
+        ``start_reference_metrics.json``). With no held-out sample both metrics say so
+        (``--empty-ok``) and the gate refuses: nothing shows the update improved."""
         if not update:
             return ""
         candidate, kind = update["candidate"], _policies(params)[0][0]
-        args = [*_eval_args(day, params), "--model-dir", candidate]
+        args = [*_eval_args(day, params, update=True), "--empty-ok", "--model-dir", candidate]
         if params.get("eval_baselines"):
             args += ["--baselines", params["eval_baselines"]]
         metrics = _run("aigq_model.run_eval", args, params)["metrics"]
-        reference = [*_eval_args(day, params), "--model-dir", update["sft_dir"], "--baselines", "",
-                     "--report-name", f"aigq_{kind}_sft_reference",
+        reference = [*_eval_args(day, params, update=True), "--empty-ok", "--model-dir", update["start"],
+                     "--baselines", "", "--report-name", f"aigq_{kind}_start_reference",
                      "--metrics-out", str(Path(candidate) / REFERENCE_METRICS_FILE)]
         _run("aigq_model.run_eval", reference, params)
         return metrics
@@ -224,7 +245,7 @@ def aigq_training():
             return ""
         cfg, _root = runner.settings(params)
         try:
-            register_update(metrics_path, cfg, params.get("gate_grpo_tolerance"), params.get("gate_heuristic_margin"))
+            register_update(metrics_path, cfg, params.get("gate_grpo_margin"), params.get("gate_heuristic_margin"))
         except GateRejected as exc:
             ops.record_gate_refusal(params, "aigq_training", "register_grpo", run_id, day, str(exc))
         return metrics_path

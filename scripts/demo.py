@@ -114,8 +114,11 @@ def registered(root: str, name: str) -> str:
 
 
 def demo_overrides(steps: int) -> dict[str, str]:
-    """Config overrides (``PIPELINE__…``) of the demo: short training, every sample scored, both
-    IL-SFT policies on the first date (Think for x2q), the cron schedule off.
+    """Config overrides (``PIPELINE__…``) of the demo: short training, both IL-SFT policies on the
+    first date (Think for x2q), the cron schedule off. Policies and updates are scored on held-out
+    samples only (the ``test`` part, ``aigq.eval.split`` / ``update_split`` as configured), of every
+    demo day so far (``sample_days`` 3: a demo day holds 5-10 test samples), never on the rows they
+    trained on: an update registers only when it beat its start policy there.
 
     The gates stay as configured: a demo-sized policy whose exported list does not beat the best
     heuristic is refused, and u2q then serves that heuristic list (its manifest's ``lists`` says
@@ -127,7 +130,7 @@ def demo_overrides(steps: int) -> dict[str, str]:
         "PIPELINE__KARMA__MAX_STEPS": str(steps),
         "PIPELINE__AIGQ__SFT__MAX_STEPS": str(2 * steps),
         "PIPELINE__AIGQ__GRPO__MAX_STEPS": str(max(steps // 5, 1)),
-        "PIPELINE__AIGQ__EVAL__SPLIT": "all",
+        "PIPELINE__AIGQ__EVAL__SAMPLE_DAYS": "3",
         "PIPELINE__AIGQ__TRAIN_POLICIES": "[direct, think]",
     }
 

@@ -78,7 +78,10 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, 
         "semantic": False,
         "gate_heuristic_margin": -1.0,
         "gate_regression_tolerance": 1.0,
-        "gate_grpo_tolerance": 1.0,
+        # the fixture's days hold no test rows and one valid row each: the update and its start are
+        # scored on that held-out row; the margin is opened (a tie passes) so that the chain runs
+        "update_split": "valid",
+        "gate_grpo_margin": -1.0,
     }
     run = dag.test(logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), run_conf=conf)
     assert _succeeded(run), run.state
@@ -98,7 +101,10 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, 
     assert man1["mode"] == "il"
     assert man1["ctr_model"]["path"] == str(model_dir(root, "aigq_ctr", d1).resolve())
     assert (grpo1 / "metrics.json").is_file()
-    assert (grpo1 / "sft_reference_metrics.json").is_file()
+    cand, ref = (json.loads((grpo1 / f).read_text()) for f in ("metrics.json", "start_reference_metrics.json"))
+    assert (cand["split"], ref["split"]) == ("valid", "valid")  # held out: the update trained on train rows
+    assert (cand["model"], ref["model"]) == ("aigq_direct_grpo", "aigq_direct")  # the update and its start
+    assert cand["results"][cand["model"]]["all"]["n_users"] == ref["results"][ref["model"]]["all"]["n_users"] == 1
 
     run = dag.test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf=conf)
     assert _succeeded(run), run.state
@@ -110,3 +116,36 @@ def test_two_days_sft_then_daily_ctr_and_policy_update_chain(dag, etl_two_days, 
     assert man2["base_policy"]["path"] == str(grpo1.resolve())  # day 2 starts from day 1's policy
     assert man2["ctr_model"]["path"] == str(model_dir(root, "aigq_ctr", d2).resolve())
     assert current_version(root, "aigq_direct_grpo") == d2
+    assert json.loads((model_dir(root, "aigq_direct_grpo", d2) / "start_reference_metrics.json").read_text())[
+        "version"] == d1  # day 2's update is judged against the policy it started from, day 1's update
+
+
+@pytest.mark.spark
+def test_an_update_without_held_out_samples_is_refused(etl_two_days, tmp_path):
+    """The fixture's days hold no ``test`` row: run_eval ``--empty-ok`` writes metrics that say so
+    and the update gate refuses (nothing shows an improvement), recording why; CURRENT stays unset."""
+    import shutil
+
+    from aigq_model.release import REFERENCE_METRICS_FILE, register_update
+    from aigq_model.run_eval import main as run_eval
+    from common.config import load_config
+    from common.registry import GateRejected, commit_version, read_decision, stage_version
+
+    root = shutil.copytree(etl_two_days, tmp_path / "data")
+    d1 = "2026-11-01"
+    for name in ("aigq_direct", "aigq_direct_grpo"):
+        commit_version(stage_version(root, name, d1), root, name, d1,
+                       {"kind": "direct", "mode": "il" if name.endswith("grpo") else "sft", "ds": d1,
+                        "sample_days": [d1]})
+    cand, start = root / "models" / "aigq_direct_grpo" / d1, root / "models" / "aigq_direct" / d1
+    common = ["--ds", d1, "--data-root", str(root), "--split", "test", "--empty-ok", "--no-semantic"]
+    assert run_eval([*common, "--model-dir", str(cand)]) == 0
+    assert run_eval([*common, "--model-dir", str(start), "--metrics-out", str(cand / REFERENCE_METRICS_FILE)]) == 0
+    metrics = json.loads((cand / "metrics.json").read_text())
+    assert (metrics["n_samples"], metrics["results"], metrics["split"]) == (0, {}, "test")
+    with pytest.raises(GateRejected, match="no held-out samples to score the update on"):
+        register_update(cand / "metrics.json", load_config(environ={}))
+    assert current_version(root, "aigq_direct_grpo") is None
+    assert read_decision(root, "aigq_direct_grpo", d1)["registered"] is False
+    with pytest.raises(FileNotFoundError, match="no test direct samples"):  # without --empty-ok: an error
+        run_eval([c for c in common if c != "--empty-ok"] + ["--model-dir", str(cand)])

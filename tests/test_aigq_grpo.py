@@ -422,3 +422,53 @@ def test_think_rewards_and_grpo_steps(base_dir, tmp_path):
     assert not hist[0]["skipped"]
     assert all(t is not None for t in calls)
     assert any(len(row) for t in calls for row in t)  # the policy wrote interest points
+
+
+# --- the update gate (aigq_model.release) ---------------------------------------------------
+def test_update_gate_registers_only_an_update_that_beat_its_start_on_held_out_samples(tmp_path):
+    """The real registry and the gate of ``register_update`` on run_eval-shaped metrics: a tie
+    (the demo's 0.3182 = 0.3182), a gain under the margin, a score on the update's own training
+    prompts, scores on different samples and an exported list under the best heuristic are each
+    refused and recorded; a gain over the margin on held-out samples registers."""
+    import json
+
+    from aigq_model.release import REFERENCE_METRICS_FILE, register_update
+    from common.config import load_config
+    from common.registry import GateRejected, commit_version, current_version, read_decision, stage_version
+
+    root, name, cfg = tmp_path / "data", "aigq_direct_grpo", load_config(environ={})
+    assert cfg["aigq"]["gate"]["grpo_margin"] == 0.0
+
+    def scored(model, hr, n=44, split="test", days=1, exported=0.5, best=0.4):
+        return {"model": model, "ds": "2026-11-02", "split": split, "samples": "direct", "sample_days": days,
+                "min_history_queries": 0, "max_samples": None,
+                "results": {model: {"all": {"query_hr@10": hr, "n_users": float(n)}},
+                            "hybrid": {"all": {"query_hr@10": exported}},
+                            "own_history+popularity": {"all": {"query_hr@10": best}}}}
+
+    def update(version, cand, start, **gate):
+        path = commit_version(stage_version(root, name, version), root, name, version,
+                              {"kind": "direct", "mode": "il", "ds": "2026-11-02", "sample_days": ["2026-11-02"]})
+        (path / "metrics.json").write_text(json.dumps(cand))
+        (path / REFERENCE_METRICS_FILE).write_text(json.dumps(start))
+        return register_update(path / "metrics.json", cfg, **gate)
+
+    refused = {
+        "v1": ((scored(name, 0.3182), scored("aigq_direct", 0.3182)), {},
+               r"0.3182 does not beat its start policy 0.3182 by more than margin 0.0 \(difference \+0.0000, 44"),
+        "v2": ((scored(name, 0.33), scored("aigq_direct", 0.32)), {"margin": 0.02}, "by more than margin 0.02"),
+        "v3": ((scored(name, 0.40, split="all", days=2), scored("aigq_direct", 0.30, split="all", days=2)), {},
+               r"split all of 2026-11-01, 2026-11-02, which holds the update's own training prompts \(2026-11-02\)"),
+        "v4": ((scored(name, 0.40), scored("aigq_direct", 0.30, n=43)), {}, r"not scored on the same samples \(differ in n_users"),
+        "v5": ((scored(name, 0.40, exported=0.39), scored("aigq_direct", 0.30)), {},
+               r"exported list query_hr@10 0.3900 < best heuristic own_history\+popularity 0.4000"),
+    }
+    for version, ((cand, start), gate, match) in refused.items():
+        with pytest.raises(GateRejected, match=match):
+            update(version, cand, start, **gate)
+        assert read_decision(root, name, version)["registered"] is False
+        assert current_version(root, name) is None
+    update("v6", scored(name, 0.3409), scored("aigq_direct", 0.3182))  # one more hit on held-out samples
+    assert current_version(root, name) == "v6" and read_decision(root, name, "v6")["failures"] == []
+    update("v7", scored(name, 0.33), scored("aigq_direct", 0.32), margin=-0.02)  # a negative margin: tests only
+    assert current_version(root, name) == "v7"

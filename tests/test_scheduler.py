@@ -43,7 +43,7 @@ def _config(root: Path, karma_min_ratio: float) -> dict:
     aigq["grpo"]["max_steps"] = 1
     aigq["ctr"]["epochs"] = 2
     aigq["eval"].update(semantic=False, baselines=["popularity", "cooccurrence"], split="all")
-    aigq["gate"].update(heuristic_margin=-1.0, regression_tolerance=1.0, grpo_tolerance=1.0)
+    aigq["gate"].update(heuristic_margin=-1.0, regression_tolerance=1.0, grpo_margin=-1.0)
     aigq["generate"]["max_new_tokens"] = 24
     aigq["generate"]["max_new_tokens_think"] = 32
     return doc
