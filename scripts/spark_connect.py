@@ -4,7 +4,9 @@
 spark-connect-up`` / ``make spark-connect-down``). ``start`` launches
 ``spark-submit --class org.apache.spark.sql.connect.service.SparkConnectServer`` of the installed
 pyspark with the profile's master, driver memory and every ``spark.conf`` entry (the settings a
-job's spark-submit would get), in its own process group, bound to 127.0.0.1; it writes
+job's spark-submit would get) but the driver's JVM options (``--java-options``, default none: the
+profile's ``-XX:TieredStopAtLevel=1`` saves JIT work in a short application and costs a
+long-lived one its optimised code), in its own process group, bound to 127.0.0.1; it writes
 ``<state dir>/state.json`` (process id, ``sc://`` URL, log) and waits until the port accepts.
 ``stop`` sends SIGTERM to the group, SIGKILL after a grace period. Both are idempotent.
 
@@ -49,8 +51,14 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".spark-connect"
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
-def server_command(cfg: dict, port: int) -> list[str]:
-    """``spark-submit --class SparkConnectServer`` with the profile's Spark settings."""
+#: JVM options of the server's driver: none, so the JIT compiles fully (the profile's
+#: ``-XX:TieredStopAtLevel=1`` suits a short application, not one that lives for many runs).
+SERVER_JAVA_OPTIONS = ""
+
+
+def server_command(cfg: dict, port: int, java_options: str = SERVER_JAVA_OPTIONS) -> list[str]:
+    """``spark-submit --class SparkConnectServer`` with the profile's Spark settings, except the
+    driver's JVM options (``java_options``)."""
     spark = cfg.get("spark") or {}
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS,
            "--name", f"{spark.get('app_name_prefix', 'pipeline')}-connect",
@@ -59,8 +67,11 @@ def server_command(cfg: dict, port: int) -> list[str]:
         cmd += ["--driver-memory", str(spark["driver_memory"])]
     conf = {"spark.sql.session.timeZone": "UTC", **{str(k): str(v) for k, v in (spark.get("conf") or {}).items()},
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
-            "spark.connect.grpc.binding.address": HOST, "spark.connect.grpc.binding.port": str(port)}
+            "spark.connect.grpc.binding.address": HOST, "spark.connect.grpc.binding.port": str(port),
+            "spark.driver.extraJavaOptions": java_options}
     for key, value in conf.items():
+        if not value:
+            continue
         cmd += ["--conf", f"{key}={value}"]
     return cmd
 
@@ -74,7 +85,7 @@ def accepts(port: int, timeout: float = 1.0) -> bool:
 
 
 def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 15002, timeout: float = 180.0,
-          python: str | None = None) -> tuple[dict, bool]:
+          python: str | None = None, java_options: str = SERVER_JAVA_OPTIONS) -> tuple[dict, bool]:
     """Start the server (or find it running); returns (state, started_now)."""
     state_dir = Path(state_dir).resolve()
     state = read_state(state_dir)
@@ -93,7 +104,7 @@ def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 1500
     state = {"url": f"sc://{HOST}:{port}", "state_dir": str(state_dir), "pids": {}, "start_ticks": {},
              "logs": {}, "started_at": time.time()}
     log = state_dir / "logs" / "connect.out"
-    _record(state, "server", _spawn(server_command(cfg, port), log, env, REPO_ROOT), log)
+    _record(state, "server", _spawn(server_command(cfg, port, java_options), log, env, REPO_ROOT), log)
     _state_file(state_dir).write_text(json.dumps(state, indent=2))
     deadline = time.monotonic() + timeout
     while not accepts(port):
@@ -113,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the port")
+    parser.add_argument("--java-options", default=SERVER_JAVA_OPTIONS,
+                        help="the server driver's JVM options, in place of the profile's "
+                        "spark.driver.extraJavaOptions (default: none, full JIT for a long-lived server)")
     parser.add_argument("--grace", type=float, default=15.0, help="stop: seconds from SIGTERM to SIGKILL")
     args = parser.parse_args(argv)
     if args.command == "start":
         try:
-            state, started = start(load_config(args.config, args.profile), args.state_dir, args.port, args.timeout)
+            state, started = start(load_config(args.config, args.profile), args.state_dir, args.port, args.timeout,
+                                   java_options=args.java_options)
         except ClusterError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1

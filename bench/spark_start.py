@@ -1,0 +1,148 @@
+"""Fixed costs of the daily ETL: one day of ``behavior_etl`` (validate, sessionize, build_samples)
+started the ways a task can start it, side by side in one run.
+
+Arms (each on its own copy of the same data root, interleaved over ``--repeats``):
+
+- ``submit``: one ``spark-submit`` application per task, as ``dags/runner.spark_step`` starts it
+  today (the profile's settings);
+- ``submit+<option>``: the same with one Spark setting changed (``--options``: whole-stage codegen
+  off, 2 shuffle partitions, AQE off), to measure start-up options on this machine;
+- ``connect_cold``: one Spark Connect server started for the run (``scripts/spark_connect.py``,
+  its start counted), then the three tasks as its clients: one application per DAG run;
+- ``connect_warm``: the three tasks as clients of a server that has already run a day: one
+  long-lived application (``spark.remote``), its start and JIT warm-up paid before.
+
+``python bench/spark_start.py [--users 400] [--repeats 2] [--work-dir DIR]`` prints one JSON object:
+seconds per arm and step (median over repeats), and ``ratios`` of each arm's day to ``submit``'s.
+The data: ``sources.synthetic`` with the demo's size, three days; days 1-2 are built once
+(untimed) so that day 3's histories reach back as in the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common.config import load_config  # noqa: E402
+from dags.runner import spark_submit_command, step_env  # noqa: E402
+from scripts import spark_cluster, spark_connect  # noqa: E402
+
+JOBS = ("validate", "sessionize", "build_samples")
+DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+OPTIONS = {
+    "nocodegen": {"spark.sql.codegen.wholeStage": "false"},
+    "partitions2": {"spark.sql.shuffle.partitions": "2"},
+    "noaqe": {"spark.sql.adaptive.enabled": "false"},
+}
+
+
+def _env(extra: dict | None = None) -> dict:
+    python = sys.executable
+    env = step_env({}, {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python, "SPARK_LOCAL_IP": "127.0.0.1",
+                        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
+                        **(extra or {})})
+    env.pop("SPARK_REMOTE", None)
+    env.pop("PIPELINE__SPARK__REMOTE", None)
+    return env
+
+
+def _run(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def prepare(work: Path, users: int) -> Path:
+    """Three synthetic days, days 1-2 built (one range run of each job); day 3 raw only."""
+    base = work / "base"
+    if (base / "READY").exists():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    env = _env()
+    _run([sys.executable, "-m", "sources.synthetic", "--data-root", str(base), "--start-ds", DAYS[0], "--days", "3",
+          "--users", str(users)], env)
+    for job in JOBS:
+        _run([sys.executable, "-m", f"jobs.{job}", "--ds", DAYS[0], "--through", DAYS[1], "--data-root", str(base)],
+             env)
+    (base / "READY").write_text("")
+    return base
+
+
+def day_submit(root: Path, cfg: dict) -> dict:
+    env = _env({"SPARK_SUBMITTED": "1"})
+    return {job: _run(spark_submit_command(job, ["--ds", DAYS[2], "--data-root", str(root)], cfg, "local[2]"), env)
+            for job in JOBS}
+
+
+def day_connect(root: Path, url: str) -> dict:
+    env = _env({"SPARK_REMOTE": url})
+    return {job: _run([sys.executable, str(REPO / "common" / "steps.py"), f"jobs.{job}", "--ds", DAYS[2],
+                       "--data-root", str(root)], env) for job in JOBS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=400, help="synthetic users (the demo's 400)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--options", default="nocodegen,partitions2,noaqe",
+                        help=f"comma-separated submit options to measure, of {sorted(OPTIONS)} (empty: none)")
+    parser.add_argument("--work-dir", default="/tmp/bench_spark_start")
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir)
+    base = prepare(work, args.users)
+    cfg = load_config(environ={})
+    options = [o for o in args.options.split(",") if o]
+    times: dict[str, list[dict]] = {}
+
+    def fresh(arm: str) -> Path:
+        root = work / f"arm_{arm}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(base, root)
+        return root
+
+    def record(arm: str, steps: dict) -> None:
+        steps = {k: round(v, 2) for k, v in steps.items()}
+        steps["day"] = round(sum(v for k, v in steps.items() if k in JOBS) + steps.get("server_start", 0.0), 2)
+        steps["load1"] = round(os.getloadavg()[0], 2)
+        times.setdefault(arm, []).append(steps)
+        print(arm, json.dumps(steps), file=sys.stderr, flush=True)
+
+    for _ in range(args.repeats):
+        record("submit", day_submit(fresh("submit"), cfg))
+        for opt in options:
+            arm_cfg = copy.deepcopy(cfg)
+            arm_cfg["spark"]["conf"].update(OPTIONS[opt])
+            record(f"submit+{opt}", day_submit(fresh(opt), arm_cfg))
+        port, state_dir = spark_cluster.free_port(), work / "connect"
+        spark_connect.stop(state_dir)  # a server left by an interrupted run would not be cold
+        t0 = time.perf_counter()
+        state, _ = spark_connect.start(cfg, state_dir, port)
+        started = time.perf_counter() - t0
+        try:
+            record("connect_cold", {"server_start": started, **day_connect(fresh("cold"), state["url"])})
+            record("connect_warm", day_connect(fresh("warm"), state["url"]))
+        finally:
+            spark_connect.stop(state_dir)
+    medians = {arm: {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]} for arm, rows in times.items()}
+    ref = medians["submit"]["day"]
+    print(json.dumps({"day": DAYS[2], "users": args.users, "repeats": args.repeats, "cpus": os.cpu_count(),
+                      "seconds": medians, "ratios": {arm: round(m["day"] / ref, 3) for arm, m in medians.items()},
+                      "runs": times}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
