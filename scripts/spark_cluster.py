@@ -313,6 +313,17 @@ def stop(state_dir: str | Path = DEFAULT_STATE_DIR, grace: float = 15.0) -> list
     return groups
 
 
+def stop_command(state_dir: str | Path, grace: float, what: str) -> int:
+    """``stop`` of a command line: prints what was stopped, 1 with the error when it failed."""
+    try:
+        pids = stop(state_dir, grace=grace)
+    except ClusterError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(f"{what} stopped (pids {pids})" if pids else f"{what} not running")
+    return 0
+
+
 def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict:
     """Whether the cluster runs, and the master's view of it (workers, applications)."""
     state = read_state(Path(state_dir).resolve())
@@ -369,13 +380,7 @@ def main(argv: list[str] | None = None) -> int:
               f"pids {state['pids']}, state {_state_file(Path(args.state_dir).resolve())})")
         return 0
     if args.command == "stop":
-        try:
-            pids = stop(args.state_dir, grace=args.grace)
-        except ClusterError as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            return 1
-        print(f"spark cluster stopped (pids {pids})" if pids else "spark cluster not running")
-        return 0
+        return stop_command(args.state_dir, args.grace, "spark cluster")
     info = status(args.state_dir)
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0 if info["running"] else NOT_RUNNING_EXIT

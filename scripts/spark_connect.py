@@ -44,6 +44,7 @@ from scripts.spark_cluster import (  # noqa: E402
     read_state,
     spark_home,
     stop,
+    stop_command,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -140,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(pid {state['pids']['server']}, log {state['logs']['server']})")
         return 0
     if args.command == "stop":
-        try:
-            pids = stop(args.state_dir, grace=args.grace)
-        except ClusterError as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            return 1
-        print(f"spark connect server stopped (pid {pids})" if pids else "spark connect server not running")
-        return 0
+        return stop_command(args.state_dir, args.grace, "spark connect server")
     state = read_state(Path(args.state_dir).resolve())
     running = is_running(state)
     print(json.dumps({"running": running, **({"url": state["url"], "log": state["logs"]["server"]} if state else {})},
