@@ -125,7 +125,11 @@ def test_the_four_dags_chain_by_assets_under_the_scheduler(tmp_path):
         assert u2i["retrieval"]["serving"] == "fused_without_karma"
         assert u2i["retrieval"]["channels_version"] == D2
         alerts = [json.loads(line) for line in (root / "alerts" / "alerts.jsonl").read_text().splitlines()]
-        assert [(a["kind"], a["dag_id"], a["ds"]) for a in alerts] == [("gate_refused", "karma_training", D2)]
+        kinds = [(a["kind"], a["dag_id"], a["ds"]) for a in alerts]
+        # the forced KARMA refusal of D2, and no failure; the AIGQ update gate may refuse a one-step
+        # update of a 40-user world (it registers only an improvement on held-out samples): an outcome
+        assert [k for k in kinds if k[1] != "aigq_training"] == [("gate_refused", "karma_training", D2)]
+        assert all(k[0] == "gate_refused" for k in kinds if k[1] == "aigq_training"), kinds
         page = (root / "reports" / f"ds={D2}" / "index.html").read_text()
         assert f"gate refused {D2}" in page
         print(json.dumps({"day1_s": round(day1_s), "total_s": round(time.monotonic() - started),
