@@ -50,11 +50,10 @@ OPTIONS = {
 def _env(extra: dict | None = None) -> dict:
     python = sys.executable
     env = step_env({}, {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python, "SPARK_LOCAL_IP": "127.0.0.1",
-                        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
-                        **(extra or {})})
-    env.pop("SPARK_REMOTE", None)
+                        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
+    env.pop("SPARK_REMOTE", None)  # only the arm's own setting below
     env.pop("PIPELINE__SPARK__REMOTE", None)
-    return env
+    return {**env, **(extra or {})}
 
 
 def _run(cmd: list[str], env: dict) -> float:
