@@ -9,6 +9,9 @@ Arms (each on its own copy of the same data root, interleaved over ``--repeats``
   off, 2 shuffle partitions, AQE off), to measure start-up options on this machine;
 - ``connect_cold``: one Spark Connect server started for the run (``scripts/spark_connect.py``,
   its start counted), then the three tasks as its clients: one application per DAG run;
+- ``connect_profilejvm_cold``: the same with the profile's driver JVM options (short-application
+  JIT and GC) instead of full JIT: what ``behavior_etl``'s setup task starts
+  (``spark.application: run``);
 - ``connect_warm``: the three tasks as clients of a server that has already run a day: one
   long-lived application (``spark.remote``), its start and JIT warm-up paid before.
 
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     base = prepare(work, args.users)
     cfg = load_config(environ={})
     options = [o for o in args.options.split(",") if o]
+    profile_jvm = str(cfg["spark"]["conf"].get("spark.driver.extraJavaOptions") or "")
     times: dict[str, list[dict]] = {}
 
     def fresh(arm: str) -> Path:
@@ -125,16 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             arm_cfg = copy.deepcopy(cfg)
             arm_cfg["spark"]["conf"].update(OPTIONS[opt])
             record(f"submit+{opt}", day_submit(fresh(opt), arm_cfg))
-        port, state_dir = spark_cluster.free_port(), work / "connect"
-        spark_connect.stop(state_dir)  # a server left by an interrupted run would not be cold
-        t0 = time.perf_counter()
-        state, _ = spark_connect.start(cfg, state_dir, port)
-        started = time.perf_counter() - t0
-        try:
-            record("connect_cold", {"server_start": started, **day_connect(fresh("cold"), state["url"])})
-            record("connect_warm", day_connect(fresh("warm"), state["url"]))
-        finally:
-            spark_connect.stop(state_dir)
+        for arm, java in (("connect", spark_connect.SERVER_JAVA_OPTIONS), ("connect_profilejvm", profile_jvm)):
+            port, state_dir = spark_cluster.free_port(), work / arm
+            spark_connect.stop(state_dir)  # a server left by an interrupted run would not be cold
+            t0 = time.perf_counter()
+            state, _ = spark_connect.start(cfg, state_dir, port, java_options=java)
+            started = time.perf_counter() - t0
+            try:
+                record(f"{arm}_cold", {"server_start": started, **day_connect(fresh(f"{arm}_cold"), state["url"])})
+                if arm == "connect":
+                    record(f"{arm}_warm", day_connect(fresh(f"{arm}_warm"), state["url"]))
+            finally:
+                spark_connect.stop(state_dir)
     medians = {arm: {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]} for arm, rows in times.items()}
     ref = medians["submit"]["day"]
     print(json.dumps({"day": DAYS[2], "users": args.users, "repeats": args.repeats, "cpus": os.cpu_count(),

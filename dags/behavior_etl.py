@@ -15,9 +15,16 @@ manual and backfill runs. **Date**: the `ds` Param when set, else the logical da
 through `through` in one pass (one application per task, every day published together or none);
 `publish_samples` checks every day and announces the last (`make backfill` runs a range so).
 
-Each Spark job is `spark-submit common/steps.py jobs.<job> --ds <ds>` through the step runner
+**One Spark application per run** (`spark.application: run`, the default): the setup task
+`start_spark` starts a Spark Connect server on loopback with the profile's Spark settings, the
+three Spark tasks run their jobs as its clients (`python common/steps.py jobs.<job>`; each stays its
+own retryable task), and the teardown task `stop_spark` stops it, whatever the tasks did. The Spark
+tasks must run on the worker of `start_spark` (LocalExecutor, or one Celery queue); a task whose
+server is gone runs its own spark-submit application. With `spark.application: task` each Spark
+job is `spark-submit common/steps.py jobs.<job> --ds <ds>` through the step runner
 (`dags/runner.py`): master from the `spark_default` connection (else the profile), driver memory
-and `spark.conf` from the profile. Bad input (a file or column breaking the contract), bad config
+and `spark.conf` from the profile. A long-lived server (`spark.remote`, the
+`spark_connect_default` connection) replaces both. Bad input (a file or column breaking the contract), bad config
 or a missing Java fail the task at once without retries and publish nothing for the date; other
 failures retry twice. Re-running a date replaces its partitions whole.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, setup, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from common.config import load_config
@@ -69,17 +76,26 @@ def behavior_etl():
     def resolve_ds(params=None, logical_date=None) -> str:
         return runner.resolve_ds(params, logical_date)
 
-    @task
-    def validate(day: str, params=None) -> dict:
-        return runner.spark_step("validate", day, params)
+    @setup
+    def start_spark(params=None) -> dict:
+        """The run's Spark Connect server (``spark.application: run``); ``{}`` when none is wanted."""
+        return runner.start_run_server(params)
 
     @task
-    def sessionize(day: str, params=None) -> dict:
-        return runner.spark_step("sessionize", day, params)
+    def validate(day: str, server: dict, params=None) -> dict:
+        return runner.spark_step("validate", day, params, server)
 
     @task
-    def build_samples(day: str, params=None) -> dict:
-        return runner.spark_step("build_samples", day, params)
+    def sessionize(day: str, server: dict, params=None) -> dict:
+        return runner.spark_step("sessionize", day, params, server)
+
+    @task
+    def build_samples(day: str, server: dict, params=None) -> dict:
+        return runner.spark_step("build_samples", day, params, server)
+
+    @teardown
+    def stop_spark(server: dict, params=None) -> None:
+        runner.stop_run_server(server, params)
 
     @task(outlets=list(SAMPLE_ASSETS.values()))
     def publish_samples(day: str, params=None, outlet_events=None) -> dict:
@@ -104,10 +120,12 @@ def behavior_etl():
         return published
 
     day = resolve_ds()
-    validated = validate(day)
-    sessions = sessionize(day)
-    samples = build_samples(day)
-    validated >> sessions >> samples >> publish_samples(day)
+    server = start_spark()
+    validated = validate(day, server)
+    sessions = sessionize(day, server)
+    samples = build_samples(day, server)
+    validated >> sessions >> samples >> stop_spark(server)
+    samples >> publish_samples(day)
 
 
 behavior_etl()

@@ -18,7 +18,10 @@ it cannot come from the session builder), and every ``spark.conf`` entry as ``--
 missing Java fails the task without retrying, saying so. With a Spark Connect server
 (the ``spark_connect_default`` connection, else the profile's ``spark.remote``) a job runs as its
 client instead: one long-lived application does every task's work and no JVM starts per task
-(``scripts/spark_connect.py`` runs such a server with the profile's settings).
+(``scripts/spark_connect.py`` runs such a server with the profile's settings). Without one, a
+Spark DAG run starts its own server in a setup task and stops it in a teardown task
+(:func:`start_run_server`, ``spark.application: run``, the default): the run's tasks share one
+application; ``spark.application: task`` gives each task its own spark-submit application.
 
 Also here: the date a run processes (:func:`resolve_ds`) and the run's config (:func:`settings`).
 """
@@ -31,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -245,6 +249,82 @@ def spark_remote(cfg: Mapping) -> str | None:
         return str((cfg.get("spark") or {}).get("remote") or "") or None
 
 
+def run_server_wanted(cfg: Mapping) -> bool:
+    """Whether a DAG run starts its own Spark Connect server (``spark.application: run``, the
+    default) rather than one spark-submit application per task (``task``); never when a long-lived
+    server is configured (:func:`spark_remote`)."""
+    scope = str((cfg.get("spark") or {}).get("application") or "run")
+    if scope not in ("run", "task"):
+        raise AirflowFailException(f"bad configuration: spark.application is {scope!r}, expected 'run' or 'task'")
+    return scope == "run" and not spark_remote(cfg)
+
+
+def _spark_env(params: Mapping) -> dict[str, str]:
+    python = sys.executable
+    return step_env(params, {"SPARK_SUBMITTED": "1", "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+                             "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                             "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
+
+
+def _connect_script(command: str, state_dir: str, env: Mapping[str, str], extra: list[str]) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "spark_connect.py"), command, "--state-dir", state_dir, *extra]
+    logger.info("running %s", " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, errors="replace")
+    for line in (proc.stdout + proc.stderr).splitlines():
+        logger.info("%s", line)
+    if proc.returncode != 0:
+        raise StepFailed(f"spark_connect.py {command} exited with status {proc.returncode}: "
+                         f"{_last_error((proc.stdout + proc.stderr).splitlines())}")
+
+
+def start_run_server(params: Mapping) -> dict:
+    """The setup task of a Spark DAG run: start a Spark Connect server on loopback (a free port, a
+    fresh state directory under the system's temp) with the run's master (:func:`spark_master`) and
+    the profile's Spark settings, its driver JVM options included, so that the
+    run's Spark tasks share one application; ``{}`` when the run does not want one
+    (:func:`run_server_wanted`). The tasks must run on this worker (loopback): LocalExecutor, or
+    one Celery queue for the DAG. A retry starts a new server."""
+    cfg, _root = settings(params)
+    if not run_server_wanted(cfg):
+        return {}
+    env = _spark_env(params)
+    env.pop("SPARK_REMOTE", None)
+    check_java(env)
+    state_dir = tempfile.mkdtemp(prefix="spark-connect-run-")
+    java = str(((cfg.get("spark") or {}).get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
+    try:
+        _connect_script("start", state_dir, env, ["--port", "0", f"--java-options={java}", "--master", spark_master(cfg),
+                                                  *common_args({k: v for k, v in params.items() if k != "data_root"})])
+        state = json.loads((Path(state_dir) / "state.json").read_text())
+    except BaseException:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+    return {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"]}
+
+
+def stop_run_server(server: Mapping | None, params: Mapping) -> None:
+    """The teardown task: stop the run's server (its process group) and remove its state directory
+    after copying the last lines of the server's log into the task log; a no-op without one."""
+    if not server or not server.get("state_dir"):
+        return
+    log = Path(server["log"])
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines()[-30:]:
+            logger.info("server log: %s", line)
+    _connect_script("stop", server["state_dir"], step_env(params), [])
+    shutil.rmtree(server["state_dir"], ignore_errors=True)
+
+
+def _accepts(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``sc://host:port`` accepts a TCP connection."""
+    host, _, port = url.removeprefix("sc://").split("/")[0].partition(":")
+    try:
+        with socket.create_connection((host, int(port or 15002)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -> list[str]:
     """``spark-submit --master M --name N --driver-memory X --conf k=v ... common/steps.py jobs.<job> args``."""
     spark = cfg.get("spark") or {}
@@ -259,19 +339,25 @@ def spark_submit_command(job: str, args: list[str], cfg: Mapping, master: str) -
     return [*cmd, str(REPO_ROOT / "common" / "steps.py"), f"jobs.{job}", *args]
 
 
-def spark_step(job: str, ds: str, params: Mapping) -> dict:
-    """``jobs.<job>`` for ``ds`` (through the ``through`` Param when set) under spark-submit with
-    the run's profile, or as a Spark Connect client of :func:`spark_remote` when one is set;
-    returns its result (per date, and the Spark settings the running application reports)."""
+def spark_step(job: str, ds: str, params: Mapping, server: Mapping | None = None) -> dict:
+    """``jobs.<job>`` for ``ds`` (through the ``through`` Param when set) as a Spark Connect client
+    of :func:`spark_remote` when one is set, else of the run's own ``server``
+    (:func:`start_run_server`) when it is up, else under spark-submit with the run's profile;
+    returns its result (per date, and the Spark settings the running application reports). A run
+    server that no longer answers (it died; a retry after it) gives way to spark-submit, warned."""
     cfg, root = settings(params)
     python = sys.executable
-    env = step_env(params, {"SPARK_SUBMITTED": "1", "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
-                            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-                            "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])})
+    env = _spark_env(params)
     args = ["--ds", ds, "--data-root", root, *common_args({k: v for k, v in params.items() if k != "data_root"})]
     if params.get("through"):  # a range: the job builds --ds through this date in one pass
         args += ["--through", check_ds(params["through"])]
     remote = spark_remote(cfg)
+    if not remote and server and server.get("url"):
+        if _accepts(server["url"]):
+            remote = server["url"]
+        else:
+            logger.warning("the run's Spark Connect server %s does not answer (log %s): this task runs its own "
+                           "spark-submit application", server["url"], server.get("log"))
     if remote:  # the server's application does the work: no JVM starts here
         env = {**env, "SPARK_REMOTE": remote}
         env.pop("SPARK_SUBMITTED")

@@ -133,6 +133,17 @@ def alive_workers(info: dict) -> int:
     return sum(1 for w in info.get("workers", []) if w.get("state") == "ALIVE")
 
 
+def running_or_cleared(state_dir: Path) -> dict | None:
+    """The state of the processes recorded in ``state_dir`` when they all run; else ``None``, after
+    stopping what is left of a stale start (some process died) so that a new one starts afresh."""
+    state = read_state(state_dir)
+    if is_running(state):
+        return state
+    if state:
+        stop(state_dir)
+    return None
+
+
 def _ticks(state: dict, name: str) -> int | None:
     return (state.get("start_ticks") or {}).get(name)
 
@@ -194,11 +205,9 @@ def start(
 ) -> tuple[dict, bool]:
     """Start the cluster (or find it running); returns (state, started_now)."""
     state_dir = Path(state_dir).resolve()
-    state = read_state(state_dir)
-    if is_running(state):
+    state = running_or_cleared(state_dir)
+    if state:
         return state, False
-    if state:  # stale: some process died; clear what is left before starting afresh
-        stop(state_dir)
     home = spark_home()
     python = python or sys.executable
     port = port or free_port()

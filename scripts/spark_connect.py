@@ -39,9 +39,11 @@ from scripts.spark_cluster import (  # noqa: E402
     _spawn,
     _state_file,
     _tail,
+    free_port,
     is_running,
     port_free,
     read_state,
+    running_or_cleared,
     spark_home,
     stop,
     stop_command,
@@ -57,13 +59,13 @@ SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 SERVER_JAVA_OPTIONS = ""
 
 
-def server_command(cfg: dict, port: int, java_options: str = SERVER_JAVA_OPTIONS) -> list[str]:
+def server_command(cfg: dict, port: int, java_options: str = SERVER_JAVA_OPTIONS, master: str | None = None) -> list[str]:
     """``spark-submit --class SparkConnectServer`` with the profile's Spark settings, except the
-    driver's JVM options (``java_options``)."""
+    driver's JVM options (``java_options``) and, when given, the ``master``."""
     spark = cfg.get("spark") or {}
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS,
            "--name", f"{spark.get('app_name_prefix', 'pipeline')}-connect",
-           "--master", str(spark.get("master") or "local[2]")]
+           "--master", str(master or spark.get("master") or "local[2]")]
     if spark.get("driver_memory"):
         cmd += ["--driver-memory", str(spark["driver_memory"])]
     conf = {"spark.sql.session.timeZone": "UTC", **{str(k): str(v) for k, v in (spark.get("conf") or {}).items()},
@@ -86,14 +88,14 @@ def accepts(port: int, timeout: float = 1.0) -> bool:
 
 
 def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 15002, timeout: float = 180.0,
-          python: str | None = None, java_options: str = SERVER_JAVA_OPTIONS) -> tuple[dict, bool]:
+          python: str | None = None, java_options: str = SERVER_JAVA_OPTIONS,
+          master: str | None = None) -> tuple[dict, bool]:
     """Start the server (or find it running); returns (state, started_now)."""
     state_dir = Path(state_dir).resolve()
-    state = read_state(state_dir)
-    if is_running(state):
+    state = running_or_cleared(state_dir)
+    if state:
         return state, False
-    if state:  # stale: the server died; clear what is left before starting afresh
-        stop(state_dir)
+    port = port or free_port()
     if not port_free(port):
         raise ClusterError(f"port {port} on {HOST} already in use (another server? pass --port)")
     shutil.rmtree(state_dir / "logs", ignore_errors=True)
@@ -105,7 +107,7 @@ def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 1500
     state = {"url": f"sc://{HOST}:{port}", "state_dir": str(state_dir), "pids": {}, "start_ticks": {},
              "logs": {}, "started_at": time.time()}
     log = state_dir / "logs" / "connect.out"
-    _record(state, "server", _spawn(server_command(cfg, port, java_options), log, env, REPO_ROOT), log)
+    _record(state, "server", _spawn(server_command(cfg, port, java_options, master), log, env, REPO_ROOT), log)
     _state_file(state_dir).write_text(json.dumps(state, indent=2))
     deadline = time.monotonic() + timeout
     while not accepts(port):
@@ -121,19 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="default: <repo>/.spark-connect")
-    parser.add_argument("--port", type=int, default=15002, help="gRPC port of the server")
+    parser.add_argument("--port", type=int, default=15002, help="gRPC port of the server (0: a free one)")
     parser.add_argument("--config", default=None, help="config file (default conf/pipeline.yaml)")
     parser.add_argument("--profile", default=None, help="config profile (default: PIPELINE_PROFILE or local)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the port")
     parser.add_argument("--java-options", default=SERVER_JAVA_OPTIONS,
                         help="the server driver's JVM options, in place of the profile's "
                         "spark.driver.extraJavaOptions (default: none, full JIT for a long-lived server)")
+    parser.add_argument("--master", default=None, help="the server's master (default: the profile's spark.master)")
     parser.add_argument("--grace", type=float, default=15.0, help="stop: seconds from SIGTERM to SIGKILL")
     args = parser.parse_args(argv)
     if args.command == "start":
         try:
             state, started = start(load_config(args.config, args.profile), args.state_dir, args.port, args.timeout,
-                                   java_options=args.java_options)
+                                   java_options=args.java_options, master=args.master)
         except ClusterError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1

@@ -42,11 +42,14 @@ def test_behavior_etl_structure(dagbag):
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
         "resolve_ds": ["build_samples", "publish_samples", "sessionize", "validate"],
+        "start_spark": ["build_samples", "sessionize", "stop_spark", "validate"],
         "validate": ["sessionize"],
         "sessionize": ["build_samples"],
-        "build_samples": ["publish_samples"],
+        "build_samples": ["publish_samples", "stop_spark"],
         "publish_samples": [],
+        "stop_spark": [],
     }
+    assert dag.get_task("start_spark").is_setup and dag.get_task("stop_spark").is_teardown
     outlets = {a.name for a in dag.get_task("publish_samples").outlets}
     assert outlets == {f"samples.{t}" for t in schemas.SAMPLE_TABLES}
     assert set(dag.params.keys()) == {"config", "profile", "data_root", "ds", "through"}

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from common.arrow_io import read_partition
 from common.config import load_config
@@ -53,7 +57,7 @@ def test_the_jobs_run_in_one_connect_application_with_the_same_outputs(spark, tm
     finally:
         pids = spark_connect.stop(state_dir)
     assert pids and not any(spark_cluster.group_members(g) for g in pids)
-    assert spark_cluster.port_free(port)
+    assert not spark_connect.accepts(port)  # nothing listens (a TIME_WAIT socket may still hold the port)
 
     prefix = load_config(environ={})["spark"]["app_name_prefix"]
     for job, result in results.items():
@@ -72,3 +76,37 @@ def test_a_server_that_cannot_start_names_its_log(tmp_path):
     with pytest.raises(spark_cluster.ClusterError, match=r"connect\.out"):
         spark_connect.start(cfg, tmp_path / "connect", spark_cluster.free_port(), timeout=120)
     assert spark_connect.read_state(tmp_path / "connect") is None
+
+
+def test_the_application_scope_is_checked_and_a_long_lived_server_wins():
+    assert runner.run_server_wanted({"spark": {}}) is True  # the default: one server per DAG run
+    assert runner.run_server_wanted({"spark": {"application": "task"}}) is False
+    assert runner.run_server_wanted({"spark": {"application": "run", "remote": "sc://10.0.0.5:15002"}}) is False
+    with pytest.raises(AirflowFailException, match="spark.application is 'dag'"):
+        runner.run_server_wanted({"spark": {"application": "dag"}})
+
+
+def test_a_run_server_serves_the_runs_tasks_then_stops_and_a_task_after_it_runs_alone(tmp_path, monkeypatch):
+    """behavior_etl's setup task starts a server on a free port, the Spark tasks run in its one
+    application, the teardown stops its process group and removes its state; a task whose server
+    is gone (a retry after a crash) runs its own spark-submit application with the same result."""
+    monkeypatch.delenv("PIPELINE__SPARK__REMOTE", raising=False)
+    generate(tmp_path / "data", DS, 1, n_users=20, n_items=60, events_per_user_day=8.0, seed=3, bad_row_rate=0.03)
+    params = {"data_root": str(tmp_path / "data")}
+    server = runner.start_run_server(params)
+    state = spark_connect.read_state(Path(server["state_dir"]))
+    try:
+        assert server["url"].startswith("sc://127.0.0.1:") and runner._accepts(server["url"])
+        first = {job: runner.spark_step(job, DS, params, server) for job in ("validate", "sessionize")}
+    finally:
+        runner.stop_run_server(server, params)
+    assert not any(spark_cluster.group_members(pid) for pid in state["pids"].values())
+    assert not runner._accepts(server["url"])
+    assert not os.path.exists(server["state_dir"])
+    alone = runner.spark_step("build_samples", DS, params, server)
+
+    prefix = load_config(environ={})["spark"]["app_name_prefix"]
+    assert {r["spark_conf"]["spark.app.name"] for r in first.values()} == {f"{prefix}-connect"}
+    assert alone["spark_conf"]["spark.app.name"] == f"{prefix}-build_samples"
+    for table in TABLES["samples"]:
+        assert is_published(partition_path(tmp_path / "data", "samples", table, DS)), table
