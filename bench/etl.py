@@ -14,7 +14,11 @@ stages (with GC, spill and shuffle volumes) to show where the time goes.
 
 Prints one JSON object on stdout; progress goes to stderr. Usage::
 
-    .venv/bin/python bench/etl.py --events 1000000 10000000 [--days 1] [--keep]
+    .venv/bin/python bench/etl.py --events 1000000 10000000 [--days 1] [--keep] [--run-server]
+
+``--run-server`` adds the three steps as ``behavior_etl`` runs them by default: one Spark Connect
+application started for the run (its start counted), the steps its clients, then stopped; and
+its ratio to the DuckDB process.
 """
 
 from __future__ import annotations
@@ -501,6 +505,17 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
     if "failed_step" in out:
         return finish()
 
+    # The same three steps in one Spark application started for the run (behavior_etl's default).
+    if args.run_server:
+        log("  the three steps in one Spark Connect application started for the run ...")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-server-etl", str(root), days[0], last]
+        res = run_measured(cmd, env, logs / "run_server.log", args.step_timeout, args.poll_s)
+        out["steps"]["run_server"] = {**_step_record(res, total_events), "parts": res["stdout_json"]}
+        log(f"  run server: {'ok' if res['ok'] else 'FAILED'} {res['seconds']} s ({res['stdout_json']})")
+        if not res["ok"]:
+            out["failed_step"] = "run_server"
+            return finish()
+
     # DuckDB on the same raw Parquet, in its own process.
     duck_out = work / "duckdb"
     duck_out.mkdir()
@@ -519,6 +534,41 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
     else:
         out["failed_step"] = "duckdb"
     return finish()
+
+
+def run_server_etl(root: str, ds: str, through: str) -> dict:
+    """The three steps as ``behavior_etl`` runs them by default (``spark.application: run``): a
+    Spark Connect server started for the run with the profile's settings, the steps as its
+    clients (one process each), the server stopped; seconds of each part and the server's CPU."""
+    from common.config import load_config
+
+    cfg = load_config()
+    java = str((cfg["spark"].get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
+    state_dir = tempfile.mkdtemp(prefix="etl-bench-connect-")
+    script = [sys.executable, str(REPO / "scripts" / "spark_connect.py")]
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS")}
+    out: dict = {}
+    t0 = time.perf_counter()
+    subprocess.run([*script, "start", "--state-dir", state_dir, "--port", "0", f"--java-options={java}"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    out["server_start_s"] = round(time.perf_counter() - t0, 2)
+    state = json.loads((Path(state_dir) / "state.json").read_text())
+    try:
+        for step in SPARK_STEPS:
+            t1 = time.perf_counter()
+            subprocess.run([sys.executable, str(REPO / "common" / "steps.py"), f"jobs.{step}", "--ds", ds,
+                            "--through", through, "--data-root", root], env={**env, "SPARK_REMOTE": state["url"]},
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out[f"{step}_s"] = round(time.perf_counter() - t1, 2)
+        server = psutil.Process(state["pids"]["server"])
+        procs = [server, *server.children(recursive=True)]
+        out["server_cpu_s"] = round(sum(sum(p.cpu_times()[:2]) for p in procs), 1)
+        out["server_rss_mb"] = round(sum(p.memory_info().rss for p in procs) / MB, 1)
+    finally:
+        subprocess.run([*script, "stop", "--state-dir", state_dir], env=env, stdout=subprocess.DEVNULL)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 #: The Spark write (event-log SQL target) whose time is set against each DuckDB query.
@@ -547,6 +597,9 @@ def ratios(steps: dict, duck: dict) -> dict:
     out["steps"]["history"] = {"spark_build_samples_process_s": steps["build_samples"]["seconds"],
                                "duckdb_query_s": query_s.get("history"),
                                "note": "Spark builds five sample tables on the windows; DuckDB only the windows"}
+    if "run_server" in steps:  # its process tree holds the clients; the server's CPU is in its parts
+        out["run_server_etl_s"] = steps["run_server"]["seconds"]
+        out["run_server_etl_over_duckdb_process"] = round(steps["run_server"]["seconds"] / duck["seconds"], 2)
     out["note"] = ("the DuckDB process runs validate's behaviour-event checks, sessionize's gap sessions and the "
                    "history windows; the Spark processes run the whole ETL (every table)")
     return out
@@ -610,8 +663,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-event-log", action="store_true", help="do not write/parse Spark event logs")
     parser.add_argument("--work-dir", default=None, help="parent of the temporary data roots (default /tmp)")
     parser.add_argument("--history-len", type=int, default=20, help="must match samples.history_len")
+    parser.add_argument("--run-server", action="store_true",
+                        help="also run the three steps in one Spark Connect application started for the run "
+                        "(behavior_etl's default, spark.application: run), its start counted")
     parser.add_argument("--duckdb-etl", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument("--run-server-etl", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.run_server_etl:
+        print(json.dumps(run_server_etl(*args.run_server_etl)))
+        return 0
 
     if args.duckdb_etl:
         root, out, gap, hist, *days = args.duckdb_etl
