@@ -279,6 +279,37 @@ def test_the_experiment_driver_aggregates_and_renders(clean_root, tmp_path, monk
     assert set(payload["summary"]["without_karma"]["seeds"]) == {"0", "1"}
 
 
+
+def test_the_variant_columns_are_the_models_own_retrieval_probabilities():
+    """scripts/experiments/karma_ranking_variants.py: ``item_logp`` is the log-softmax of cos / tau
+    over the whole catalogue, ``leaf_logp`` that mass summed over the leaf, unknown items get fills."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "karma_ranking_variants", Path(__file__).resolve().parents[1] / "scripts" / "experiments" /
+        "karma_ranking_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    users, items = unit(rng.normal(size=(2, 8))), unit(rng.normal(size=(6, 8)))
+    item_leaf = np.array([0, 0, 1, 1, 1, 2])
+    # request 0 shows the whole catalogue; request 1 shows item 4 and an item outside the catalogue
+    item_row = np.array([0, 1, 2, 3, 4, 5, 4, -1])
+    row_leaf = np.array([0, 0, 1, 1, 1, 2, 1, -1])
+    cols = variants.karma_columns(users, items, 0.1, item_row, item_leaf, row_leaf, np.array([0] * 6 + [1, 1]),
+                                  np.array(["a"] * 6 + ["b", "b"]))
+    p = np.exp(cols["item_logp"][:6])
+    assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    assert np.argmax(p) == np.argmax(users[0] @ items.T)
+    leaf_p = [p[item_leaf == k].sum() for k in range(3)]
+    assert np.exp(cols["leaf_logp"][[0, 2, 5]]) == pytest.approx(leaf_p, abs=1e-6)
+    assert cols["cos"][6] == pytest.approx(float(users[1] @ items[4]), abs=1e-6)
+    assert (cols["cos"][7], cols["item_logp"][7], cols["leaf_logp"][7]) == (0.0, pytest.approx(-np.log(6)), -20.0)
+    assert cols["page_rank"][np.argmax(cols["cos"][:6])] == pytest.approx(1 / 6)
+    assert cols["eu"].shape == (8, 8) and np.allclose(cols["eu"][7], users[1])
+
+
 # --- the DAG ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ranking_dag(airflow_db):
