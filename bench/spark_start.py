@@ -12,6 +12,8 @@ Arms (each on its own copy of the same data root, interleaved over ``--repeats``
 - ``connect_profilejvm_cold``: the same with the profile's driver JVM options (short-application
   JIT and GC) instead of full JIT: what ``behavior_etl``'s setup task starts
   (``spark.application: run``);
+- ``submit+serial``, ``connect_profilejvm_cold+serial``: the same with one table write at a
+  time (``spark.write_threads: 1``; the other arms use the config's, several at once);
 - ``connect_warm``: the three tasks as clients of a server that has already run a day: one
   long-lived application (``spark.remote``), its start and JIT warm-up paid before.
 
@@ -83,14 +85,17 @@ def prepare(work: Path, users: int) -> Path:
     return base
 
 
-def day_submit(root: Path, cfg: dict) -> dict:
-    env = _env({"SPARK_SUBMITTED": "1"})
+SERIAL = {"PIPELINE__SPARK__WRITE_THREADS": "1"}  # "+serial" arms: one table write at a time
+
+
+def day_submit(root: Path, cfg: dict, extra: dict | None = None) -> dict:
+    env = _env({"SPARK_SUBMITTED": "1", **(extra or {})})
     return {job: _run(spark_submit_command(job, ["--ds", DAYS[2], "--data-root", str(root)], cfg, "local[2]"), env)
             for job in JOBS}
 
 
-def day_connect(root: Path, url: str) -> dict:
-    env = _env({"SPARK_REMOTE": url})
+def day_connect(root: Path, url: str, extra: dict | None = None) -> dict:
+    env = _env({"SPARK_REMOTE": url, **(extra or {})})
     return {job: _run([sys.executable, str(REPO / "common" / "steps.py"), f"jobs.{job}", "--ds", DAYS[2],
                        "--data-root", str(root)], env) for job in JOBS}
 
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", default="nocodegen,partitions2,noaqe",
                         help=f"comma-separated submit options to measure, of {sorted(OPTIONS)} (empty: none)")
     parser.add_argument("--work-dir", default="/tmp/bench_spark_start")
+    parser.add_argument("--arms", default="", help="comma-separated arms to run (empty: all); submit always runs")
     args = parser.parse_args(argv)
+    arms = {"submit", *[a for a in args.arms.split(",") if a]} if args.arms else set()
     work = Path(args.work_dir)
     base = prepare(work, args.users)
     cfg = load_config(environ={})
@@ -123,22 +130,33 @@ def main(argv: list[str] | None = None) -> int:
         times.setdefault(arm, []).append(steps)
         print(arm, json.dumps(steps), file=sys.stderr, flush=True)
 
+    def wanted(arm: str) -> bool:
+        return not arms or arm in arms
+
     for _ in range(args.repeats):
-        record("submit", day_submit(fresh("submit"), cfg))
+        for arm, extra in (("submit", None), ("submit+serial", SERIAL)):
+            if wanted(arm):
+                record(arm, day_submit(fresh(arm), cfg, extra))
         for opt in options:
             arm_cfg = copy.deepcopy(cfg)
             arm_cfg["spark"]["conf"].update(OPTIONS[opt])
             record(f"submit+{opt}", day_submit(fresh(opt), arm_cfg))
-        for arm, java in (("connect", spark_connect.SERVER_JAVA_OPTIONS), ("connect_profilejvm", profile_jvm)):
+        for arm, java, extra in (("connect", spark_connect.SERVER_JAVA_OPTIONS, None),
+                                 ("connect_profilejvm", profile_jvm, None),
+                                 ("connect_profilejvm+serial", profile_jvm, SERIAL)):
+            cold, warm = arm.replace("connect_profilejvm", "connect_profilejvm_cold"), f"{arm}_warm"
+            cold = f"{arm}_cold" if arm == "connect" else cold
+            if not (wanted(cold) or (arm == "connect" and wanted(warm))):
+                continue
             port, state_dir = spark_cluster.free_port(), work / arm
             spark_connect.stop(state_dir)  # a server left by an interrupted run would not be cold
             t0 = time.perf_counter()
             state, _ = spark_connect.start(cfg, state_dir, port, java_options=java)
             started = time.perf_counter() - t0
             try:
-                record(f"{arm}_cold", {"server_start": started, **day_connect(fresh(f"{arm}_cold"), state["url"])})
-                if arm == "connect":
-                    record(f"{arm}_warm", day_connect(fresh(f"{arm}_warm"), state["url"]))
+                record(cold, {"server_start": started, **day_connect(fresh(cold), state["url"], extra)})
+                if arm == "connect" and wanted(warm):
+                    record(warm, day_connect(fresh(warm), state["url"]))
             finally:
                 spark_connect.stop(state_dir)
     medians = {arm: {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]} for arm, rows in times.items()}

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,7 @@ class PartitionBatch:
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path, dict]] = []
+        self._lock = threading.Lock()  # tables may be staged from several threads of one job
 
     def stage(self, final: str | Path, manifest: dict | None = None) -> Path:
         final = Path(final)
@@ -105,13 +107,15 @@ class PartitionBatch:
         clean_stale_siblings(final)
         tmp = _sibling(final, "tmp")
         tmp.mkdir()
-        self._staged.append((tmp, final, {} if manifest is None else manifest))
+        with self._lock:
+            self._staged.append((tmp, final, {} if manifest is None else manifest))
         return tmp
 
     def manifest(self, final: str | Path) -> dict:
-        for _tmp, staged_final, manifest in self._staged:
-            if staged_final == Path(final):
-                return manifest
+        with self._lock:
+            for _tmp, staged_final, manifest in self._staged:
+                if staged_final == Path(final):
+                    return manifest
         raise KeyError(final)
 
     def commit(self) -> list[Path]:

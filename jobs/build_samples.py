@@ -54,7 +54,7 @@ from common.arrow_io import partition_rows
 from common.paths import previous_ds
 from common.publish import staged_partitions
 from jobs.history import DAY_US, attach_history, day_number, index_behaviours, with_behaviour_text
-from jobs.spark import load_sql, publish_range, read_days, read_partition, run_job
+from jobs.spark import load_sql, publish_range, read_days, read_partition, run_job, write_threads
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def build_segment(spark, cfg: dict, days: list[str], batch) -> dict:
     }
     try:
         return publish_range(root, "samples", days, outputs, lambda ds: {"history_ds": lookback[ds]},
-                             copies={"item_corpus": build_item_corpus(items)}, batch=batch)
+                             copies={"item_corpus": build_item_corpus(items)}, batch=batch, threads=write_threads(cfg))
     finally:
         indexed.unpersist()
 

@@ -17,7 +17,7 @@ import sys
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from jobs.spark import load_sql, publish_range, read_days, run_job
+from jobs.spark import load_sql, publish_range, read_days, run_job, write_threads
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_range(spark, cfg: dict, dates: list[str]) -> dict:
         "hintq_sessions": filter_clicked_exposures(exposures),
         "day_sessions": build_day_sessions(events),
     }
-    return publish_range(root, "sessions", dates, outputs, lambda ds: {"gap_minutes": gap})
+    return publish_range(root, "sessions", dates, outputs, lambda ds: {"gap_minutes": gap}, threads=write_threads(cfg))
 
 
 def run(spark, cfg: dict, ds: str) -> dict:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import os
 import shutil
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -167,8 +169,28 @@ def read_days(spark, root, area: str, table: str, ds_list, schema_name: str | No
     return spark.read.schema(schema).option("basePath", base).parquet(*paths)
 
 
+def write_threads(cfg: dict) -> int:
+    """``spark.write_threads``: how many independent table writes of one job run at once."""
+    return max(1, int((cfg.get("spark") or {}).get("write_threads") or 1))
+
+
+def run_concurrently(calls: list, threads: int) -> None:
+    """Run ``calls`` (functions of no argument, each one Spark write) on up to ``threads`` threads
+    of this driver; a small write is mostly planning, scheduling and commit latency, so several
+    overlap on the same cores. Every call finishes before the first error is raised. ``threads``
+    1 runs them in order (large data: one write at a time gets the whole cluster)."""
+    if threads <= 1 or len(calls) <= 1:
+        for call in calls:
+            call()
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
+
+
 def publish_range(root, area: str, dates: list[str], outputs: dict, manifest_extra=None,
-                  copies: dict | None = None, batch=None) -> dict[str, dict[str, int]]:
+                  copies: dict | None = None, batch=None, threads: int = 1) -> dict[str, dict[str, int]]:
     """Publish every day of ``dates`` for every table together (all or nothing).
 
     ``outputs`` ({table: df}) carry a ``ds`` column: each is cast to its contract schema and
@@ -176,19 +198,22 @@ def publish_range(root, area: str, dates: list[str], outputs: dict, manifest_ext
     without rows gets an empty file with the schema. ``copies`` ({table: df}) are the same for
     every day (no ``ds`` column): written once, then copied into each day. ``manifest_extra(ds)``
     adds keys to each day's manifest. With ``batch`` (a ``PartitionBatch``) the days are only
-    staged there, for the caller to publish with more. Returns ``{ds: {table: rows}}``.
+    staged there, for the caller to publish with more. The tables' writes run on up to
+    ``threads`` threads (:func:`run_concurrently`). Returns ``{ds: {table: rows}}``.
     """
     if batch is None:
         with staged_partitions() as own:
-            return publish_range(root, area, dates, outputs, manifest_extra, copies, own)
+            return publish_range(root, area, dates, outputs, manifest_extra, copies, own, threads)
     tables = {**outputs, **(copies or {})}
     spark = next(iter(tables.values())).sparkSession
     counts: dict[str, dict[str, int]] = {ds: {} for ds in dates}
-    for table, df in tables.items():
-        stage = table_path(root, area, table) / f".stage-{uuid.uuid4().hex[:12]}"
-        stage.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write_staged(df, table, stage, per_day=table in outputs, days=len(dates))
+    stages = {table: table_path(root, area, table) / f".stage-{uuid.uuid4().hex[:12]}" for table in tables}
+    try:
+        for stage in stages.values():
+            stage.parent.mkdir(parents=True, exist_ok=True)
+        run_concurrently([functools.partial(write_staged, df, table, stages[table], per_day=table in outputs,
+                                            days=len(dates)) for table, df in tables.items()], threads)
+        for table, stage in stages.items():
             empty = None
             for ds in dates:
                 src = stage / f"ds={ds}" if table in outputs else stage
@@ -201,7 +226,8 @@ def publish_range(root, area: str, dates: list[str], outputs: dict, manifest_ext
                 for f in data_files(src):
                     (os.rename if move else shutil.copyfile)(f, tmp / f.name)
                 manifest["rows"] = counts[ds][table] = parquet_row_count(tmp)
-        finally:
+    finally:
+        for stage in stages.values():
             shutil.rmtree(stage, ignore_errors=True)
     for ds in dates:
         logger.info("%s ds=%s: %s", area, ds, counts[ds])

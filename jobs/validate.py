@@ -23,6 +23,7 @@ of the public datasets, say) is published empty, and its readers take that as "n
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from common import schemas
 from common.arrow_io import data_files, parquet_row_count
 from common.paths import is_published, latest_published_ds, partition_path, table_path
 from common.publish import staged_partitions
-from jobs.spark import InputContractError, empty_parquet, run_job
+from jobs.spark import InputContractError, empty_parquet, run_concurrently, run_job, write_threads
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def run_range(spark, cfg: dict, dates: list[str]) -> dict:
     rows_in = {k: sum(pq.ParquetFile(f).metadata.num_rows for f in v) for k, v in files.items()}
     summary: dict[str, dict] = {ds: {} for ds in dates}
     with staged_partitions() as batch:
+        calls = []
         for table, parts in plan.items():
             snapshot = table in schemas.SNAPSHOT_TABLES
             groups = [(key, days) for key, days in parts.items()] if snapshot else [(None, dates)]
@@ -301,8 +303,10 @@ def run_range(spark, cfg: dict, dates: list[str]) -> dict:
                 if snapshot:
                     df = df.drop("ds")
                 annotated = with_quarantine_reason(df, row_rules(table, None, limits), DUPLICATE_KEYS[table])
-                _publish_table(batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary)
-    return summary
+                calls.append(functools.partial(_publish_table, batch, root, table, days, annotated, snapshot,
+                                               src_ds, rows_in, files, summary))
+        run_concurrently(calls, write_threads(cfg))  # the tables are independent
+    return {ds: {table: summary[ds][table] for table in plan if table in summary[ds]} for ds in dates}
 
 
 def _publish_table(batch, root, table, days, annotated, snapshot, src_ds, rows_in, files, summary) -> None:

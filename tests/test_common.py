@@ -143,3 +143,37 @@ def test_runtime_device_setting_on_a_machine_without_cuda(monkeypatch):
             devices.resolve()
     finally:
         devices.configure(before)
+
+
+def test_table_writes_run_at_once_every_one_finishes_and_the_first_error_is_raised():
+    """jobs.spark.run_concurrently: ``threads`` calls overlap (a barrier only passes when all three
+    wait at once), a failing call does not cut the others short, and 1 thread keeps the order."""
+    import threading
+
+    from jobs.spark import run_concurrently
+
+    barrier, done = threading.Barrier(3, timeout=10), []
+
+    def meet(name):
+        barrier.wait()
+        done.append(name)
+
+    run_concurrently([lambda n=n: meet(n) for n in "abc"], threads=3)
+    assert sorted(done) == ["a", "b", "c"]
+
+    done.clear()
+
+    def fail():
+        raise ValueError("table x: bad write")
+
+    def slow():
+        threading.Event().wait(0.3)
+        done.append("slow")
+
+    with pytest.raises(ValueError, match="table x"):
+        run_concurrently([fail, slow, lambda: done.append("fast")], threads=3)
+    assert sorted(done) == ["fast", "slow"]
+
+    done.clear()
+    run_concurrently([lambda n=n: done.append(n) for n in "abc"], threads=1)
+    assert done == ["a", "b", "c"]
