@@ -537,36 +537,28 @@ def bench_size(size: int, args, base_env: dict, work: Path) -> dict:
 
 
 def run_server_etl(root: str, ds: str, through: str) -> dict:
-    """The three steps as ``behavior_etl`` runs them by default (``spark.application: run``): a
-    Spark Connect server started for the run with the profile's settings, the steps as its
-    clients (one process each), the server stopped; seconds of each part and the server's CPU."""
-    from common.config import load_config
+    """The three steps as ``behavior_etl`` runs them by default (``spark.application: run``),
+    through the DAG's own functions: ``dags.runner.start_run_server`` (the setup task), each step
+    by ``spark_step`` as the server's client, ``stop_run_server`` (the teardown); seconds of each
+    part and the server's CPU."""
+    from dags import runner
 
-    cfg = load_config()
-    java = str((cfg["spark"].get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
-    state_dir = tempfile.mkdtemp(prefix="etl-bench-connect-")
-    script = [sys.executable, str(REPO / "scripts" / "spark_connect.py")]
-    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS")}
-    out: dict = {}
+    params = {"data_root": root, "through": through}
     t0 = time.perf_counter()
-    subprocess.run([*script, "start", "--state-dir", state_dir, "--port", "0", f"--java-options={java}"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    out["server_start_s"] = round(time.perf_counter() - t0, 2)
-    state = json.loads((Path(state_dir) / "state.json").read_text())
+    server = runner.start_run_server(params)
+    out: dict = {"server_start_s": round(time.perf_counter() - t0, 2)}
     try:
         for step in SPARK_STEPS:
             t1 = time.perf_counter()
-            subprocess.run([sys.executable, str(REPO / "common" / "steps.py"), f"jobs.{step}", "--ds", ds,
-                            "--through", through, "--data-root", root], env={**env, "SPARK_REMOTE": state["url"]},
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            runner.spark_step(step, ds, params, server)
             out[f"{step}_s"] = round(time.perf_counter() - t1, 2)
-        server = psutil.Process(state["pids"]["server"])
-        procs = [server, *server.children(recursive=True)]
+        state = json.loads((Path(server["state_dir"]) / "state.json").read_text())
+        procs = [psutil.Process(state["pids"]["server"])]
+        procs += procs[0].children(recursive=True)
         out["server_cpu_s"] = round(sum(sum(p.cpu_times()[:2]) for p in procs), 1)
         out["server_rss_mb"] = round(sum(p.memory_info().rss for p in procs) / MB, 1)
     finally:
-        subprocess.run([*script, "stop", "--state-dir", state_dir], env=env, stdout=subprocess.DEVNULL)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        runner.stop_run_server(server, params)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
