@@ -44,6 +44,7 @@ from pathlib import Path
 from airflow.sdk import BaseHook, Param
 from airflow.sdk.exceptions import AirflowFailException
 
+from common import class_archive
 from common.config import ConfigError, load_config
 from common.paths import check_ds
 from common.steps import NO_RETRY_EXITS, RESULT_FILE_ENV
@@ -283,36 +284,61 @@ def start_run_server(params: Mapping) -> dict:
     the profile's Spark settings, its driver JVM options included, so that the
     run's Spark tasks share one application; ``{}`` when the run does not want one
     (:func:`run_server_wanted`). The tasks must run on this worker (loopback): LocalExecutor, or
-    one Celery queue for the DAG. A retry starts a new server."""
+    one Celery queue for the DAG. A retry starts a new server. The server's JVM maps the class
+    archive of ``spark.class_archive_dir`` (``common.class_archive``), or writes it at exit when
+    there is none yet; one that does not start with the archive starts again without it."""
     cfg, _root = settings(params)
     if not run_server_wanted(cfg):
         return {}
     env = _spark_env(params)
     env.pop("SPARK_REMOTE", None)
-    check_java(env)
+    archive = class_archive.archive_path(cfg, check_java(env))
     state_dir = tempfile.mkdtemp(prefix="spark-connect-run-")
+    dump = Path(state_dir) / "classes.jsa"
     java = str(((cfg.get("spark") or {}).get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
-    try:
-        _connect_script("start", state_dir, env, ["--port", "0", f"--java-options={java}", "--master", spark_master(cfg),
+
+    def start() -> str:
+        option = class_archive.java_option(archive, dump)
+        _connect_script("start", state_dir, env, ["--port", "0", f"--java-options={java} {option}".strip(),
+                                                  "--master", spark_master(cfg),
                                                   *common_args({k: v for k, v in params.items() if k != "data_root"})])
+        return option
+
+    try:
+        try:
+            option = start()
+        except StepFailed:
+            if archive is None or not archive.exists():
+                raise
+            class_archive.discard(archive)  # a JVM that cannot map it fails: start again without it
+            option = start()
         state = json.loads((Path(state_dir) / "state.json").read_text())
     except BaseException:
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
-    return {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"]}
+    server = {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"]}
+    if option.startswith("-XX:ArchiveClassesAtExit"):  # the teardown keeps what the server writes at exit
+        server.update(archive=str(archive), dump=str(dump))
+    return server
 
 
 def stop_run_server(server: Mapping | None, params: Mapping) -> None:
     """The teardown task: stop the run's server (its process group) and remove its state directory
-    after copying the last lines of the server's log into the task log; a no-op without one."""
+    after copying the last lines of the server's log into the task log, keeping the class archive
+    it wrote at exit (if it was asked to); a no-op without one."""
     if not server or not server.get("state_dir"):
         return
     log = Path(server["log"])
     if log.exists():
         for line in log.read_text(errors="replace").splitlines()[-30:]:
             logger.info("server log: %s", line)
-    _connect_script("stop", server["state_dir"], step_env(params), [])
-    shutil.rmtree(server["state_dir"], ignore_errors=True)
+    dumping = bool(server.get("dump"))
+    try:  # a server writing its class archive at exit takes longer to stop: give it the time
+        _connect_script("stop", server["state_dir"], step_env(params), ["--grace", "180"] if dumping else [])
+        if dumping:
+            class_archive.keep(Path(server["dump"]), Path(server["archive"]))
+    finally:
+        shutil.rmtree(server["state_dir"], ignore_errors=True)
 
 
 def _accepts(url: str, timeout: float = 2.0) -> bool:
