@@ -297,8 +297,8 @@ def start_run_server(params: Mapping) -> dict:
     dump = Path(state_dir) / "classes.jsa"
     java = str(((cfg.get("spark") or {}).get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
 
-    def start() -> str:
-        option = class_archive.java_option(archive, dump)
+    def start() -> str:  # a JVM crash report goes to the state directory, not the working directory
+        option = f"{class_archive.java_option(archive, dump)} -XX:ErrorFile={state_dir}/jvm-crash-%p.log"
         _connect_script("start", state_dir, env, ["--port", "0", f"--java-options={java} {option}".strip(),
                                                   "--master", spark_master(cfg),
                                                   *common_args({k: v for k, v in params.items() if k != "data_root"})])
@@ -307,9 +307,10 @@ def start_run_server(params: Mapping) -> dict:
     try:
         try:
             option = start()
-        except StepFailed:
+        except StepFailed as exc:
             if archive is None or not archive.exists():
                 raise
+            logger.warning("the Spark Connect server did not start with the class archive (%s)", exc)
             class_archive.discard(archive)  # a JVM that cannot map it fails: start again without it
             option = start()
         state = json.loads((Path(state_dir) / "state.json").read_text())
@@ -317,7 +318,7 @@ def start_run_server(params: Mapping) -> dict:
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
     server = {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"]}
-    if option.startswith("-XX:ArchiveClassesAtExit"):  # the teardown keeps what the server writes at exit
+    if "-XX:ArchiveClassesAtExit" in option:  # the teardown keeps what the server writes at exit
         server.update(archive=str(archive), dump=str(dump))
     return server
 

@@ -99,6 +99,7 @@ def test_the_first_run_server_writes_the_archive_the_next_maps_it_and_a_broken_o
     third = runner.start_run_server(params)
     try:
         assert third.get("dump") and not archive.exists()
+        assert not list(class_archive.REPO_ROOT.glob("hs_err_pid*.log"))  # the crash report stays in the run's state
         runner.spark_step("build_samples", DS, params, third)
     finally:
         runner.stop_run_server(third, params)
