@@ -15,7 +15,12 @@ Arms (each on its own copy of the same data root, interleaved over ``--repeats``
 - ``submit+serial``, ``connect_profilejvm_cold+serial``: the same with one table write at a
   time (``spark.write_threads: 1``; the other arms use the config's, several at once);
 - ``connect_warm``: the three tasks as clients of a server that has already run a day: one
-  long-lived application (``spark.remote``), its start and JIT warm-up paid before.
+  long-lived application (``spark.remote``), its start and JIT warm-up paid before;
+- ``run_server``: the day exactly as a ``behavior_etl`` run does it by default: the setup task's
+  ``dags.runner.start_run_server`` (its server maps the class archive of ``spark.class_archive_dir``),
+  the three ``spark_step`` calls and the teardown's ``stop_run_server`` (``server_stop``, counted);
+  ``run_server_first`` when that run found no archive and wrote it at its stop;
+  ``run_server_noarchive``: the same with ``spark.class_archive_dir`` empty.
 
 ``python bench/spark_start.py [--users 400] [--repeats 2] [--work-dir DIR]`` prints one JSON object:
 seconds per arm and step (median over repeats), and ``ratios`` of each arm's day to ``submit``'s.
@@ -40,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.config import load_config  # noqa: E402
+from dags import runner  # noqa: E402
 from dags.runner import spark_submit_command, step_env  # noqa: E402
 from scripts import spark_cluster, spark_connect  # noqa: E402
 
@@ -100,6 +106,34 @@ def day_connect(root: Path, url: str, extra: dict | None = None) -> dict:
                        "--data-root", str(root)], env) for job in JOBS}
 
 
+def day_run_server(root: Path, archive: bool) -> tuple[str, dict]:
+    """The day as the DAG's setup, Spark and teardown tasks run it (``run_server*`` arms)."""
+    saved = os.environ.get("PIPELINE__SPARK__CLASS_ARCHIVE_DIR")
+    if not archive:
+        os.environ["PIPELINE__SPARK__CLASS_ARCHIVE_DIR"] = ""
+    params = {"data_root": str(root)}
+    try:
+        t0 = time.perf_counter()
+        server = runner.start_run_server(params)
+        steps = {"server_start": time.perf_counter() - t0}
+        try:
+            for job in JOBS:
+                t0 = time.perf_counter()
+                runner.spark_step(job, DAYS[2], params, server)
+                steps[job] = time.perf_counter() - t0
+        finally:
+            t0 = time.perf_counter()
+            runner.stop_run_server(server, params)
+            steps["server_stop"] = time.perf_counter() - t0
+    finally:
+        if saved is None:
+            os.environ.pop("PIPELINE__SPARK__CLASS_ARCHIVE_DIR", None)
+        else:
+            os.environ["PIPELINE__SPARK__CLASS_ARCHIVE_DIR"] = saved
+    arm = "run_server_noarchive" if not archive else "run_server_first" if server.get("dump") else "run_server"
+    return arm, steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=400, help="synthetic users (the demo's 400)")
@@ -125,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(arm: str, steps: dict) -> None:
         steps = {k: round(v, 2) for k, v in steps.items()}
-        steps["day"] = round(sum(v for k, v in steps.items() if k in JOBS) + steps.get("server_start", 0.0), 2)
+        steps["day"] = round(sum(v for k, v in steps.items() if k in JOBS) + steps.get("server_start", 0.0)
+                             + steps.get("server_stop", 0.0), 2)
         steps["load1"] = round(os.getloadavg()[0], 2)
         times.setdefault(arm, []).append(steps)
         print(arm, json.dumps(steps), file=sys.stderr, flush=True)
@@ -159,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                     record(warm, day_connect(fresh(warm), state["url"]))
             finally:
                 spark_connect.stop(state_dir)
+        for archive in (True, False):
+            if wanted("run_server" if archive else "run_server_noarchive"):
+                arm, steps = day_run_server(fresh("run_server"), archive)
+                record(arm, steps)
     medians = {arm: {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]} for arm, rows in times.items()}
     ref = medians["submit"]["day"]
     print(json.dumps({"day": DAYS[2], "users": args.users, "repeats": args.repeats, "cpus": os.cpu_count(),

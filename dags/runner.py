@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -284,9 +285,10 @@ def start_run_server(params: Mapping) -> dict:
     the profile's Spark settings, its driver JVM options included, so that the
     run's Spark tasks share one application; ``{}`` when the run does not want one
     (:func:`run_server_wanted`). The tasks must run on this worker (loopback): LocalExecutor, or
-    one Celery queue for the DAG. A retry starts a new server. The server's JVM maps the class
-    archive of ``spark.class_archive_dir`` (``common.class_archive``), or writes it at exit when
-    there is none yet; one that does not start with the archive starts again without it."""
+    one Celery queue for the DAG. A retry starts a new server. It returns once the server's
+    process is spawned; the Spark tasks wait for its port (:func:`server_ready`). The server's JVM
+    maps the class archive of ``spark.class_archive_dir`` (``common.class_archive``), or writes it
+    at exit when there is none yet."""
     cfg, _root = settings(params)
     if not run_server_wanted(cfg):
         return {}
@@ -297,30 +299,54 @@ def start_run_server(params: Mapping) -> dict:
     dump = Path(state_dir) / "classes.jsa"
     java = str(((cfg.get("spark") or {}).get("conf") or {}).get("spark.driver.extraJavaOptions") or "")
 
-    def start() -> str:  # a JVM crash report goes to the state directory, not the working directory
-        option = f"{class_archive.java_option(archive, dump)} -XX:ErrorFile={state_dir}/jvm-crash-%p.log"
-        _connect_script("start", state_dir, env, ["--port", "0", f"--java-options={java} {option}".strip(),
+    # a JVM crash report goes to the state directory, not the working directory
+    option = f"{class_archive.java_option(archive, dump)} -XX:ErrorFile={state_dir}/jvm-crash-%p.log"
+    try:  # not waiting for the port: the first Spark task's client does, while the JVM starts
+        _connect_script("start", state_dir, env, ["--port", "0", "--no-wait", f"--java-options={java} {option}".strip(),
                                                   "--master", spark_master(cfg),
                                                   *common_args({k: v for k, v in params.items() if k != "data_root"})])
-        return option
-
-    try:
-        try:
-            option = start()
-        except StepFailed as exc:
-            if archive is None or not archive.exists():
-                raise
-            logger.warning("the Spark Connect server did not start with the class archive (%s)", exc)
-            class_archive.discard(archive)  # a JVM that cannot map it fails: start again without it
-            option = start()
         state = json.loads((Path(state_dir) / "state.json").read_text())
     except BaseException:
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
-    server = {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"]}
-    if "-XX:ArchiveClassesAtExit" in option:  # the teardown keeps what the server writes at exit
-        server.update(archive=str(archive), dump=str(dump))
+    server = {"url": state["url"], "state_dir": state_dir, "log": state["logs"]["server"], "pid": state["pids"]["server"]}
+    if archive is not None:  # the teardown keeps what a server writes at exit; one that crashes drops what it maps
+        server.update(archive=str(archive), **({"dump": str(dump)} if "ArchiveClassesAtExit" in option else {}))
     return server
+
+
+def server_ready(server: Mapping, timeout: float = 180.0) -> bool:
+    """Whether the run's server accepts connections, waiting while its process lives (it may still
+    be starting: :func:`start_run_server` does not wait). A server whose JVM crashed while mapping
+    the class archive (a crash report in its state directory) has the archive removed, so that the
+    next run writes a new one."""
+    deadline = time.monotonic() + timeout
+    while not _accepts(server["url"], timeout=1.0):
+        if not _alive(server.get("pid")) or time.monotonic() > deadline:
+            crashed = list(Path(server.get("state_dir") or "/nonexistent").glob("jvm-crash-*.log"))
+            if crashed and server.get("archive") and not server.get("dump"):
+                class_archive.discard(Path(server["archive"]))
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` (the server's spark-submit, whose child is the JVM) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return _proc_state(int(pid)) != "Z"
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def stop_run_server(server: Mapping | None, params: Mapping) -> None:
@@ -380,7 +406,7 @@ def spark_step(job: str, ds: str, params: Mapping, server: Mapping | None = None
         args += ["--through", check_ds(params["through"])]
     remote = spark_remote(cfg)
     if not remote and server and server.get("url"):
-        if _accepts(server["url"]):
+        if server_ready(server):
             remote = server["url"]
         else:
             logger.warning("the run's Spark Connect server %s does not answer (log %s): this task runs its own "

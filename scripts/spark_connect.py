@@ -89,8 +89,9 @@ def accepts(port: int, timeout: float = 1.0) -> bool:
 
 def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 15002, timeout: float = 180.0,
           python: str | None = None, java_options: str = SERVER_JAVA_OPTIONS,
-          master: str | None = None) -> tuple[dict, bool]:
-    """Start the server (or find it running); returns (state, started_now)."""
+          master: str | None = None, wait: bool = True) -> tuple[dict, bool]:
+    """Start the server (or find it running); returns (state, started_now). With ``wait=False`` it
+    returns once the server's process is spawned: its clients wait for the port themselves."""
     state_dir = Path(state_dir).resolve()
     state = running_or_cleared(state_dir)
     if state:
@@ -110,7 +111,7 @@ def start(cfg: dict, state_dir: str | Path = DEFAULT_STATE_DIR, port: int = 1500
     _record(state, "server", _spawn(server_command(cfg, port, java_options, master), log, env, REPO_ROOT), log)
     _state_file(state_dir).write_text(json.dumps(state, indent=2))
     deadline = time.monotonic() + timeout
-    while not accepts(port):
+    while wait and not accepts(port):
         if not is_running(state) or time.monotonic() > deadline:
             why = "exited during start-up" if not is_running(state) else f"not listening after {timeout:.0f}s"
             stop(state_dir)
@@ -132,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
                         "spark.driver.extraJavaOptions (default: none, full JIT for a long-lived server)")
     parser.add_argument("--master", default=None, help="the server's master (default: the profile's spark.master)")
     parser.add_argument("--grace", type=float, default=15.0, help="stop: seconds from SIGTERM to SIGKILL")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="start: return once the server's process is spawned (its clients wait for the port)")
     args = parser.parse_args(argv)
     if args.command == "start":
         try:
             state, started = start(load_config(args.config, args.profile), args.state_dir, args.port, args.timeout,
-                                   java_options=args.java_options, master=args.master)
+                                   java_options=args.java_options, master=args.master, wait=not args.no_wait)
         except ClusterError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1
-        print(f"spark connect server {'started' if started else 'already running'}: {state['url']} "
+        print(f"spark connect server {'started' if started else 'already running'}"
+              f"{' (not waiting for its port)' if args.no_wait and started else ''}: {state['url']} "
               f"(pid {state['pids']['server']}, log {state['logs']['server']})")
         return 0
     if args.command == "stop":

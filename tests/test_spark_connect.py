@@ -96,7 +96,7 @@ def test_a_run_server_serves_the_runs_tasks_then_stops_and_a_task_after_it_runs_
     server = runner.start_run_server(params)
     state = spark_connect.read_state(Path(server["state_dir"]))
     try:
-        assert server["url"].startswith("sc://127.0.0.1:") and runner._accepts(server["url"])
+        assert server["url"].startswith("sc://127.0.0.1:") and runner.server_ready(server)
         first = {job: runner.spark_step(job, DS, params, server) for job in ("validate", "sessionize")}
     finally:
         runner.stop_run_server(server, params)
