@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="/tmp/bench_spark_start")
     parser.add_argument("--arms", default="", help="comma-separated arms to run (empty: all); submit always runs")
     args = parser.parse_args(argv)
+    result_out = os.fdopen(os.dup(1), "w")  # the JSON; everything else written to stdout (the
+    os.dup2(2, 1)                            # runner's task-log lines) goes to stderr
     arms = {"submit", *[a for a in args.arms.split(",") if a]} if args.arms else set()
     work = Path(args.work_dir)
     base = prepare(work, args.users)
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = medians["submit"]["day"]
     print(json.dumps({"day": DAYS[2], "users": args.users, "repeats": args.repeats, "cpus": os.cpu_count(),
                       "seconds": medians, "ratios": {arm: round(m["day"] / ref, 3) for arm, m in medians.items()},
-                      "runs": times}, indent=2))
+                      "runs": times}, indent=2), file=result_out, flush=True)
     return 0
 
 
