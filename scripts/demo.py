@@ -149,27 +149,30 @@ TRAINING = ("karma_training", "aigq_training")
 
 
 def may_trigger_next(runs: list[dict], triggered: int) -> bool:
-    """Start the next date's ``behavior_etl`` only when the previous one has finished, each training
-    DAG has a run for every date triggered so far, and no asset-triggered DAG has a queued run.
-    Airflow 3 drops the Asset events that reach a DAG at ``max_active_runs`` with a run already
-    queued (apache/airflow#56050: no run is ever made for them), so a date published then would
-    never train; this keeps at most one queued run per DAG when the next date's samples arrive.
+    """Start the next date's ``behavior_etl`` only when the previous one has finished and each
+    training DAG has finished a run for every date triggered so far: a demo night follows the
+    last one as a production night does (its ETL does not share the cores with the day before's
+    trainings, which it cannot speed up: a training DAG runs one date at a time). It also keeps
+    Airflow 3 from dropping Asset events that reach a DAG at ``max_active_runs`` with a run already
+    queued (apache/airflow#56050: no run is ever made for them, so that date would never train).
 
     >>> may_trigger_next([], 0)
     True
     >>> may_trigger_next([{"dag_id": "behavior_etl", "state": "success"}], 1)  # training not started yet
     False
     >>> done = [{"dag_id": d, "state": "running"} for d in ("behavior_etl", "karma_training", "aigq_training")]
-    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:]], 1)
+    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:]], 1)  # trainings still running
+    False
+    >>> may_trigger_next([{**r, "state": "success"} for r in done], 1)
     True
-    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:], {"dag_id": "aigq_training", "state": "queued"}], 1)
+    >>> may_trigger_next([*[{**r, "state": "success"} for r in done], {"dag_id": "nightly_export", "state": "queued"}], 1)
     False
     """
     if any(r["dag_id"] == "behavior_etl" and r["state"] not in TERMINAL for r in runs):
         return False
     if any(r["dag_id"] in ASSET_TRIGGERED and r["state"] == "queued" for r in runs):
         return False
-    return all(sum(r["dag_id"] == dag for r in runs) >= triggered for dag in TRAINING)
+    return all(sum(r["dag_id"] == dag and r["state"] in TERMINAL for r in runs) >= triggered for dag in TRAINING)
 
 
 def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
