@@ -142,37 +142,34 @@ def run_seconds(run: dict) -> int | None:
     return round((end - start).total_seconds())
 
 
-#: DAGs the scheduler starts from Asset events (each with ``max_active_runs=1``).
+#: DAGs the scheduler starts from Asset events (each with ``max_active_runs=1``; one run per date):
+#: a date's night ends with them.
 ASSET_TRIGGERED = ("karma_training", "aigq_training", "nightly_export")
-#: The ones the samples of a date trigger (one run per date).
-TRAINING = ("karma_training", "aigq_training")
 
 
 def may_trigger_next(runs: list[dict], triggered: int) -> bool:
-    """Start the next date's ``behavior_etl`` only when the previous one has finished and each
-    training DAG has finished a run for every date triggered so far: a demo night follows the
-    last one as a production night does (its ETL does not share the cores with the day before's
-    trainings, which it cannot speed up: a training DAG runs one date at a time). It also keeps
-    Airflow 3 from dropping Asset events that reach a DAG at ``max_active_runs`` with a run already
-    queued (apache/airflow#56050: no run is ever made for them, so that date would never train).
+    """Start the next date's ``behavior_etl`` only when the previous date's night is over: its
+    ``behavior_etl``, both trainings and its ``nightly_export`` finished. A demo night follows the
+    last one as production nights do, so its ETL does not share the two cores with the day
+    before's trainings or export (it could not speed them up: each DAG runs one date at a time).
+    It also keeps Airflow 3 from dropping Asset events that reach a DAG at ``max_active_runs`` with
+    a run already queued (apache/airflow#56050: no run is ever made for them).
 
     >>> may_trigger_next([], 0)
     True
     >>> may_trigger_next([{"dag_id": "behavior_etl", "state": "success"}], 1)  # training not started yet
     False
-    >>> done = [{"dag_id": d, "state": "running"} for d in ("behavior_etl", "karma_training", "aigq_training")]
-    >>> may_trigger_next([{**done[0], "state": "success"}, *done[1:]], 1)  # trainings still running
+    >>> night = [{"dag_id": d, "state": "running"} for d in ("behavior_etl", *ASSET_TRIGGERED)]
+    >>> may_trigger_next([{**night[0], "state": "success"}, *night[1:]], 1)  # trainings, export running
     False
-    >>> may_trigger_next([{**r, "state": "success"} for r in done], 1)
+    >>> may_trigger_next([{**r, "state": "success"} for r in night], 1)
     True
-    >>> may_trigger_next([*[{**r, "state": "success"} for r in done], {"dag_id": "nightly_export", "state": "queued"}], 1)
+    >>> may_trigger_next([{**r, "state": "success"} for r in night[:-1]], 1)  # export not run yet
     False
     """
-    if any(r["dag_id"] == "behavior_etl" and r["state"] not in TERMINAL for r in runs):
+    if any(r["state"] not in TERMINAL for r in runs):
         return False
-    if any(r["dag_id"] in ASSET_TRIGGERED and r["state"] == "queued" for r in runs):
-        return False
-    return all(sum(r["dag_id"] == dag and r["state"] in TERMINAL for r in runs) >= triggered for dag in TRAINING)
+    return all(sum(r["dag_id"] == dag for r in runs) >= triggered for dag in ASSET_TRIGGERED)
 
 
 def drive(airflow, days: list[str], timeout_s: float) -> dict[str, list]:
