@@ -3,8 +3,8 @@ scheduler, the way production runs them.
 
 Steps: ``python -m sources.synthetic`` for ``synthetic.days`` days → ``airflow standalone`` on
 127.0.0.1 (``common/airflow_local.py``; metadata DB and logs under ``$AIRFLOW_HOME``, default
-``.airflow/``) → unpause the four DAGs → trigger ``behavior_etl`` once per date (``{"ds": …}``;
-the scheduler runs them in order, ``max_active_runs=1``). Everything else is started by the
+``.airflow/``) → unpause the four DAGs → trigger ``behavior_etl`` once per date (``{"ds": …}``),
+each when the previous date's night is over (:func:`may_trigger_next`). Everything else is started by the
 scheduler from Asset events: ``karma_training`` and ``aigq_training`` when the day's samples are
 published (base LM and the IL-SFT policies — Direct, and Think for x2q — on the first date; every
 date a new KARMA version, the daily CTR model and an IL-GRPO update of the previous policy),
